@@ -1,0 +1,48 @@
+"""The ``poetry-gpt`` command: a thin click layer over the library.
+
+Library code raises ``PoetryGPTError`` subclasses; this group turns them into a
+one-line ``Error: ...`` on stderr and exit code 1 (click's usage errors exit 2).
+Nothing else in the package prints-and-exits.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import __version__
+from .errors import PoetryGPTError
+
+
+class _Group(click.Group):
+    """A click group that reports library errors in one line instead of a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except PoetryGPTError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="poetry-gpt")
+def main():
+    """Train your own GPT-2 poet on a raw.txt of classical poems, one poem a line."""
+
+
+@main.group(cls=_Group)
+def corpus():
+    """Look at, import and download poem corpora."""
+
+
+def _register() -> None:
+    """Attach the subcommands (each lives in ``poetry_gpt/commands/``)."""
+    from .commands import register_all
+
+    register_all(main, corpus)
+
+
+_register()

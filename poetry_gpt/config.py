@@ -1,0 +1,193 @@
+"""Typed, frozen configuration: data, model and training settings, with validation.
+
+The dataclass defaults are the ``small`` model (the benchmark shape); the named
+presets in the top-level ``configs.py`` list only what differs from them.
+``RunConfig`` bundles the model and training parts and round-trips through JSON
+so that a run directory records exactly how it was made.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from .errors import OptionError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def _check(cond: bool, option: str, message: str) -> None:
+    if not cond:
+        raise OptionError(f"{option}: {message}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How ``prepare`` turns raw.txt into a DATA_DIR.
+
+    Args:
+        valid_fraction: share of poems held out for validation (at least one poem each split).
+        seed: seed of the deterministic train/validation split.
+        min_count: characters seen fewer times map to [UNK].
+        max_chars: lines longer than this many characters are skipped (counted in the report).
+        keep_duplicates: keep poems whose body repeats an earlier one.
+        shard_poems: poems per TFRecord shard.
+    """
+
+    valid_fraction: float = 0.02
+    seed: int = 1234
+    min_count: int = 1
+    max_chars: int = 4096
+    keep_duplicates: bool = False
+    shard_poems: int = 20000
+
+    def __post_init__(self):
+        _check(0.0 < self.valid_fraction < 1.0, "--valid-fraction", f"must be between 0 and 1 (exclusive), got {self.valid_fraction}")
+        _check(self.min_count >= 1, "--min-count", f"must be ≥ 1, got {self.min_count}")
+        _check(self.max_chars >= 8, "--max-chars", f"must be ≥ 8, got {self.max_chars}")
+        _check(self.shard_poems >= 1, "--shard-poems", f"must be ≥ 1, got {self.shard_poems}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The GPT-2 shape (vocabulary size comes from the DATA_DIR, not from here).
+
+    Args:
+        n_layer: transformer blocks.
+        n_embd: model width.
+        n_head: attention heads (must divide ``n_embd``).
+        n_ctx: context length in characters, also the packed training sequence length.
+        dropout: dropout on embeddings, residuals and attention.
+    """
+
+    n_layer: int = 6
+    n_embd: int = 384
+    n_head: int = 6
+    n_ctx: int = 128
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        for name in ("n_layer", "n_embd", "n_head", "n_ctx"):
+            _check(getattr(self, name) >= 1, f"model.{name}", f"must be ≥ 1, got {getattr(self, name)}")
+        _check(self.n_embd % self.n_head == 0, "model.n_head", f"must divide n_embd={self.n_embd}, got {self.n_head}")
+        _check(self.n_ctx >= 16, "model.n_ctx", f"must be ≥ 16, got {self.n_ctx}")
+        _check(0.0 <= self.dropout < 1.0, "--dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How ``train`` optimises.
+
+    Args:
+        batch_size: sequences per step (global, across replicas).
+        epochs: total epochs (a resumed run trains until this many are done, like Keras' ``initial_epoch``).
+        steps_per_epoch: steps per epoch; 0 means one full pass over the training split.
+        learning_rate: peak AdamW learning rate.
+        min_lr_ratio: the decayed learning rate ends at ``learning_rate * min_lr_ratio``.
+        warmup_steps: linear warm-up steps from 0 to the peak.
+        schedule: decay after warm-up: cosine, linear or constant.
+        weight_decay: decoupled AdamW weight decay (not on biases, layer norms).
+        beta1: AdamW beta 1.
+        beta2: AdamW beta 2.
+        grad_clip: global-norm gradient clipping (0 = off).
+        precision: auto (bf16 on CPUs with AMX/AVX512-BF16 and on GPUs that support it, else fp32), fp32, bf16, fp16.
+        seed: seed for weight init and data order.
+        keep_checkpoints: how many recent checkpoints to keep.
+        checkpoint_every: also checkpoint every this many steps inside an epoch (0 = only at epoch ends).
+        samples_per_epoch: sample poems written to ``samples/`` after each epoch.
+        strategy: tf.distribute strategy: auto, default (one device), mirrored, multi-worker.
+    """
+
+    batch_size: int = 16
+    epochs: int = 1
+    steps_per_epoch: int = 0
+    learning_rate: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    precision: str = "auto"
+    seed: int = 1234
+    keep_checkpoints: int = 3
+    checkpoint_every: int = 500
+    samples_per_epoch: int = 4
+    strategy: str = "auto"
+
+    def __post_init__(self):
+        _check(self.batch_size >= 1, "--batch-size", f"must be ≥ 1, got {self.batch_size}")
+        _check(self.epochs >= 1, "--epochs", f"must be ≥ 1, got {self.epochs}")
+        _check(self.steps_per_epoch >= 0, "--steps-per-epoch", f"must be ≥ 0 (0 = one pass), got {self.steps_per_epoch}")
+        _check(self.learning_rate > 0, "--learning-rate", f"must be > 0, got {self.learning_rate}")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, "--min-lr-ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        _check(self.warmup_steps >= 0, "--warmup-steps", f"must be ≥ 0, got {self.warmup_steps}")
+        _check(self.schedule in SCHEDULES, "--schedule", f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        _check(self.weight_decay >= 0, "--weight-decay", f"must be ≥ 0, got {self.weight_decay}")
+        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "--beta1/--beta2", "must be in [0, 1)")
+        _check(self.grad_clip >= 0, "--grad-clip", f"must be ≥ 0, got {self.grad_clip}")
+        _check(self.precision in PRECISIONS, "--precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        _check(self.keep_checkpoints >= 1, "--keep-checkpoints", f"must be ≥ 1, got {self.keep_checkpoints}")
+        _check(self.checkpoint_every >= 0, "--checkpoint-every", f"must be ≥ 0, got {self.checkpoint_every}")
+        _check(self.samples_per_epoch >= 0, "--samples-per-epoch", f"must be ≥ 0, got {self.samples_per_epoch}")
+        _check(self.strategy in STRATEGIES, "--strategy", f"must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run is made of: preset name, model shape and training settings.
+
+    Args:
+        preset: the name of the preset it started from.
+        model: the model shape.
+        train: the training settings.
+    """
+
+    preset: str = "small"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
+        return cls(preset=data.get("preset", "custom"),
+                   model=_build(ModelConfig, data.get("model", {}), "model"),
+                   train=_build(TrainConfig, data.get("train", {}), "train"))
+
+    def replace(self, model: Mapping[str, Any] | None = None, train: Mapping[str, Any] | None = None) -> "RunConfig":
+        """A copy with some model / train fields changed (validated)."""
+        return RunConfig(self.preset,
+                         dataclasses.replace(self.model, **(model or {})),
+                         dataclasses.replace(self.train, **(train or {})))
+
+
+def _build(cls, values: Mapping[str, Any], section: str):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise OptionError(f"{section}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+def config_from_preset(name: str, presets: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None) -> RunConfig:
+    """Resolve a named preset from ``configs.py`` into a ``RunConfig``.
+
+    Args:
+        name: preset name such as ``tiny`` or ``small``.
+        presets: mapping to look in (defaults to ``configs.PRESETS``).
+    """
+    if presets is None:
+        import configs
+
+        presets = configs.PRESETS
+    if name not in presets:
+        raise OptionError(f"--config: unknown preset {name!r}; choose one of {', '.join(presets)}")
+    spec = presets[name]
+    return RunConfig(preset=name,
+                     model=_build(ModelConfig, spec.get("model", {}), "model"),
+                     train=_build(TrainConfig, spec.get("train", {}), "train"))

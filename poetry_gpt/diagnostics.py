@@ -1,0 +1,112 @@
+"""Corpus diagnostics: what ``prepare`` and ``corpus stats`` report about a corpus.
+
+``corpus_report`` returns plain JSON-able data (it is stored in the manifest);
+``format_report`` renders it for the terminal.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from .corpus import SKIP_REASONS, ReadResult
+from .vocab import UNK_ID, CharVocab
+
+COVERAGE_TOP = (500, 1000, 2000, 3000, 5000)
+SHOW_LOCATIONS = 3
+
+
+def corpus_report(read: ReadResult, vocab: CharVocab, ids: np.ndarray, lengths: np.ndarray,
+                  n_ctx: int = 128, vocab_given: bool = False) -> dict:
+    """Summarise a parsed corpus.
+
+    Args:
+        read: the parsed corpus (kept poems and skipped lines).
+        vocab: the vocabulary used to encode it.
+        ids: the encoded kept lines, concatenated.
+        lengths: the length of each encoded line.
+        n_ctx: the model context, to count poems longer than it.
+        vocab_given: the vocabulary came from ``--vocab`` (then list the characters it misses).
+    """
+    from .forms import regular_form
+
+    poems = read.poems
+    chars = CharVocab.count_chars(p.text for p in poems)
+    total = sum(chars.values())
+    freq = np.array(sorted(chars.values(), reverse=True), dtype=np.int64)
+    cum = np.cumsum(freq) if len(freq) else np.zeros(1, np.int64)
+    coverage = {str(n): round(float(cum[min(n, len(cum)) - 1] / max(total, 1)), 4) for n in COVERAGE_TOP}
+    body_len = np.array([len(p.body) for p in poems], dtype=np.int64)
+    line_len = lengths.astype(np.int64)
+    forms = Counter()
+    for p in poems:
+        form = regular_form(p.body)
+        if form is not None:
+            forms[form.name] += 1
+    regular = sum(forms.values())
+    unk = int(np.count_nonzero(ids == UNK_ID))
+    missing = Counter({c: n for c, n in chars.items() if c not in vocab.index})
+    report = {
+        "files": list(read.files),
+        "lines": read.lines,
+        "blank_lines": read.blank,
+        "poems_kept": len(poems),
+        "skipped": {r: {"count": len(v), "why": SKIP_REASONS[r],
+                        "first": [f"{f}:{ln}" for f, ln in v[:SHOW_LOCATIONS]]}
+                    for r, v in sorted(read.skipped.items(), key=lambda kv: -len(kv[1]))},
+        "characters": total,
+        "distinct_characters": len(chars),
+        "vocab_size": vocab.size,
+        "unk_occurrences": unk,
+        "coverage_of_top_chars": coverage,
+        "line_length": _percentiles(line_len),
+        "body_length": _percentiles(body_len),
+        "longer_than_context": {"n_ctx": n_ctx, "poems": int(np.count_nonzero(line_len + 1 > n_ctx)),
+                                "handling": "kept whole; packed training continues them in the next row"},
+        "regular_form": {"poems": regular, "share": round(regular / max(len(poems), 1), 4),
+                         "by_form": dict(forms.most_common())},
+        "genres": dict(Counter(p.genre for p in poems).most_common()),
+    }
+    if vocab_given:
+        report["not_in_vocab"] = {"characters": len(missing), "occurrences": sum(missing.values()),
+                                  "most_common": "".join(c for c, _ in missing.most_common(50))}
+    return report
+
+
+def _percentiles(values: np.ndarray) -> dict:
+    if len(values) == 0:
+        return {"p50": 0, "p90": 0, "p99": 0, "max": 0, "mean": 0.0}
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return {"p50": int(p50), "p90": int(p90), "p99": int(p99), "max": int(values.max()),
+            "mean": round(float(values.mean()), 1)}
+
+
+def format_report(report: dict) -> str:
+    """Render ``corpus_report`` output as a short human-readable block."""
+    out = [f"Read {report['lines']} poem line(s) from {len(report['files'])} file(s) "
+           f"({report['blank_lines']} blank line(s) ignored)."]
+    skipped = report["skipped"]
+    n_skipped = sum(v["count"] for v in skipped.values())
+    out.append(f"Kept {report['poems_kept']} poem(s); skipped {n_skipped}.")
+    for reason, info in skipped.items():
+        out.append(f"  skipped {info['count']:>6} × {info['why']} ({reason}), e.g. {', '.join(info['first'])}")
+    out.append(f"Characters: {report['characters']:,} ({report['distinct_characters']:,} distinct); "
+               f"vocabulary: {report['vocab_size']:,} tokens incl. 3 special; "
+               f"[UNK] occurrences: {report['unk_occurrences']:,}.")
+    cov = ", ".join(f"top {k}: {v:.1%}" for k, v in report["coverage_of_top_chars"].items())
+    out.append(f"Coverage of occurrences by the most frequent characters: {cov}.")
+    ll, bl = report["line_length"], report["body_length"]
+    out.append(f"Line length p50/p90/p99/max: {ll['p50']}/{ll['p90']}/{ll['p99']}/{ll['max']}; "
+               f"body length p50/p90/p99/max: {bl['p50']}/{bl['p90']}/{bl['p99']}/{bl['max']}.")
+    lc = report["longer_than_context"]
+    out.append(f"Longer than the context ({lc['n_ctx']}): {lc['poems']} poem(s), {lc['handling']}.")
+    rf = report["regular_form"]
+    by = ", ".join(f"{k} {v}" for k, v in rf["by_form"].items()) or "none"
+    out.append(f"Regular 绝句/律诗 form: {rf['poems']} ({rf['share']:.1%}): {by}.")
+    genres = ", ".join(f"{k} {v}" for k, v in list(report["genres"].items())[:5])
+    out.append(f"Genres: {genres}.")
+    if "not_in_vocab" in report:
+        miss = report["not_in_vocab"]
+        out.append(f"Not in the given vocabulary: {miss['characters']} character(s), {miss['occurrences']} "
+                   f"occurrence(s) mapped to [UNK]; most common: {miss['most_common'] or '-'}.")
+    return "\n".join(out)

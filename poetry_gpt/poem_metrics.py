@@ -1,0 +1,190 @@
+"""Figures for `poetry-gpt eval`: pure functions over poem texts, no model.
+
+The same figures are computed for generated samples (``sample_figures``) and for
+a corpus (``corpus_figures``), so reports can show model and corpus side by side.
+Shares are floats in [0, 1], or None when there is nothing to measure (e.g. the
+rhyme rate of a list without a regular poem).
+
+Definitions:
+
+* closure rate: share of generated texts whose body was closed with 】.
+* form rates: share of bodies that are regular (``forms.check``), overall and per form;
+  in ``sample_figures`` unclosed samples count as irregular.
+* rhyme rate: among regular bodies, the share whose rhyme clauses rhyme
+  (modern-final approximation, see ``poetry_gpt.forms``).
+* distinct-n: distinct character n-grams / all n-grams, pooled over bodies; n-grams are
+  taken inside clauses (punctuation removed, never across a clause mark).
+* copy rate: share of generated clauses of at least ``min_len`` characters that occur
+  verbatim as a clause of a training poem, and share of bodies equal to a training body.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterable, Sequence
+
+from . import forms
+
+OPEN, CLOSE = "【", "】"
+
+
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def extract_body(text: str) -> tuple[str, bool]:
+    """The body of a generated text and whether it was closed.
+
+    Args:
+        text: a generated line such as ``title 唐诗：【body】`` (the header may be missing).
+
+    Returns:
+        ``(body, closed)``: the text after the first 【 up to the next 】 (or to the end when
+        there is none); a text without 【 is taken as all body.
+    """
+    start = text.find(OPEN)
+    rest = text[start + 1:] if start >= 0 else text
+    end = rest.find(CLOSE)
+    return (rest, False) if end < 0 else (rest[:end], True)
+
+
+def closure_rate(samples: Iterable[str | tuple[str, bool]]) -> float | None:
+    """Share of generated texts that closed their body with 】.
+
+    Args:
+        samples: generated texts, or ``(text, closed)`` pairs when the generator knows
+            (e.g. it stopped at a length limit).
+    """
+    flags = [s[1] if isinstance(s, tuple) else extract_body(s)[1] for s in samples]
+    return _share(sum(flags), len(flags))
+
+
+def form_rates(bodies: Sequence[str]) -> dict[str, float | None]:
+    """Share of regular bodies, overall (key ``regular``) and per form (keys of ``forms.FORMS``).
+
+    Args:
+        bodies: poem bodies.
+    """
+    return _form_rates([forms.check(b) for b in bodies])
+
+
+def _form_rates(reports: Sequence[forms.FormReport]) -> dict[str, float | None]:
+    found = Counter(r.form for r in reports)
+    rates = {"regular": _share(len(reports) - found[None], len(reports))}
+    rates.update({name: _share(found[name], len(reports)) for name in forms.FORMS})
+    return rates
+
+
+def rhyme_rate(bodies: Iterable[str]) -> float | None:
+    """Among regular bodies, the share that rhyme.
+
+    Args:
+        bodies: poem bodies (irregular ones are ignored).
+    """
+    return _rhyme_rate([forms.check(b) for b in bodies])
+
+
+def _rhyme_rate(reports: Sequence[forms.FormReport]) -> float | None:
+    regular = [r for r in reports if r.regular]
+    return _share(sum(r.rhymes for r in regular), len(regular))
+
+
+def _clause_texts(body: str) -> list[str]:
+    return [c for c in forms.split_clauses(body)[0] if c]
+
+
+def distinct_n(texts: Iterable[str], n: int) -> float | None:
+    """Distinct character n-grams / all n-grams, inside clauses, pooled over all bodies.
+
+    Args:
+        texts: poem bodies.
+        n: the n-gram length (1 or 2 in reports).
+    """
+    grams: Counter = Counter()
+    for body in texts:
+        for clause in _clause_texts(body):
+            grams.update(clause[i:i + n] for i in range(len(clause) - n + 1))
+    return _share(len(grams), sum(grams.values()))
+
+
+class CopyIndex:
+    """The clauses and bodies of training poems, for ``copy_rate``; build once, reuse.
+
+    Args:
+        training_bodies: bodies of the training poems.
+        min_len: only clauses of at least this many characters are kept.
+    """
+
+    def __init__(self, training_bodies: Iterable[str], min_len: int = 5):
+        self.min_len = min_len
+        self.bodies: set[str] = set()
+        self.clauses: set[str] = set()
+        for body in training_bodies:
+            self.bodies.add(body)
+            self.clauses.update(c for c in _clause_texts(body) if len(c) >= min_len)
+
+
+def copy_rate(bodies: Sequence[str], training_bodies: Iterable[str] | CopyIndex,
+              min_len: int = 5) -> dict[str, float | int | None]:
+    """How much generated text is copied from the training poems.
+
+    Args:
+        bodies: generated bodies.
+        training_bodies: bodies of the training poems, or a ``CopyIndex`` of them
+            (its ``min_len`` is used then).
+        min_len: clauses shorter than this are not checked.
+
+    Returns:
+        ``clauses`` (generated clauses checked), ``clause_copy`` (share of them found verbatim
+        as a training clause) and ``poem_copy`` (share of bodies equal to a training body).
+    """
+    index = training_bodies if isinstance(training_bodies, CopyIndex) else CopyIndex(training_bodies, min_len)
+    clauses = [c for b in bodies for c in _clause_texts(b) if len(c) >= index.min_len]
+    return {
+        "clauses": len(clauses),
+        "clause_copy": _share(sum(c in index.clauses for c in clauses), len(clauses)),
+        "poem_copy": _share(sum(b in index.bodies for b in bodies), len(bodies)),
+    }
+
+
+def _figures(form_bodies: Sequence[str], text_bodies: Sequence[str]) -> dict[str, float | int | None]:
+    reports = [forms.check(b) for b in form_bodies]
+    figures: dict[str, float | int | None] = {"poems": len(reports)}
+    figures.update(_form_rates(reports))
+    figures["rhyme_rate"] = _rhyme_rate(reports)
+    figures["distinct_1"] = distinct_n(text_bodies, 1)
+    figures["distinct_2"] = distinct_n(text_bodies, 2)
+    return figures
+
+
+def corpus_figures(bodies: Sequence[str]) -> dict[str, float | int | None]:
+    """Form, rhyme and distinct-n figures of a list of bodies (a corpus, or any bodies).
+
+    Args:
+        bodies: poem bodies.
+
+    Returns:
+        ``poems``, ``regular``, one key per form, ``rhyme_rate``, ``distinct_1``, ``distinct_2``.
+    """
+    return _figures(bodies, bodies)
+
+
+def sample_figures(samples: Sequence[str | tuple[str, bool]],
+                   training_bodies: Iterable[str] | CopyIndex | None = None,
+                   min_len: int = 5) -> dict[str, float | int | None]:
+    """The ``corpus_figures`` of generated samples plus ``closure_rate`` and the copy rates.
+
+    Form rates count unclosed samples as irregular; distinct-n and copy rates use the
+    bodies of all samples.
+
+    Args:
+        samples: generated texts, or ``(text, closed)`` pairs (see ``closure_rate``).
+        training_bodies: training bodies (or a ``CopyIndex``) for the copy rates; None skips them.
+        min_len: clause length from which copies are counted.
+    """
+    pairs = [(extract_body(s[0])[0], s[1]) if isinstance(s, tuple) else extract_body(s) for s in samples]
+    bodies = [b for b, _ in pairs]
+    figures = _figures([b if closed else "" for b, closed in pairs], bodies)
+    figures["closure_rate"] = _share(sum(closed for _, closed in pairs), len(pairs))
+    if training_bodies is not None:
+        figures.update(copy_rate(bodies, training_bodies, min_len))
+    return figures

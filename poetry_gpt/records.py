@@ -1,0 +1,354 @@
+"""TFRecord shards and the DATA_DIR manifest: writing them, and reading them into ``tf.data``.
+
+Layout of a DATA_DIR::
+
+    manifest.json                  written last: shard names, counts, vocab hash, options, version
+    tokenizer.json, vocab.txt, …   the character vocabulary (see vocab.py)
+    train-00000-of-00003.tfrecord  one poem per tf.train.Example: feature "ids" (int64 list)
+    valid-00000-of-00001.tfrecord
+
+Every file is written under a temporary name and renamed when complete, and the
+manifest is written after all shards, so a DATA_DIR with ``manifest.json`` is
+complete; one without it is refused (``load_manifest``).
+
+Reading packs poems for training: each poem is preceded by ``[SEP]``, the
+shuffled poems are concatenated into one stream and cut into rows of exactly
+``n_ctx`` tokens (nanoGPT's way), so a training batch holds no padding. A poem
+longer than the context continues in the next row. Validation reads one poem per
+row (padded, pads masked with label −100; a poem longer than the context takes
+several rows), so its loss is the poem-level cross-entropy.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import DataDirError
+from .fsutil import atomic_write_json, fsync_dir, read_json
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+SPLITS = ("train", "valid")
+IGNORE_INDEX = -100
+
+
+# --- writing -------------------------------------------------------------------------
+
+def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Protobuf varint bytes of non-negative ints, all concatenated, and each value's byte count."""
+    v = values.astype(np.uint64)
+    top = int(v.max()) if len(v) else 0
+    width = max(1, (top.bit_length() + 6) // 7)
+    table = np.empty((len(v), width), dtype=np.uint8)
+    keep = np.empty((len(v), width), dtype=bool)
+    for k in range(width):
+        rest = v >> np.uint64(7 * k)
+        keep[:, k] = rest > 0 if k else True
+        table[:, k] = (rest & np.uint64(0x7F)).astype(np.uint8) | ((rest >= 128).astype(np.uint8) << 7)
+    return table[keep], keep.sum(axis=1)
+
+
+_SMALL_VARINTS: list[bytes] = []
+
+
+def _varint(n: int) -> bytes:
+    if n < len(_SMALL_VARINTS):
+        return _SMALL_VARINTS[n]
+    if not _SMALL_VARINTS:
+        _SMALL_VARINTS.extend(_varint_bytes(i) for i in range(1 << 14))
+        return _SMALL_VARINTS[n] if n < len(_SMALL_VARINTS) else _varint_bytes(n)
+    return _varint_bytes(n)
+
+
+def _varint_bytes(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+_KEY = b"\x0a\x03ids"  # map-entry field 1 (key) = "ids"
+
+
+def serialize_examples(ids: np.ndarray, lengths: np.ndarray) -> list[bytes]:
+    """Serialise poems as ``tf.train.Example`` protos with one int64-list feature ``ids``.
+
+    Byte-identical to ``tf.train.Example(...).SerializeToString()`` with packed values,
+    built with numpy instead of one protobuf object per poem.
+
+    Args:
+        ids: all token ids concatenated.
+        lengths: number of ids of each poem.
+    """
+    payload, nbytes = _varints(ids)
+    ends = np.cumsum(lengths)
+    byte_ends = np.concatenate([[0], np.cumsum(nbytes)])[ends]
+    byte_starts = np.concatenate([[0], byte_ends[:-1]])
+    raw = payload.tobytes()
+    out = []
+    for s, e in zip(byte_starts.tolist(), byte_ends.tolist()):
+        packed = raw[s:e]
+        int64_list = b"\x0a" + _varint(len(packed)) + packed if packed else b""
+        feature = b"\x1a" + _varint(len(int64_list)) + int64_list
+        entry = _KEY + b"\x12" + _varint(len(feature)) + feature
+        features = b"\x0a" + _varint(len(entry)) + entry
+        out.append(b"\x0a" + _varint(len(features)) + features)
+    return out
+
+
+def write_shards(data_dir: Path, split: str, records: Sequence[bytes], shard_poems: int) -> list[str]:
+    """Write serialised examples into ``split-XXXXX-of-YYYYY.tfrecord`` files atomically.
+
+    Args:
+        data_dir: the output folder.
+        split: "train" or "valid".
+        records: serialised examples in order.
+        shard_poems: poems per shard.
+
+    Returns:
+        The shard file names (relative to ``data_dir``).
+    """
+    import tensorflow as tf
+
+    n_shards = max(1, math.ceil(len(records) / shard_poems))
+    names = []
+    for i in range(n_shards):
+        name = f"{split}-{i:05d}-of-{n_shards:05d}.tfrecord"
+        tmp = data_dir / (name + ".tmp")
+        with tf.io.TFRecordWriter(str(tmp)) as writer:
+            for rec in records[i * shard_poems:(i + 1) * shard_poems]:
+                writer.write(rec)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, data_dir / name)
+        names.append(name)
+    return names
+
+
+def write_manifest(data_dir: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest.json`` last, atomically: from then on the DATA_DIR is complete."""
+    fsync_dir(data_dir)
+    atomic_write_json(data_dir / MANIFEST, manifest)
+    fsync_dir(data_dir)
+
+
+# --- reading -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Manifest:
+    """A DATA_DIR's manifest.
+
+    Args:
+        path: the DATA_DIR.
+        data: the manifest's JSON content.
+    """
+
+    path: Path
+    data: dict
+
+    def shards(self, split: str) -> list[str]:
+        return [str(self.path / n) for n in self.data["splits"][split]["shards"]]
+
+    def poems(self, split: str) -> int:
+        return int(self.data["splits"][split]["poems"])
+
+    def tokens(self, split: str) -> int:
+        """Character tokens of the split (without the [SEP] before each poem)."""
+        return int(self.data["splits"][split]["tokens"])
+
+    @property
+    def vocab_hash(self) -> str:
+        return self.data["vocab"]["hash"]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.data["vocab"]["size"])
+
+    @property
+    def hash(self) -> str:
+        return self.data["hash"]
+
+    @property
+    def genre(self) -> str:
+        genres = self.data.get("genres", {})
+        return max(genres, key=genres.get) if genres else "诗"
+
+
+def load_manifest(data_dir: str | os.PathLike) -> Manifest:
+    """Open a DATA_DIR, checking that it is complete.
+
+    Args:
+        data_dir: a folder written by ``poetry-gpt prepare``.
+
+    Raises:
+        DataDirError: the folder is missing, has no manifest (incomplete), or lacks a shard.
+    """
+    path = Path(data_dir)
+    if not path.is_dir():
+        raise DataDirError(f"{path}: no such DATA_DIR; create it with `poetry-gpt prepare RAW --out {path}`")
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise DataDirError(f"{path}: no {MANIFEST}, so this is not a complete DATA_DIR (an interrupted prepare?); "
+                           f"rerun `poetry-gpt prepare RAW --out {path} --overwrite`")
+    try:
+        data = read_json(mpath)
+        version = data["format_version"]
+        splits = data["splits"]
+    except (ValueError, KeyError, TypeError):
+        raise DataDirError(f"{mpath}: unreadable manifest; rerun `poetry-gpt prepare RAW --out {path} --overwrite`") from None
+    if version != FORMAT_VERSION:
+        raise DataDirError(f"{mpath}: format version {version}, this poetry_gpt reads {FORMAT_VERSION}; rerun prepare")
+    for split in SPLITS:
+        for name in splits[split]["shards"]:
+            if not (path / name).is_file():
+                raise DataDirError(f"{path / name}: shard listed in {MANIFEST} is missing; rerun prepare with --overwrite")
+    return Manifest(path, data)
+
+
+def batches_per_pass(manifest: Manifest, batch_size: int, n_ctx: int) -> int:
+    """How many packed training batches one pass over the training split yields.
+
+    Args:
+        manifest: the DATA_DIR's manifest.
+        batch_size: rows per batch.
+        n_ctx: tokens per row.
+    """
+    stream = manifest.tokens("train") + manifest.poems("train")
+    return (stream // n_ctx) // batch_size
+
+
+def _parse_ids(serialized):
+    import tensorflow as tf
+
+    parsed = tf.io.parse_example(serialized, {"ids": tf.io.RaggedFeature(tf.int64)})
+    return tf.cast(parsed["ids"], tf.int32)
+
+
+def _with_sep(ragged, sep_id: int):
+    import tensorflow as tf
+
+    n = ragged.nrows()
+    sep = tf.RaggedTensor.from_tensor(tf.fill([n, 1], tf.constant(sep_id, tf.int32)))
+    return tf.concat([sep, ragged], axis=1)
+
+
+def _pass_dataset(files: list[str], n_ctx: int, sep_id: int, seed, shuffle_buffer: int):
+    """One shuffled pass over the training shards, packed into rows of ``n_ctx`` tokens."""
+    import tensorflow as tf
+
+    files_ds = tf.data.Dataset.from_tensor_slices(files)
+    if len(files) > 1:
+        files_ds = files_ds.shuffle(len(files), seed=seed)
+    ds = files_ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                             num_parallel_calls=1, deterministic=True)
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+    ds = ds.batch(512).map(lambda s: _with_sep(_parse_ids(s), sep_id).flat_values)
+
+    def carry(rest, chunk):
+        buf = tf.concat([rest, chunk], axis=0)
+        n_rows = tf.shape(buf)[0] // n_ctx
+        rows = tf.reshape(buf[: n_rows * n_ctx], [n_rows, n_ctx])
+        return buf[n_rows * n_ctx:], rows
+
+    ds = ds.scan(tf.zeros([0], tf.int32), carry)
+    return ds.unbatch()
+
+
+def train_dataset(manifest: Manifest, batch_size: int, n_ctx: int, *, seed: int = 0,
+                  start_step: int = 0, shuffle_buffer: int = 65536, pad_id: int = 0, sep_id: int = 2):
+    """The endless packed training stream: pass after pass, each shuffled with its own seed.
+
+    Batch ``k`` of the stream is the same whatever ``start_step`` is, so a resumed run
+    continues the data order exactly (``start_step`` skips whole passes cheaply and the
+    rest batch by batch).
+
+    Args:
+        manifest: the DATA_DIR's manifest.
+        batch_size: rows per batch.
+        n_ctx: tokens per row.
+        seed: data-order seed; pass ``p`` is shuffled with ``(seed, p)``.
+        start_step: the first batch to produce (the run's global step).
+        shuffle_buffer: poems in the shuffle buffer (bounded memory for any corpus size).
+        pad_id: the padding id (never produced in training rows; kept for the signature).
+        sep_id: the poem boundary id.
+
+    Returns:
+        A ``tf.data.Dataset`` of ``{"input_ids": int32[B, n_ctx], "labels": int32[B, n_ctx]}``.
+    """
+    import tensorflow as tf
+
+    per_pass = batches_per_pass(manifest, batch_size, n_ctx)
+    if per_pass < 1:
+        raise DataDirError(
+            f"{manifest.path}: the training split has {manifest.tokens('train') + manifest.poems('train')} tokens, "
+            f"fewer than one batch of {batch_size}×{n_ctx}; use more poems, a smaller --batch-size or a smaller context")
+    files = manifest.shards("train")
+    buffer = max(1, min(shuffle_buffer, manifest.poems("train")))
+    first_pass, skip = divmod(start_step, per_pass)
+
+    def one_pass(p):
+        pass_seed = tf.cast(seed, tf.int64) * 1_000_003 + p
+        return _pass_dataset(files, n_ctx, sep_id, pass_seed, buffer).batch(batch_size, drop_remainder=True).take(per_pass)
+
+    ds = tf.data.Dataset.range(first_pass, 2 ** 62).flat_map(one_pass)
+    if skip:
+        ds = ds.skip(skip)
+    ds = ds.map(lambda x: {"input_ids": x, "labels": x})
+    options = tf.data.Options()
+    options.experimental_deterministic = True
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(manifest: Manifest, batch_size: int, n_ctx: int, split: str = "valid",
+                 pad_id: int = 0, sep_id: int = 2):
+    """The validation poems, one per row ([SEP] + poem, padded; long poems take several rows).
+
+    Every batch has exactly ``batch_size`` rows (the last is filled with all-pad rows,
+    whose labels are all ignored), so a compiled step never sees a new shape.
+
+    Args:
+        manifest: the DATA_DIR's manifest.
+        batch_size: rows per batch.
+        n_ctx: tokens per row.
+        split: which split to read.
+        pad_id: the padding id.
+        sep_id: the poem boundary id.
+
+    Returns:
+        A finite ``tf.data.Dataset`` of ``{"input_ids", "labels"}`` with labels −100 on padding.
+    """
+    import tensorflow as tf
+
+    def rows(ids):
+        ids = tf.concat([[sep_id], ids], axis=0)
+        n = (tf.shape(ids)[0] + n_ctx - 1) // n_ctx
+        padded = tf.pad(ids, [[0, n * n_ctx - tf.shape(ids)[0]]], constant_values=pad_id)
+        return tf.data.Dataset.from_tensor_slices(tf.reshape(padded, [n, n_ctx]))
+
+    ds = tf.data.TFRecordDataset(manifest.shards(split))
+    ds = ds.map(lambda s: tf.cast(tf.io.parse_single_example(s, {"ids": tf.io.RaggedFeature(tf.int64)})["ids"], tf.int32))
+    ds = ds.flat_map(rows)
+    ds = ds.batch(batch_size)
+    ds = ds.map(lambda x: tf.pad(x, [[0, batch_size - tf.shape(x)[0]], [0, 0]], constant_values=pad_id))
+    ds = ds.map(lambda x: {"input_ids": x, "labels": tf.where(x == pad_id, IGNORE_INDEX, x)})
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def read_poem_ids(manifest: Manifest, split: str) -> list[list[int]]:
+    """All poems of a split as lists of ids, in file order (for tests and small tools)."""
+    import tensorflow as tf
+
+    out = []
+    for s in tf.data.TFRecordDataset(manifest.shards(split)).batch(1024):
+        out.extend(_parse_ids(s).to_list())
+    return out

@@ -1,0 +1,348 @@
+"""The compiled decode loop: GPT-2 with a fixed-size KV cache under XLA.
+
+``transformers``' TF GPT-2 grows its cache with ``tf.concat`` (XLA generation
+pads it and then shifts slices around). This module instead reads the weights
+of a ``TFGPT2LMHeadModel`` and runs its own forward pass with a cache of fixed
+shape ``[batch, heads, n_ctx, head_dim]`` per layer, written in place one slot a
+step. Two ``tf.function(jit_compile=True)`` programs do the work:
+
+* ``prefill``: the prompts, right-padded to a length bucket (a multiple of
+  ``BUCKET``), in one pass; fills the cache and returns the logits after each
+  prompt's last real token. Causal attention means the padding never leaks into
+  the real positions, so no attention mask is needed here. One program per
+  ``(batch, bucket)``.
+* ``decode``: a ``tf.while_loop`` that samples a token, writes it at slot
+  ``length + i`` of its own row, and runs one step. Every shape is fixed by
+  ``(batch, n_ctx, top-k cap)``, so a new opening never recompiles it;
+  ``top_k``, ``top_p``, temperature, repetition penalty, ``max_new_tokens`` and
+  the per-row seeds are tensors. It exits early when every row has emitted the
+  stop token (】).
+
+Sampling per step: repetition penalty (as in transformers: divide positive
+logits of already-seen tokens by the penalty, multiply negative ones), the
+optional constraint, banned ids (``[PAD]``/``[UNK]``/``[SEP]``), top-k over the
+``kcap`` best candidates, temperature, top-p (nucleus over the top-k), then one
+``tf.random.stateless_categorical`` draw per row with seed ``(row seed, step)``.
+A row's poem therefore depends only on its own seed, not on its batch mates.
+``top_k == 1`` is greedy.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+BUCKET = 16
+NEG = -1e9  # "impossible" logit; finite so that softmax never sees inf - inf
+
+
+def bucket_length(length: int, n_ctx: int) -> int:
+    """The prefill width for a prompt of ``length`` tokens: the next multiple of ``BUCKET`` (≤ n_ctx).
+
+    Args:
+        length: the longest prompt of the batch, in tokens.
+        n_ctx: the model's context length.
+    """
+    return min(n_ctx, -(-length // BUCKET) * BUCKET)
+
+
+def top_k_cap(top_k: int, vocab_size: int) -> int:
+    """How many candidates the compiled sampler keeps: 16, 64 or the whole vocabulary.
+
+    ``top_k`` itself is a tensor; only crossing one of these caps compiles a new program.
+
+    Args:
+        top_k: the requested top-k.
+        vocab_size: the model's vocabulary size.
+    """
+    for cap in (16, 64):
+        if top_k <= cap:
+            return min(cap, vocab_size)
+    return vocab_size
+
+
+@dataclass
+class DecodeResult:
+    """What one ``Sampler.run`` produced.
+
+    Args:
+        tokens: ``[batch, n]`` sampled ids; after a row's stop token the rest is ``[PAD]``.
+        steps: how many decode steps ran (≤ ``max_new_tokens``).
+    """
+
+    tokens: np.ndarray
+    steps: int
+
+
+class CachedGPT2:
+    """A ``TFGPT2LMHeadModel``'s forward pass with a fixed-size KV cache.
+
+    The weights are read from the model's variables at call time, so reloading or
+    training the model is seen by already-compiled programs.
+
+    Args:
+        model: a built ``TFGPT2LMHeadModel``.
+        compute_dtype: ``tf.float32`` or ``tf.bfloat16`` for the matmuls (logits stay float32).
+    """
+
+    def __init__(self, model, compute_dtype=tf.float32):
+        from transformers.activations_tf import get_tf_activation
+
+        cfg = model.config
+        self.n_layer, self.n_head, self.n_embd = cfg.n_layer, cfg.n_head, cfg.n_embd
+        self.head_dim = cfg.n_embd // cfg.n_head
+        self.n_ctx = cfg.n_positions
+        self.vocab_size = cfg.vocab_size
+        self.eps = cfg.layer_norm_epsilon
+        self.act = get_tf_activation(cfg.activation_function)
+        self.dtype = compute_dtype
+        t = model.transformer
+        self._vars = {
+            "wte": t.wte.embeddings, "wpe": t.wpe.embeddings,
+            "ln_f": (t.ln_f.gamma, t.ln_f.beta),
+            "h": [dict(ln_1=(b.ln_1.gamma, b.ln_1.beta), ln_2=(b.ln_2.gamma, b.ln_2.beta),
+                       attn=(b.attn.c_attn.weight, b.attn.c_attn.bias),
+                       proj=(b.attn.c_proj.weight, b.attn.c_proj.bias),
+                       fc=(b.mlp.c_fc.weight, b.mlp.c_fc.bias),
+                       fc_proj=(b.mlp.c_proj.weight, b.mlp.c_proj.bias)) for b in t.h],
+        }
+
+    def weights(self) -> dict:
+        """The weights as tensors in the compute dtype (call inside the compiled function, once)."""
+        cast = lambda v: tf.cast(v, self.dtype)  # noqa: E731
+        return tf.nest.map_structure(cast, self._vars)
+
+    # pieces -----------------------------------------------------------------------
+    def _ln(self, x, gb):
+        x32 = tf.cast(x, tf.float32)
+        mean, var = tf.nn.moments(x32, axes=[-1], keepdims=True)
+        y = (x32 - mean) * tf.math.rsqrt(var + self.eps)
+        return tf.cast(y, self.dtype) * gb[0] + gb[1]
+
+    @staticmethod
+    def _linear(x, wb):
+        return tf.matmul(x, wb[0]) + wb[1][0]
+
+    def _heads(self, x):  # [..., D] -> [..., H, Dh]
+        return tf.reshape(x, tf.concat([tf.shape(x)[:-1], [self.n_head, self.head_dim]], 0))
+
+    def _logits(self, w, x):
+        x = self._ln(x, w["ln_f"])
+        return tf.cast(tf.matmul(x, w["wte"], transpose_b=True), tf.float32)
+
+    def _mlp(self, layer, x):
+        return self._linear(self.act(self._linear(self._ln(x, layer["ln_2"]), layer["fc"])), layer["fc_proj"])
+
+    @staticmethod
+    def _softmax(scores):
+        scores = scores - tf.reduce_max(scores, axis=-1, keepdims=True)
+        e = tf.exp(scores)
+        return e / tf.reduce_sum(e, axis=-1, keepdims=True)
+
+    # passes -----------------------------------------------------------------------
+    def prefill(self, w, ids, lengths):
+        """Run right-padded prompts; return the logits after each last real token and the cache.
+
+        Args:
+            w: ``weights()``.
+            ids: ``[B, T]`` int32 token ids, each row's prompt followed by padding.
+            lengths: ``[B]`` int32 real lengths (≥ 1).
+
+        Returns:
+            ``(logits [B, V] float32, cache)`` where ``cache`` is a list of ``(K, V)`` per
+            layer, each ``[B, H, n_ctx, Dh]``.
+        """
+        T = ids.shape[1]
+        x = tf.gather(w["wte"], ids) + w["wpe"][:T][None]
+        causal = tf.linalg.band_part(tf.ones([T, T], tf.bool), -1, 0)
+        scale = 1.0 / math.sqrt(self.head_dim)
+        pad = [[0, 0], [0, 0], [0, self.n_ctx - T], [0, 0]]
+        cache = []
+        for layer in w["h"]:
+            qkv = self._linear(self._ln(x, layer["ln_1"]), layer["attn"])
+            q, k, v = [tf.transpose(self._heads(t), [0, 2, 1, 3]) for t in tf.split(qkv, 3, axis=-1)]
+            scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) * scale
+            probs = tf.cast(self._softmax(tf.where(causal, scores, NEG)), self.dtype)
+            a = tf.reshape(tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3]), tf.shape(x))
+            x = x + self._linear(a, layer["proj"])
+            x = x + self._mlp(layer, x)
+            cache.append((tf.pad(k, pad), tf.pad(v, pad)))
+        last = tf.gather(x, lengths - 1, batch_dims=1)
+        return self._logits(w, last), cache
+
+    def step(self, w, tokens, positions, cache):
+        """Run one token per row at its own position, updating the cache in place.
+
+        Args:
+            w: ``weights()``.
+            tokens: ``[B]`` int32 ids.
+            positions: ``[B]`` int32 positions (< n_ctx); also the cache slot written.
+            cache: as returned by ``prefill``.
+
+        Returns:
+            ``(logits [B, V], cache)``.
+        """
+        x = tf.gather(w["wte"], tokens) + tf.gather(w["wpe"], positions)
+        slots = tf.range(self.n_ctx)[None, :]
+        write = (slots == positions[:, None])[:, None, :, None]  # [B, 1, S, 1]
+        visible = (slots <= positions[:, None])[:, None, :]  # [B, 1, S]
+        scale = 1.0 / math.sqrt(self.head_dim)
+        new_cache = []
+        for layer, (K, V) in zip(w["h"], cache):
+            qkv = self._linear(self._ln(x, layer["ln_1"]), layer["attn"])
+            q, k, v = [self._heads(t) for t in tf.split(qkv, 3, axis=-1)]  # [B, H, Dh]
+            K = tf.where(write, k[:, :, None, :], K)
+            V = tf.where(write, v[:, :, None, :], V)
+            scores = tf.cast(tf.einsum("bhd,bhsd->bhs", q, K), tf.float32) * scale
+            probs = tf.cast(self._softmax(tf.where(visible, scores, NEG)), self.dtype)
+            a = tf.reshape(tf.einsum("bhs,bhsd->bhd", probs, V), tf.shape(x))
+            x = x + self._linear(a, layer["proj"])
+            x = x + self._mlp(layer, x)
+            new_cache.append((K, V))
+        return self._logits(w, x), new_cache
+
+    def full_logits(self, w, ids):
+        """Logits of every position of ``ids`` ``[B, T]`` without any cache (for checks)."""
+        logits, _ = self.prefill(w, ids, tf.fill([tf.shape(ids)[0]], ids.shape[1]))
+        return logits
+
+
+def sample_tokens(logits, seen, seeds, step, *, top_k, top_p, temperature, penalty, kcap, banned_bias):
+    """Draw one token per row (the sampling half of a decode step).
+
+    Args:
+        logits: ``[B, V]`` float32.
+        seen: ``[B, V]`` bool, tokens already in the row (for the repetition penalty).
+        seeds: ``[B]`` int32 row seeds.
+        step: scalar int32, the decode step (second half of each row's seed).
+        top_k: scalar int32 ≥ 1 (1 = greedy).
+        top_p: scalar float32 in (0, 1].
+        temperature: scalar float32 > 0.
+        penalty: scalar float32 > 0 (1 = off).
+        kcap: Python int, how many candidates to keep (≥ top_k).
+        banned_bias: ``[V]`` float32, ``NEG`` for ids never to sample, else 0.
+
+    Returns:
+        ``[B]`` int32 token ids.
+    """
+    penalised = tf.where(logits > 0, logits / penalty, logits * penalty)
+    logits = tf.where(seen, penalised, logits) + banned_bias
+    vals, idx = tf.math.top_k(logits, k=kcap, sorted=True)
+    rank = tf.range(kcap)[None, :]
+    vals = tf.where(rank < top_k, vals / temperature, NEG)
+    probs = CachedGPT2._softmax(vals)
+    before = tf.cumsum(probs, axis=-1, exclusive=True)
+    vals = tf.where((before < top_p) | (rank == 0), vals, NEG)
+    picks = [tf.random.stateless_categorical(vals[b:b + 1], 1, seed=tf.stack([seeds[b], step]), dtype=tf.int32)[0]
+             for b in range(vals.shape[0])]
+    choice = tf.where(top_k == 1, 0, tf.concat(picks, 0))
+    return tf.gather(idx, choice, batch_dims=1)
+
+
+class Sampler:
+    """Compiled batched sampling from a ``TFGPT2LMHeadModel``.
+
+    Args:
+        model: a built ``TFGPT2LMHeadModel``.
+        stop_id: the id that ends a poem (】's id), or ``None`` to always run ``max_new_tokens``.
+        banned_ids: ids never sampled (the special tokens).
+        compute_dtype: ``tf.float32`` (default) or ``tf.bfloat16``.
+
+    Example:
+        >>> sampler = Sampler(model, stop_id=vocab.id_of("】"), banned_ids=[0, 1, 2])
+        >>> result = sampler.run([[2, 15, 27]], seeds=[7], max_new_tokens=32)
+    """
+
+    def __init__(self, model, stop_id: int | None, banned_ids: Sequence[int] = (), compute_dtype=tf.float32):
+        self.net = CachedGPT2(model, compute_dtype)
+        self.stop_id = -1 if stop_id is None else int(stop_id)
+        bias = np.zeros(self.net.vocab_size, np.float32)
+        bias[list(banned_ids)] = NEG
+        self.banned_bias = tf.constant(bias)
+        self.traces = {"prefill": 0, "decode": 0}  # Python-side trace counts (tests, diagnostics)
+        self._prefill = tf.function(self._prefill_impl, jit_compile=True)
+        self._decode = tf.function(self._decode_impl, jit_compile=True)
+
+    @property
+    def n_ctx(self) -> int:
+        return self.net.n_ctx
+
+    # compiled programs --------------------------------------------------------------
+    def _prefill_impl(self, ids, lengths):
+        self.traces["prefill"] += 1
+        return self.net.prefill(self.net.weights(), ids, lengths)
+
+    def _decode_impl(self, logits, cache, lengths, seeds, seen, done, options, constraint_in, kcap, constraint):
+        self.traces["decode"] += 1
+        w = self.net.weights()
+        top_k, top_p, temperature, penalty, max_new = options["top_k"], options["top_p"], \
+            options["temperature"], options["penalty"], options["max_new"]
+        B, n_ctx = logits.shape[0], self.n_ctx
+        out = tf.zeros([B, n_ctx], tf.int32)
+        state, rhyme, tables = constraint_in if constraint is not None else (tf.zeros([B]), tf.zeros([B]), ())
+
+        def cond(i, logits, cache, out, seen, done, state, rhyme):
+            return (i < max_new) & ~tf.reduce_all(done)
+
+        def body(i, logits, cache, out, seen, done, state, rhyme):
+            if constraint is not None:
+                logits = constraint.apply_constraint_tf(logits, state, rhyme, tables)
+            token = sample_tokens(logits, seen, seeds, i, top_k=top_k, top_p=top_p, temperature=temperature,
+                                  penalty=penalty, kcap=kcap, banned_bias=self.banned_bias)
+            token = tf.where(done, 0, token)
+            if constraint is not None:
+                state, rhyme = constraint.advance_tf(state, rhyme, token, tables)
+            out = tf.tensor_scatter_nd_update(out, tf.stack([tf.range(B), tf.fill([B], i)], 1), token)
+            seen = seen | tf.cast(tf.one_hot(token, self.net.vocab_size, on_value=1, off_value=0), tf.bool)
+            done = done | (token == self.stop_id)
+            positions = tf.minimum(lengths + i, n_ctx - 1)
+            logits, cache = self.net.step(w, token, positions, cache)
+            return i + 1, logits, cache, out, seen, done, state, rhyme
+
+        i, _, _, out, _, _, _, _ = tf.while_loop(
+            cond, body, (tf.constant(0), logits, cache, out, seen, done, state, rhyme),
+            maximum_iterations=n_ctx)
+        return out, i
+
+    # driver ---------------------------------------------------------------------------
+    def run(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], *, max_new_tokens: int,
+            top_k: int = 10, top_p: float = 1.0, temperature: float = 1.0, repetition_penalty: float = 1.0,
+            active: Sequence[bool] | None = None, constraint: Any = None, constraint_state=None) -> DecodeResult:
+        """Sample continuations of a batch of prompts (validated by the caller).
+
+        Args:
+            prompts: token ids per row (each starts with [SEP]); all ≤ ``n_ctx - max_new_tokens``.
+            seeds: one int seed per row.
+            max_new_tokens: decode steps at most.
+            top_k: keep the k most likely tokens (1 = greedy).
+            top_p: nucleus mass kept among them.
+            temperature: logits are divided by it.
+            repetition_penalty: > 1 discourages tokens already in the row.
+            active: rows that matter; inactive rows (batch padding) start finished.
+            constraint: an object with ``apply_constraint_tf`` and ``advance_tf`` (see ``generate.py``).
+            constraint_state: ``(state, rhyme_group, tables)`` tensors for ``constraint``.
+        """
+        B = len(prompts)
+        lengths = np.array([len(p) for p in prompts], np.int32)
+        T = bucket_length(int(lengths.max()), self.n_ctx)
+        ids = np.zeros([B, T], np.int32)
+        seen = np.zeros([B, self.net.vocab_size], bool)
+        for r, p in enumerate(prompts):
+            ids[r, :len(p)] = p
+            seen[r, list(p)] = True
+        logits, cache = self._prefill(tf.constant(ids), tf.constant(lengths))
+        done = np.zeros(B, bool) if active is None else ~np.asarray(active, bool)
+        options = {
+            "top_k": tf.constant(top_k, tf.int32), "top_p": tf.constant(top_p, tf.float32),
+            "temperature": tf.constant(temperature, tf.float32), "penalty": tf.constant(repetition_penalty, tf.float32),
+            "max_new": tf.constant(max_new_tokens, tf.int32),
+        }
+        seeds = tf.constant(np.asarray(seeds, np.int64) % (2**31 - 1), tf.int32)
+        out, steps = self._decode(logits, cache, tf.constant(lengths), seeds, tf.constant(seen), tf.constant(done),
+                                  options, constraint_state if constraint is not None else (),
+                                  top_k_cap(top_k, self.net.vocab_size), constraint)
+        steps = int(steps)
+        return DecodeResult(out.numpy()[:, :steps], steps)

@@ -1,0 +1,217 @@
+"""The character vocabulary: one token per character, built with ``tokenizers``.
+
+Ids 0..2 are the special tokens ``[PAD]`` (padding, never a character),
+``[UNK]`` (a character outside the vocabulary) and ``[SEP]`` (the poem
+boundary: it stands before every poem in training, so generation starts a poem
+after it). Then come the characters, most frequent first (ties by code point),
+so a vocabulary is a pure function of the corpus and ``--min-count``.
+
+The saved ``tokenizer.json`` is a ``tokenizers`` WordLevel model that splits
+text into single characters and decodes with ``Fuse`` (no spaces inserted);
+``transformers.PreTrainedTokenizerFast`` loads it. Encoding many lines at once
+(``encode_lines``) uses a code-point lookup table with the same result as the
+tokenizer, tens of times faster; ``tests/test_vocab.py`` checks they agree.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import DataDirError
+from .fsutil import atomic_write_text
+
+PAD, UNK, SEP = "[PAD]", "[UNK]", "[SEP]"
+SPECIAL_TOKENS = (PAD, UNK, SEP)
+PAD_ID, UNK_ID, SEP_ID = 0, 1, 2
+TOKENIZER_FILE = "tokenizer.json"
+VOCAB_FILE = "vocab.txt"
+
+
+class CharVocab:
+    """A character vocabulary.
+
+    Args:
+        tokens: the token of each id; the first three must be ``SPECIAL_TOKENS``
+            and every other token a single character.
+    """
+
+    def __init__(self, tokens: Sequence[str]):
+        tokens = list(tokens)
+        if tuple(tokens[:3]) != SPECIAL_TOKENS:
+            raise ValueError(f"vocabulary must start with {SPECIAL_TOKENS}")
+        for t in tokens[3:]:
+            if len(t) != 1 or t == "\n":
+                raise ValueError(f"vocabulary token {t!r} is not a single character")
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("vocabulary has repeated tokens")
+        self.tokens = tokens
+        self.index = {t: i for i, t in enumerate(tokens)}
+        self._table: np.ndarray | None = None
+
+    # construction -----------------------------------------------------------------
+    @classmethod
+    def from_counts(cls, counts: Counter, min_count: int = 1) -> "CharVocab":
+        """Build from character counts; characters seen fewer than ``min_count`` times map to [UNK].
+
+        Args:
+            counts: occurrences of each character in the corpus.
+            min_count: the least number of occurrences that earns a character its own id.
+        """
+        chars = [c for c, n in counts.items() if n >= min_count and c != "\n"]
+        chars.sort(key=lambda c: (-counts[c], ord(c)))
+        return cls(list(SPECIAL_TOKENS) + chars)
+
+    @staticmethod
+    def count_chars(lines: Iterable[str]) -> Counter:
+        """Count characters of many lines quickly (numpy over UTF-32 code points).
+
+        Args:
+            lines: the text lines to count (newlines are not counted).
+        """
+        text = "\n".join(lines)
+        if not text:
+            return Counter()
+        cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        values, counts = np.unique(cps, return_counts=True)
+        return Counter({chr(v): int(n) for v, n in zip(values, counts) if v != 10})
+
+    # properties -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def size(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def pad_id(self) -> int:
+        return PAD_ID
+
+    @property
+    def unk_id(self) -> int:
+        return UNK_ID
+
+    @property
+    def sep_id(self) -> int:
+        return SEP_ID
+
+    def id_of(self, char: str) -> int:
+        """The id of one character ([UNK]'s id when it is not in the vocabulary)."""
+        return self.index.get(char, UNK_ID)
+
+    def __contains__(self, char: str) -> bool:
+        return char in self.index and char not in SPECIAL_TOKENS
+
+    @property
+    def hash(self) -> str:
+        """sha256 of the token list: two vocabularies agree exactly when their hashes do."""
+        return hashlib.sha256("\n".join(self.tokens).encode("utf-8")).hexdigest()
+
+    def missing_chars(self, text: str) -> list[str]:
+        """Characters of ``text`` that the vocabulary lacks, in order of first appearance."""
+        seen: dict[str, None] = {}
+        for c in text:
+            if c not in self.index and c not in seen:
+                seen[c] = None
+        return list(seen)
+
+    # encoding ---------------------------------------------------------------------
+    def _lookup_table(self) -> np.ndarray:
+        if self._table is None:
+            top = max(ord(t) for t in self.tokens[3:]) if len(self.tokens) > 3 else 0
+            table = np.full(max(top + 1, 11), UNK_ID, dtype=np.int32)
+            for i, t in enumerate(self.tokens[3:], start=3):
+                table[ord(t)] = i
+            self._table = table
+        return self._table
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of the characters of ``text`` (no special tokens added)."""
+        flat, _ = self.encode_lines([text])
+        return flat.tolist()
+
+    def encode_lines(self, lines: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Encode many lines at once.
+
+        Args:
+            lines: text lines without newlines.
+
+        Returns:
+            ``(ids, lengths)``: all ids concatenated (int32) and the length of each line.
+        """
+        if not lines:
+            return np.zeros(0, np.int32), np.zeros(0, np.int64)
+        cps = np.frombuffer("\n".join(lines).encode("utf-32-le"), dtype=np.uint32)
+        table = self._lookup_table()
+        newline = cps == 10
+        safe = np.where(cps < len(table), cps, 0)
+        ids = np.where(cps < len(table), table[safe], UNK_ID).astype(np.int32)
+        ids = ids[~newline]
+        lengths = np.fromiter((len(line) for line in lines), dtype=np.int64, count=len(lines))
+        return ids, lengths
+
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+        """Text of ``ids``; special tokens are kept as ``[PAD]`` etc. unless ``skip_special``."""
+        toks = self.tokens
+        if skip_special:
+            return "".join(toks[i] for i in ids if i >= 3)
+        return "".join(toks[i] for i in ids)
+
+    # files ------------------------------------------------------------------------
+    def to_tokenizer(self):
+        """The ``tokenizers.Tokenizer`` for this vocabulary (char split, Fuse decoder)."""
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+        tok = Tokenizer(models.WordLevel(vocab=dict(self.index), unk_token=UNK))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex("(?m)."), behavior="isolated")
+        tok.decoder = decoders.Fuse()
+        tok.add_special_tokens(list(SPECIAL_TOKENS))
+        return tok
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write ``tokenizer.json``, ``vocab.txt`` and the transformers tokenizer files.
+
+        Args:
+            directory: an existing folder; files are written to temporary names and renamed.
+        """
+        directory = Path(directory)
+        tok = self.to_tokenizer()
+        atomic_write_text(directory / TOKENIZER_FILE, tok.to_str())
+        atomic_write_text(directory / VOCAB_FILE, "\n".join(self.tokens) + "\n")
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "pad_token": PAD,
+            "unk_token": UNK,
+            "bos_token": SEP,
+            "eos_token": SEP,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": 1000000,
+        }
+        atomic_write_text(directory / "tokenizer_config.json", json.dumps(config, ensure_ascii=False, indent=2))
+        specials = {"pad_token": PAD, "unk_token": UNK, "bos_token": SEP, "eos_token": SEP}
+        atomic_write_text(directory / "special_tokens_map.json", json.dumps(specials, indent=2))
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "CharVocab":
+        """Read the vocabulary saved in ``directory`` (its ``vocab.txt``).
+
+        Args:
+            directory: a DATA_DIR, RUN_DIR, export folder or any folder with ``vocab.txt``.
+        """
+        path = Path(directory) / VOCAB_FILE
+        if not path.is_file():
+            raise DataDirError(f"{directory}: no {VOCAB_FILE} here; pass a folder written by "
+                               "`poetry-gpt prepare` (or a run's export/)")
+        text = path.read_text(encoding="utf-8")
+        tokens = text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
+        try:
+            return cls(tokens)
+        except ValueError as exc:
+            raise DataDirError(f"{path}: {exc}; rerun `poetry-gpt prepare`") from None
+

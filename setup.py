@@ -1,0 +1,36 @@
+"""Install poetry_gpt: ``pip install -e .`` (tests: ``pip install -e '.[test]'``, GPU: ``'.[gpu]'``)."""
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+VERSION = re.search(r'__version__ = "([^"]+)"', Path("poetry_gpt/__init__.py").read_text()).group(1)
+
+setup(
+    name="poetry_gpt",
+    version=VERSION,
+    description="Train your own GPT-2 poet on classical Chinese poems (TensorFlow + transformers)",
+    long_description=Path("README.md").read_text(encoding="utf-8") if Path("README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=["poetry_gpt", "poetry_gpt.commands"],
+    py_modules=["configs"],
+    install_requires=[
+        # tested together on Python 3.11, CPU; tf-keras is the Keras 2 that transformers' TF models need
+        "tensorflow==2.21.*",
+        "tf-keras==2.21.*",
+        # transformers 5 removed every TF model; 4.57.x is the last line with TFGPT2LMHeadModel
+        "transformers>=4.57.6,<5",
+        "tokenizers>=0.22,<0.23",  # the range transformers 4.57 accepts
+        "click>=8.1,<9",
+        "numpy>=1.26,<3",
+        "tqdm>=4.66,<5",
+        "opencc>=1.1.9,<2",  # traditional -> simplified for `corpus import --to-simplified`
+        "pypinyin>=0.50,<1",  # rhyme finals for forms and eval
+    ],
+    extras_require={
+        "gpu": ["tensorflow[and-cuda]==2.21.*"],
+        "test": ["pytest>=8,<10"],
+    },
+    entry_points={"console_scripts": ["poetry-gpt=poetry_gpt.cli:main"]},
+)

@@ -1,0 +1,281 @@
+"""Tests for poetry_gpt.forms: the regularity rule, rhyme groups and constrained decoding."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from poetry_gpt import forms
+from poetry_gpt.corpus import parse_line
+from poetry_gpt.errors import OptionError
+from poetry_gpt.vocab import SEP_ID, CharVocab
+
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+
+JINGYESI = "床前明月光，疑是地上霜。举头望明月，低头思故乡。"
+SONGXIONG = "别路云初起，离亭叶正飞。所嗟人异雁，不作一行归。"
+ZAIZENG = "弄玉有夫皆得道，刘纲兼室尽登仙。君能仔细窥朝露，须逐云车拜洞天。"
+CHUNWANG = "国破山河在，城春草木深。感时花溅泪，恨别鸟惊心。烽火连三月，家书抵万金。白头搔更短，浑欲不胜簪。"
+HUANGHELOU = ("昔人已乘黄鹤去，此地空余黄鹤楼。黄鹤一去不复返，白云千载空悠悠。"
+              "晴川历历汉阳树，芳草萋萋鹦鹉洲。日暮乡关何处是，烟波江上使人愁。")
+YIQINE = "风淅淅。夜雨连云黑。滴滴。窗外芭蕉灯下客。除非魂梦到乡国。免被关山隔。忆忆。一句枕前争忘得。"
+POEMS = [JINGYESI, SONGXIONG, ZAIZENG, CHUNWANG, HUANGHELOU, YIQINE,
+         "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。",
+         "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。",
+         "千山鸟飞绝，万径人踪灭。孤舟蓑笠翁，独钓寒江雪。",
+         "朝辞白帝彩云间，千里江陵一日还。两岸猿声啼不住，轻舟已过万重山。",
+         "故人西辞黄鹤楼，烟花三月下扬州。孤帆远影碧空尽，唯见长江天际流。",
+         "空山新雨后，天气晚来秋。明月松间照，清泉石上流。竹喧归浣女，莲动下渔舟。随意春芳歇，王孙自可留。",
+         "风急天高猿啸哀，渚清沙白鸟飞回。无边落木萧萧下，不尽长江滚滚来。"
+         "万里悲秋常作客，百年多病独登台。艰难苦恨繁霜鬓，潦倒新停浊酒杯。"]
+# headers, the other clause marks and some ASCII, so the tests see the constraint keep them out of clauses
+LINES = [f"题{i} 唐诗：【{p}】" for i, p in enumerate(POEMS)] + ["春晓 宋词：【问？答！且；夏秋冬、abc 123】"]
+
+
+@pytest.fixture(scope="module")
+def vocab() -> CharVocab:
+    return CharVocab.from_counts(CharVocab.count_chars(LINES))
+
+
+@pytest.fixture(scope="module")
+def corpus_dir() -> Path:
+    if not CORPUS.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"shared corpus missing at {CORPUS} (CI=true requires it)")
+        pytest.skip(f"shared corpus not found at {CORPUS}; the corpus-count tests need it")
+    return CORPUS
+
+
+def body_of(text: str) -> str:
+    return text[text.index("【") + 1:text.index("】")]
+
+
+# ------------------------------------------------------------------------------- check
+@pytest.mark.parametrize("body, form, rhymes", [
+    (JINGYESI, "五绝", True), (SONGXIONG, "五绝", True), (ZAIZENG, "七绝", True),
+    (HUANGHELOU, "七律", True),
+    (CHUNWANG, "五律", False),  # 簪 is zān today, a 侵-rhyme (zēn) in Tang: the modern approximation misses it
+])
+def test_check_regular(body, form, rhymes):
+    report = forms.check(body)
+    assert report.regular and report.form == form
+    n = forms.FORMS[form].clauses
+    assert report.clause_lengths == [forms.FORMS[form].clause_len] * n
+    assert report.punctuation == ["，", "。"] * (n // 2)
+    assert len(report.rhyme_chars) == n // 2
+    assert report.rhymes is rhymes
+
+
+def test_check_rhyme_chars():
+    report = forms.check(SONGXIONG)
+    assert report.rhyme_chars == ["飞", "归"]
+    assert report.rhyme_finals == ["微", "微"]
+
+
+@pytest.mark.parametrize("body", [
+    YIQINE,
+    "床前明月光，疑是地上霜。举头望明月，低头思故乡？",  # ？ where 。 belongs
+    "床前明月光。疑是地上霜，举头望明月。低头思故乡，",  # marks swapped
+    "床前明月光，疑是地上霜。举头望明月，低头思故乡",  # no final mark
+    "床前明月光，疑是地上霜。举头望明月，低头思故乡。更上一层楼，欲穷千里目。",  # 6 clauses
+    "床前明月光，疑是地上白霜。举头望明月，低头思故乡。",  # one clause of 6
+    "床前明月，疑是地上，举头望明，低头思故。",  # 4 characters a clause
+    "",
+])
+def test_check_irregular(body):
+    report = forms.check(body)
+    assert not report.regular and report.form is None and report.rhymes is None
+    assert report.rhyme_chars == []
+
+
+def test_check_reports_clauses_of_irregular():
+    report = forms.check("风淅淅。夜雨连云黑。滴滴")
+    assert report.clause_lengths == [3, 5, 2]
+    assert report.punctuation == ["。", "。"]
+
+
+@pytest.mark.parametrize("char, group", [
+    ("光", "唐"), ("霜", "唐"), ("乡", "唐"), ("飞", "微"), ("归", "微"), ("心", "文"), ("云", "文"),
+    ("天", "寒"), ("仙", "寒"), ("还", "寒"), ("鱼", "齐"), ("时", "齐"), ("五", "姑"), ("楼", "尤"),
+    ("花", "麻"), ("雪", "皆"), ("来", "开"), ("声", "庚"), ("红", "庚"),
+    ("a", None), ("，", None), ("【", None), (" ", None),
+])
+def test_rhyme_final(char, group):
+    assert forms.rhyme_final(char) == group
+
+
+def test_get_form():
+    assert forms.get_form("七律").clauses == 8
+    assert forms.get_form("五绝").rhyme_clauses == (2, 4)
+    with pytest.raises(OptionError, match="五绝, 七绝, 五律, 七律"):
+        forms.get_form("宋词")
+
+
+@pytest.mark.parametrize("name, regular, total", [("tang-4k", 2555, 4000), ("tang-full", 36648, 52788)])
+def test_corpus_regular_counts(corpus_dir, name, regular, total):
+    path = corpus_dir / f"{name}.raw.txt"
+    if not path.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{path} missing (CI=true requires it)")
+        pytest.skip(f"{path} not found")
+    lines = [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+    parsed = [parse_line(line) for line in lines]
+    count = sum(isinstance(p, tuple) and forms.regular_form(p[2]) is not None for p in parsed)
+    assert (count, len(lines)) == (regular, total)
+
+
+# ----------------------------------------------------------------------- constrained decoding
+def test_build_constraint_errors(vocab):
+    with pytest.raises(OptionError, match="--form"):
+        forms.build_constraint("词", vocab)
+    with pytest.raises(OptionError, match="--acrostic.*at most 4"):
+        forms.build_constraint("五绝", vocab, acrostic="春夏秋冬月")
+    forms.build_constraint("五律", vocab, acrostic="春夏秋冬月")  # 8 clauses: fine
+    with pytest.raises(OptionError, match="--acrostic.*龘"):
+        forms.build_constraint("五绝", vocab, acrostic="春龘")
+    with pytest.raises(OptionError, match="--acrostic.*'a'"):
+        forms.build_constraint("五绝", vocab, acrostic="a")
+
+
+@pytest.mark.parametrize("form, acrostic, rhyme, prompt, match", [
+    ("五绝", None, False, "题 唐诗：【床前明月光疑", "'，'"),  # a 7-character opening
+    ("五绝", None, False, "题 唐诗：【床前明月光，疑是地上霜，", "'。'"),
+    ("五绝", None, False, "题 唐诗：【床前a", "Chinese character"),
+    ("五绝", None, False, "题 唐诗：【床前龘", "not in the vocabulary"),
+    ("五绝", None, False, "题】 唐诗：【", "】 before 【"),
+    ("五绝", None, False, "题 唐诗：【" + JINGYESI + "春", "】 must follow"),
+    ("五绝", "春", False, "题 唐诗：【床", "--acrostic"),
+    ("五绝", None, True, "题 唐诗：【床前明月光，疑是地上霜。举头望明月，低头思故人", "--rhyme"),
+])
+def test_prompt_misfit(vocab, form, acrostic, rhyme, prompt, match):
+    c = forms.build_constraint(form, vocab, acrostic=acrostic, rhyme=rhyme)
+    with pytest.raises(OptionError, match=match):
+        c.initial_state(prompt)
+
+
+def test_initial_state(vocab):
+    c = forms.build_constraint("五绝", vocab, rhyme=True)
+    assert c.initial_state("") == (0, -1)
+    assert c.initial_state("春晓 唐诗：") == (0, -1)
+    assert c.initial_state("春晓 唐诗：【") == (1, -1)
+    assert c.initial_state("春晓 唐诗：【春眠不觉晓") == (6, -1)
+    state, group = c.initial_state("题 唐诗：【床前明月光，疑是地上霜。")
+    assert state == 13 and forms.GROUP_NAMES[group] == "唐"
+    assert c.initial_state("题 唐诗：【" + JINGYESI + "】")[0] == c.done_state
+    assert c.initial_state("题 唐诗：【" + JINGYESI)[0] == c.done_state - 1
+
+
+def _sample_numpy(c, prompt, rng, boost_open=False):
+    state, group = c.initial_state(prompt)
+    ids = []
+    for _ in range(400):
+        if state == c.done_state:
+            break
+        logits = rng.normal(0.0, 3.0, len(c.tokens))
+        if boost_open:
+            logits[c.tokens.index("【")] += 6.0
+        masked = np.where(c.allowed_tokens(state, group), logits, -1e9)
+        tok = int(np.argmax(masked + rng.gumbel(size=len(masked))))
+        ids.append(tok)
+        state, group = c.advance(state, group, tok)
+    assert state == c.done_state
+    return prompt + "".join(c.tokens[i] for i in ids)
+
+
+def _assert_poem(text, form, acrostic, rhyme):
+    body = body_of(text)
+    report = forms.check(body)
+    assert report.form == form, text
+    assert all(ch not in "，。" for ch in "".join(forms.split_clauses(body)[0]))
+    assert all(forms.is_hanzi(ch) for ch in "".join(forms.split_clauses(body)[0])), text
+    clauses = forms.split_clauses(body)[0]
+    assert "".join(cl[0] for cl in clauses[:len(acrostic or "")]) == (acrostic or ""), text
+    if rhyme:
+        assert report.rhymes, (text, report.rhyme_finals)
+
+
+CASES = [(f, a, r) for f in forms.FORMS for a in (None, "春风明月") for r in (False, True)]
+
+
+@pytest.mark.parametrize("form, acrostic, rhyme", CASES)
+def test_random_logits_numpy(vocab, form, acrostic, rhyme):
+    c = forms.build_constraint(form, vocab, acrostic=acrostic, rhyme=rhyme)
+    for seed in range(20):
+        text = _sample_numpy(c, "题 唐诗：【", np.random.default_rng(seed))
+        _assert_poem(text, form, acrostic, rhyme)
+
+
+def test_random_logits_from_header_and_opening(vocab):
+    c = forms.build_constraint("五绝", vocab, rhyme=True)
+    for seed in range(10):
+        text = _sample_numpy(c, "", np.random.default_rng(seed), boost_open=True)
+        assert "】" not in text[:text.index("【")]
+        _assert_poem(text, "五绝", None, True)
+        text = _sample_numpy(c, "题 唐诗：【床前明月光，", np.random.default_rng(seed))
+        assert body_of(text).startswith("床前明月光，")
+        _assert_poem(text, "五绝", None, True)
+
+
+def test_allowed_tokens_rhyme_fallback(vocab):
+    c = forms.build_constraint("五绝", vocab, rhyme=True)
+    match_state = int(np.flatnonzero(c.rhyme_role == forms.ROLE_MATCH)[0])
+    group = forms.GROUP_NAMES.index("唐")
+    restricted = c.allowed_tokens(match_state, group)
+    assert restricted.any() and (c.token_final[restricted] == group).all()
+    assert (c.allowed_tokens(match_state, 99) == c.allowed[match_state]).all()  # no token: fallback
+    assert (c.allowed_tokens(match_state, -1) == c.allowed[match_state]).all()
+    assert c.allowed[c.done_state].sum() == 1 and c.allowed[c.done_state, SEP_ID]
+
+
+# ------------------------------------------------------------------------------ TensorFlow
+@pytest.fixture(scope="module")
+def tf():
+    return pytest.importorskip("tensorflow")
+
+
+def test_tf_matches_numpy_and_fallback(vocab, tf):
+    c = forms.build_constraint("五绝", vocab, rhyme=True)
+    tables = c.as_tensors()
+    match_state = int(np.flatnonzero(c.rhyme_role == forms.ROLE_MATCH)[0])
+    states = np.array([0, 1, 6, match_state, match_state, match_state, c.done_state], np.int32)
+    groups = np.array([-1, -1, -1, forms.GROUP_NAMES.index("唐"), 99, -1, 3], np.int32)
+    logits = np.random.default_rng(0).normal(size=(len(states), len(vocab))).astype(np.float32)
+    out = forms.apply_constraint_tf(tf.constant(logits), tf.constant(states), tf.constant(groups), tables).numpy()
+    assert np.isfinite(out).all()
+    for row, (s, g) in enumerate(zip(states, groups)):
+        expected = c.allowed_tokens(int(s), int(g))
+        assert ((out[row] > -1e8) == expected).all()
+    half = forms.apply_constraint_tf(tf.constant(logits, tf.float16), tf.constant(states), tf.constant(groups), tables)
+    assert np.isfinite(half.numpy()).all()
+
+
+@pytest.mark.parametrize("form", list(forms.FORMS))
+def test_random_logits_tf_xla(vocab, tf, form):
+    batch = 32
+    steps = forms.FORMS[form].body_len + 2
+
+    @tf.function(jit_compile=True)
+    def sample(tables, state, group, seed):
+        V = tf.shape(tables["token_final"])[0]
+        out = tf.TensorArray(tf.int32, size=steps)
+        for t in tf.range(steps):
+            seeds = tf.stack([seed, t])
+            logits = 3.0 * tf.random.stateless_normal([batch, V], seeds)
+            masked = forms.apply_constraint_tf(logits, state, group, tables)
+            u = tf.random.stateless_uniform([batch, V], seeds + 1, minval=1e-7, maxval=1.0)
+            tok = tf.argmax(masked - tf.math.log(-tf.math.log(u)), axis=1, output_type=tf.int32)
+            out = out.write(t, tok)
+            state, group = forms.advance_tf(state, group, tok, tables)
+        return tf.transpose(out.stack()), state
+
+    for acrostic, rhyme in [(None, False), ("春风明月", False), (None, True), ("春风明月", True)]:
+        c = forms.build_constraint(form, vocab, acrostic=acrostic, rhyme=rhyme)
+        s0, g0 = c.initial_state("题 唐诗：【")
+        ids, final = sample(c.as_tensors(), tf.fill([batch], s0), tf.fill([batch], g0), tf.constant(len(form) + (7 if rhyme else 0)))
+        assert (final.numpy() == c.done_state).all()
+        for row in ids.numpy():
+            text = "【" + vocab.decode(row)
+            assert text.endswith("】[SEP]")
+            _assert_poem(text, form, acrostic, rhyme)
