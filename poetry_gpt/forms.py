@@ -300,7 +300,7 @@ class DecodeConstraint:
         """
         index = {t: i for i, t in enumerate(self.tokens)}
         state, group = 0, -1
-        for pos, ch in enumerate(prompt_text):
+        for ch in prompt_text:
             if state == 0:  # header: the model sees [UNK] for unknown characters; only 】 is wrong
                 if ch == CLOSE:
                     raise OptionError(f"{option}: the prompt has 】 before 【: {prompt_text!r}")
@@ -308,11 +308,11 @@ class DecodeConstraint:
                 continue
             tok = index.get(ch, -1)
             if tok < 0 or not self.allowed_tokens(state, group)[tok]:
-                raise OptionError(self._misfit(prompt_text, pos, state, ch, tok, option))
+                raise OptionError(self._misfit(prompt_text, state, ch, tok, option))
             state, group = self.advance(state, group, tok)
         return state, group
 
-    def _misfit(self, prompt: str, pos: int, state: int, ch: str, tok: int, option: str) -> str:
+    def _misfit(self, prompt: str, state: int, ch: str, tok: int, option: str) -> str:
         """One-line explanation of why ``ch`` cannot stand at ``state``."""
         form = self.form
         if state == self.done_state:

@@ -25,6 +25,7 @@ from typing import Iterable, Sequence
 from . import forms
 
 OPEN, CLOSE = "【", "】"
+_MARKS_TO_NEWLINE = str.maketrans({m: "\n" for m in forms.CLAUSE_MARKS})
 
 
 def _share(part: int, whole: int) -> float | None:
@@ -99,11 +100,10 @@ def distinct_n(texts: Iterable[str], n: int) -> float | None:
         texts: poem bodies.
         n: the n-gram length (1 or 2 in reports).
     """
-    grams: Counter = Counter()
-    for body in texts:
-        for clause in _clause_texts(body):
-            grams.update(clause[i:i + n] for i in range(len(clause) - n + 1))
-    return _share(len(grams), sum(grams.values()))
+    text = "\n".join(texts).translate(_MARKS_TO_NEWLINE)  # one line per clause
+    grams = Counter(map("".join, zip(*(text[i:] for i in range(n)))))
+    kept = {g: k for g, k in grams.items() if "\n" not in g}
+    return _share(len(kept), sum(kept.values()))
 
 
 class CopyIndex:

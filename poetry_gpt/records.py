@@ -238,7 +238,7 @@ def _with_sep(ragged, sep_id: int):
     import tensorflow as tf
 
     n = ragged.nrows()
-    sep = tf.RaggedTensor.from_tensor(tf.fill([n, 1], tf.constant(sep_id, tf.int32)))
+    sep = tf.RaggedTensor.from_tensor(tf.fill([n, 1], tf.constant(sep_id, tf.int32)), row_splits_dtype=ragged.row_splits.dtype)
     return tf.concat([sep, ragged], axis=1)
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +10,6 @@ from poetry_gpt import forms
 from poetry_gpt.corpus import parse_line
 from poetry_gpt.errors import OptionError
 from poetry_gpt.vocab import SEP_ID, CharVocab
-
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 
 JINGYESI = "床前明月光，疑是地上霜。举头望明月，低头思故乡。"
 SONGXIONG = "别路云初起，离亭叶正飞。所嗟人异雁，不作一行归。"
@@ -37,15 +34,6 @@ LINES = [f"题{i} 唐诗：【{p}】" for i, p in enumerate(POEMS)] + ["春晓 �
 @pytest.fixture(scope="module")
 def vocab() -> CharVocab:
     return CharVocab.from_counts(CharVocab.count_chars(LINES))
-
-
-@pytest.fixture(scope="module")
-def corpus_dir() -> Path:
-    if not CORPUS.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"shared corpus missing at {CORPUS} (CI=true requires it)")
-        pytest.skip(f"shared corpus not found at {CORPUS}; the corpus-count tests need it")
-    return CORPUS
 
 
 def body_of(text: str) -> str:
@@ -114,10 +102,10 @@ def test_get_form():
 
 
 @pytest.mark.parametrize("name, regular, total", [("tang-4k", 2555, 4000), ("tang-full", 36648, 52788)])
-def test_corpus_regular_counts(corpus_dir, name, regular, total):
-    path = corpus_dir / f"{name}.raw.txt"
+def test_corpus_regular_counts(shared_corpus, name, regular, total):
+    path = shared_corpus / f"{name}.raw.txt"
     if not path.is_file():
-        if os.environ.get("CI") == "true":
+        if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"{path} missing (CI=true requires it)")
         pytest.skip(f"{path} not found")
     lines = [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
@@ -188,9 +176,8 @@ def _assert_poem(text, form, acrostic, rhyme):
     body = body_of(text)
     report = forms.check(body)
     assert report.form == form, text
-    assert all(ch not in "，。" for ch in "".join(forms.split_clauses(body)[0]))
-    assert all(forms.is_hanzi(ch) for ch in "".join(forms.split_clauses(body)[0])), text
     clauses = forms.split_clauses(body)[0]
+    assert all(forms.is_hanzi(ch) for ch in "".join(clauses)), text
     assert "".join(cl[0] for cl in clauses[:len(acrostic or "")]) == (acrostic or ""), text
     if rhyme:
         assert report.rhymes, (text, report.rhyme_finals)
@@ -270,10 +257,11 @@ def test_random_logits_tf_xla(vocab, tf, form):
             state, group = forms.advance_tf(state, group, tok, tables)
         return tf.transpose(out.stack()), state
 
-    for acrostic, rhyme in [(None, False), ("春风明月", False), (None, True), ("春风明月", True)]:
+    settings = [(None, False), ("春风明月", False), (None, True), ("春风明月", True)]
+    for seed, (acrostic, rhyme) in enumerate(settings):
         c = forms.build_constraint(form, vocab, acrostic=acrostic, rhyme=rhyme)
         s0, g0 = c.initial_state("题 唐诗：【")
-        ids, final = sample(c.as_tensors(), tf.fill([batch], s0), tf.fill([batch], g0), tf.constant(len(form) + (7 if rhyme else 0)))
+        ids, final = sample(c.as_tensors(), tf.fill([batch], s0), tf.fill([batch], g0), tf.constant(seed))
         assert (final.numpy() == c.done_state).all()
         for row in ids.numpy():
             text = "【" + vocab.decode(row)

@@ -1,0 +1,138 @@
+"""The model: transformers' ``TFGPT2LMHeadModel`` built from a ``ModelConfig`` and a vocabulary.
+
+Also the export folder (``save_export`` / ``load_export``): ``save_pretrained`` files,
+the tokenizer files and ``poetry_gpt.json`` (genre, context, vocab hash), so plain
+transformers can load it with ``TFGPT2LMHeadModel.from_pretrained`` and
+``PreTrainedTokenizerFast.from_pretrained``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from . import __version__
+from .config import ModelConfig
+from .errors import RunDirError
+from .fsutil import atomic_write_json, fsync_dir, read_json
+from .vocab import CharVocab
+
+EXPORT_META = "poetry_gpt.json"
+
+
+def gpt2_config(model: ModelConfig, vocab: CharVocab):
+    """The transformers ``GPT2Config`` for a model shape and vocabulary.
+
+    Args:
+        model: the shape.
+        vocab: the character vocabulary (size, pad and boundary ids).
+    """
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        vocab_size=vocab.size, n_positions=model.n_ctx, n_embd=model.n_embd, n_layer=model.n_layer,
+        n_head=model.n_head, resid_pdrop=model.dropout, embd_pdrop=model.dropout, attn_pdrop=model.dropout,
+        bos_token_id=vocab.sep_id, eos_token_id=vocab.sep_id, pad_token_id=vocab.pad_id,
+    )
+
+
+def build_model(model: ModelConfig, vocab: CharVocab, seed: int = 1234):
+    """A freshly initialised, built ``TFGPT2LMHeadModel``.
+
+    Args:
+        model: the shape.
+        vocab: the vocabulary.
+        seed: weight-initialisation seed.
+    """
+    import tensorflow as tf
+    from transformers import TFGPT2LMHeadModel
+
+    tf.keras.utils.set_random_seed(seed)
+    lm = TFGPT2LMHeadModel(gpt2_config(model, vocab))
+    lm(tf.zeros([1, 2], tf.int32))
+    return lm
+
+
+def count_parameters(lm) -> int:
+    """Number of trainable parameters (the tied LM head counted once)."""
+    import numpy as np
+
+    return int(sum(np.prod(v.shape) for v in lm.trainable_variables))
+
+
+def check_agreement(lm, vocab: CharVocab, source: str) -> None:
+    """Refuse a model whose vocabulary size or special ids differ from ``vocab``.
+
+    Args:
+        lm: a ``TFGPT2LMHeadModel``.
+        vocab: the vocabulary it must match.
+        source: where the model came from, for the message.
+    """
+    cfg = lm.config
+    if cfg.vocab_size != vocab.size:
+        raise RunDirError(f"{source}: the model has a vocabulary of {cfg.vocab_size} tokens but the data has "
+                          f"{vocab.size}; prepare the data with `poetry-gpt prepare RAW --vocab {source}`")
+
+
+def save_export(lm, vocab: CharVocab, export_dir: str | os.PathLike, meta: dict) -> Path:
+    """Write a self-contained export folder atomically (temp folder, then rename).
+
+    Args:
+        lm: the model.
+        vocab: its vocabulary.
+        export_dir: the folder to (re)create.
+        meta: extra facts for ``poetry_gpt.json`` (genre, n_ctx, step, …).
+    """
+    export = Path(export_dir)
+    tmp = export.with_name(export.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    lm.save_pretrained(str(tmp))
+    vocab.save(tmp)
+    atomic_write_json(tmp / EXPORT_META, {"poetry_gpt_version": __version__, "vocab_hash": vocab.hash, **meta})
+    fsync_dir(tmp)
+    old = export.with_name(export.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if export.exists():
+        os.replace(export, old)
+    os.replace(tmp, export)
+    shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(export.parent)
+    return export
+
+
+def resolve_export(path: str | os.PathLike) -> Path:
+    """The export folder of a RUN_DIR, or ``path`` itself when it is an export folder.
+
+    Args:
+        path: a RUN_DIR or an export folder.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise RunDirError(f"{p}: no such folder; pass a RUN_DIR written by `poetry-gpt train` or its export/")
+    # export.old exists only for an instant while a new export replaces the old one
+    for candidate in (p / "export", p, p / "export.old"):
+        if (candidate / "config.json").is_file() and (candidate / "vocab.txt").is_file():
+            return candidate
+    raise RunDirError(f"{p}: no model export here (config.json + vocab.txt); train first with "
+                      f"`poetry-gpt train --run {p}` or pass the run's export/ folder")
+
+
+def load_export(path: str | os.PathLike):
+    """Load ``(model, vocab, meta)`` from a RUN_DIR or export folder.
+
+    Args:
+        path: a RUN_DIR or an export folder.
+    """
+    from transformers import TFGPT2LMHeadModel
+
+    export = resolve_export(path)
+    vocab = CharVocab.load(export)
+    try:
+        lm = TFGPT2LMHeadModel.from_pretrained(str(export))
+    except Exception as exc:  # transformers raises many types for a bad folder
+        raise RunDirError(f"{export}: not a loadable GPT-2 export ({type(exc).__name__}); "
+                          "retrain or pass another folder") from None
+    check_agreement(lm, vocab, str(export))
+    meta = read_json(export / EXPORT_META) if (export / EXPORT_META).is_file() else {}
+    return lm, vocab, meta

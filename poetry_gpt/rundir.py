@@ -1,0 +1,175 @@
+"""A RUN_DIR: everything needed to continue training or to generate, in one folder.
+
+Layout::
+
+    run.json             how the run was made: resolved config, data manifest hash, vocab hash,
+                         DATA_DIR path, versions (written before the first step)
+    tokenizer.json, vocab.txt, …   the vocabulary
+    checkpoints/         tf.train.CheckpointManager: model + optimizer + step + epoch + best val loss
+    export/              save_pretrained + tokenizer + poetry_gpt.json (plain transformers loads it)
+    logs/                TensorBoard
+    samples/             sample poems after each epoch
+    trainer_state.json   global_step, epoch, best_val_loss, learning_rate, per-epoch history
+
+Rules (after transformers' run_clm): a RUN_DIR with ``run.json`` resumes; a non-empty
+folder without it is refused unless ``--overwrite``; a run whose model shape,
+vocabulary or data differ is refused with what differs — never silently restarted.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .config import RunConfig
+from .errors import RunDirError
+from .fsutil import atomic_write_json, read_json
+
+RUN_FILE = "run.json"
+STATE_FILE = "trainer_state.json"
+
+
+def versions() -> dict:
+    """Versions of Python and the libraries a run depends on."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "poetry_gpt": __version__}
+    for name in ("tensorflow", "tf-keras", "transformers", "tokenizers"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of a RUN_DIR.
+
+    Args:
+        path: the folder.
+    """
+
+    path: Path
+
+    @property
+    def run_file(self) -> Path:
+        return self.path / RUN_FILE
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / STATE_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def export(self) -> Path:
+        return self.path / "export"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def samples(self) -> Path:
+        return self.path / "samples"
+
+    def exists(self) -> bool:
+        return self.run_file.is_file()
+
+    def read_run(self) -> dict:
+        try:
+            return read_json(self.run_file)
+        except (OSError, ValueError):
+            raise RunDirError(f"{self.run_file}: unreadable; restore it or start over with --overwrite") from None
+
+    def read_state(self) -> dict:
+        if not self.state_file.is_file():
+            return {}
+        try:
+            return read_json(self.state_file)
+        except (OSError, ValueError):
+            return {}
+
+    def write_state(self, state: dict) -> None:
+        atomic_write_json(self.state_file, state)
+
+    def write_run(self, config: RunConfig, manifest, extra: dict | None = None) -> None:
+        atomic_write_json(self.run_file, {
+            "config": config.to_dict(),
+            "data": {"path": str(Path(manifest.path).resolve()), "hash": manifest.hash,
+                     "genre": manifest.genre, "genres": manifest.data.get("genres", {})},
+            "vocab": {"hash": manifest.vocab_hash, "size": manifest.vocab_size},
+            "versions": versions(),
+            **(extra or {}),
+        })
+
+
+def open_for_training(path: str | os.PathLike, overwrite: bool) -> tuple[RunDir, bool]:
+    """Prepare a RUN_DIR for ``train``.
+
+    Args:
+        path: the RUN_DIR.
+        overwrite: start over, deleting what the folder holds.
+
+    Returns:
+        ``(run_dir, resuming)``: resuming is True when the folder holds an earlier run.
+    """
+    run = RunDir(Path(path))
+    if run.path.exists() and not run.path.is_dir():
+        raise RunDirError(f"--run: {run.path} is a file, not a folder; choose another path")
+    if overwrite and run.path.exists():
+        shutil.rmtree(run.path)
+    if run.path.is_dir() and any(run.path.iterdir()) and not run.exists():
+        raise RunDirError(f"--run: {run.path} is not empty and holds no {RUN_FILE} (not a poetry_gpt run); "
+                          "choose an empty folder or pass --overwrite to replace it")
+    run.path.mkdir(parents=True, exist_ok=True)
+    for sub in (run.checkpoints, run.logs, run.samples):
+        sub.mkdir(exist_ok=True)
+    return run, run.exists()
+
+
+def check_resume_compatible(run: RunDir, config: RunConfig, manifest) -> list[str]:
+    """Refuse to resume a run with another model shape, vocabulary or data; list allowed changes.
+
+    Args:
+        run: the RUN_DIR being resumed.
+        config: the configuration asked for now.
+        manifest: the DATA_DIR manifest given now.
+
+    Returns:
+        Human-readable training-setting changes (allowed, e.g. more epochs).
+    """
+    old = run.read_run()
+    old_cfg = RunConfig.from_dict(old["config"])
+    problems = []
+    if old_cfg.model != config.model:
+        diffs = [f"{k} {getattr(old_cfg.model, k)} → {getattr(config.model, k)}"
+                 for k in old_cfg.model.__dataclass_fields__ if getattr(old_cfg.model, k) != getattr(config.model, k)]
+        problems.append("model shape differs (" + ", ".join(diffs) + ")")
+    if old["vocab"]["hash"] != manifest.vocab_hash:
+        problems.append(f"vocabulary differs ({old['vocab']['size']} tokens in the run, {manifest.vocab_size} in the data)")
+    if old["data"]["hash"] != manifest.hash:
+        problems.append(f"data differs (the run was trained on {old['data']['path']})")
+    if problems:
+        raise RunDirError(f"--run {run.path}: cannot resume: " + "; ".join(problems) +
+                          "; use the original --data/--config, another --run, or --overwrite to start over")
+    return [f"{k} {getattr(old_cfg.train, k)} → {getattr(config.train, k)}"
+            for k in old_cfg.train.__dataclass_fields__ if getattr(old_cfg.train, k) != getattr(config.train, k)]
+
+
+def stored_config(path: str | os.PathLike) -> RunConfig:
+    """The ``RunConfig`` recorded in a RUN_DIR.
+
+    Args:
+        path: the RUN_DIR.
+    """
+    run = RunDir(Path(path))
+    if not run.exists():
+        raise RunDirError(f"{run.path}: no {RUN_FILE}; not a poetry_gpt RUN_DIR")
+    return RunConfig.from_dict(run.read_run()["config"])

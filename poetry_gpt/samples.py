@@ -1,0 +1,66 @@
+"""A few sample poems from an in-memory model, for the per-epoch report of ``train``.
+
+Deliberately simple (no KV cache; one fixed-shape compiled forward per new character)
+so it works on any model mid-training; the fast sampler for users is ``generate.py``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .corpus import CLOSE, prompt_prefix
+from .vocab import CharVocab
+
+
+def sample_poems(lm, vocab: CharVocab, titles: Sequence[str], genre: str, n_ctx: int, seed: int = 0,
+                 top_k: int = 10) -> list[str]:
+    """Sample one poem per title (an empty title lets the model write one).
+
+    Args:
+        lm: a ``TFGPT2LMHeadModel``.
+        vocab: its vocabulary.
+        titles: one title per sample.
+        genre: the genre word of the prompt.
+        n_ctx: the model context.
+        seed: sampling seed.
+        top_k: sample among the k most likely characters.
+
+    Returns:
+        Corpus-style lines; one that ran out of context without 】 is prefixed ``[unclosed] ``.
+    """
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    prompts = [[vocab.sep_id] + (vocab.encode(prompt_prefix(t, genre)) if t else []) for t in titles]
+    batch = np.full((len(prompts), n_ctx), vocab.pad_id, dtype=np.int32)
+    lengths = np.array([len(p) for p in prompts])
+    for i, p in enumerate(prompts):
+        batch[i, :len(p)] = p
+    close_id = vocab.id_of(CLOSE)
+    done = np.zeros(len(prompts), dtype=bool)
+
+    @tf.function(reduce_retracing=True)
+    def next_logits(tokens, positions):
+        logits = lm(input_ids=tokens, training=False, use_cache=False).logits
+        return tf.cast(tf.gather(logits, positions, batch_dims=1), tf.float32)
+
+    banned = [vocab.pad_id, vocab.unk_id, vocab.sep_id]
+    while not done.all() and lengths.max() < n_ctx:
+        logits = next_logits(tf.constant(batch), tf.constant(lengths - 1)).numpy()
+        logits[:, banned] = -np.inf
+        for i in np.flatnonzero(~done):
+            if lengths[i] >= n_ctx:
+                done[i] = True
+                continue
+            top = np.argpartition(-logits[i], top_k)[:top_k]
+            p = np.exp(logits[i, top] - logits[i, top].max())
+            token = int(rng.choice(top, p=p / p.sum()))
+            batch[i, lengths[i]] = token
+            lengths[i] += 1
+            done[i] = token == close_id
+    out = []
+    for i in range(len(prompts)):
+        text = vocab.decode(batch[i, 1:lengths[i]].tolist())
+        out.append(text if text.endswith(CLOSE) else "[unclosed] " + text)
+    return out

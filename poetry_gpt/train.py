@@ -1,0 +1,561 @@
+"""Training: Keras ``fit`` of ``TFGPT2LMHeadModel`` on packed poems, with exact resume.
+
+* Loss: float32 cross-entropy of the next character; labels −100 are ignored (the
+  model's logits are shifted here once: position t predicts label t+1).
+* AdamW (``tf_keras``), global-norm clipping, warm-up + cosine/linear decay on the global step.
+* Precision: fp32, bf16 (mixed_bfloat16: bf16 compute, fp32 weights) or fp16 (mixed_float16
+  with loss scaling); logits and loss always in float32.
+* A checkpoint (``tf.train.CheckpointManager``) holds model, optimizer (moments and step),
+  epoch and best validation loss; resuming restores it, checks the restore matched, and
+  continues the data stream at the same batch (see ``records.train_dataset``).
+* Each epoch: validation loss/perplexity, sample poems, checkpoint, export, trainer_state.json.
+* A NaN/inf loss stops training; the last good checkpoint stays the latest.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import RunConfig
+from .envcheck import cpu_flags
+from .errors import PoetryGPTError, RunDirError
+from .records import IGNORE_INDEX, batches_per_pass, eval_dataset, load_manifest, train_dataset
+from .rundir import RunDir, check_resume_compatible, open_for_training
+from .schedule import keras_schedule, lr_at
+from .vocab import CharVocab
+
+SAMPLE_TITLES = ("春晓", "月夜", "", "秋思")  # "" = the model writes the title too
+MAX_PERPLEXITY_LOSS = 80.0  # exp() overflow guard: report perplexity as inf above this
+
+
+class TrainingDiverged(PoetryGPTError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    """What a ``train`` call did.
+
+    Args:
+        run_dir: the RUN_DIR.
+        global_step: steps done in total.
+        epoch: epochs done in total.
+        history: per-epoch records (loss, val_loss, …) of this call.
+        restored_step: the step resumed from (0 for a fresh run).
+        seconds: wall time of fitting.
+        tokens_per_second: trained tokens per second over this call (all packed tokens are useful).
+    """
+
+    run_dir: Path
+    global_step: int
+    epoch: int
+    history: list
+    restored_step: int
+    seconds: float
+    tokens_per_second: float
+
+
+def resolve_precision(name: str) -> str:
+    """Turn ``auto`` into fp32 / bf16 for this machine.
+
+    Args:
+        name: auto, fp32, bf16 or fp16.
+    """
+    if name != "auto":
+        return name
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return "bf16" if details.get("compute_capability", (0, 0)) >= (8, 0) else "fp32"
+    flags = cpu_flags()
+    return "bf16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "fp32"
+
+
+def set_precision(precision: str) -> None:
+    """Set the Keras mixed-precision policy (a process-wide setting, done at train time only)."""
+    import tf_keras
+
+    policy = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[precision]
+    tf_keras.mixed_precision.set_global_policy(policy)
+
+
+def make_strategy(name: str):
+    """The ``tf.distribute`` strategy for ``--strategy``.
+
+    Args:
+        name: auto (multi-worker when TF_CONFIG is set, mirrored with several GPUs, else one device),
+            default, mirrored, multi-worker.
+    """
+    import tensorflow as tf
+
+    if name == "auto":
+        if os.environ.get("TF_CONFIG"):
+            name = "multi-worker"
+        elif len(tf.config.list_logical_devices("GPU")) > 1:
+            name = "mirrored"
+        else:
+            name = "default"
+    if name == "multi-worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise PoetryGPTError("--strategy multi-worker needs TF_CONFIG (cluster and task) in the environment; "
+                                 "see the README's multi-worker section")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief() -> bool:
+    """True unless this process is a non-chief worker of a multi-worker cluster."""
+    import json
+
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = tf_config.get("task", {})
+    cluster = tf_config.get("cluster", {})
+    if not task:
+        return True
+    if task.get("type") == "chief":
+        return True
+    return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in cluster
+
+
+def build_lm_trainer(lm, pad_free: bool = False):
+    """Wrap a ``TFGPT2LMHeadModel`` in a Keras model with our train/test steps.
+
+    Args:
+        lm: the transformers model.
+        pad_free: unused; kept for clarity of callers.
+    """
+    import tensorflow as tf
+    import tf_keras
+
+    class PoemLM(tf_keras.Model):
+        """Keras model whose loss is the float32 next-character cross-entropy, pads ignored."""
+
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+            self.loss_sum = tf_keras.metrics.Sum(name="loss_sum")
+            self.token_count = tf_keras.metrics.Sum(name="tokens")
+            self.global_tokens = None  # set by train(): tokens per global batch for gradient scaling
+
+        def call(self, input_ids, training=False):
+            return self.lm(input_ids=input_ids, training=training, use_cache=False).logits
+
+        def _loss_terms(self, batch, training):
+            logits = self(batch["input_ids"], training=training)
+            logits = tf.cast(logits[:, :-1], tf.float32)
+            labels = batch["labels"][:, 1:]
+            mask = tf.not_equal(labels, IGNORE_INDEX)
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.where(mask, labels, 0), logits=logits)
+            maskf = tf.cast(mask, tf.float32)
+            return tf.reduce_sum(ce * maskf), tf.reduce_sum(maskf)
+
+        def train_step(self, batch):
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            with tf.GradientTape() as tape:
+                loss_sum, count = self._loss_terms(batch, training=True)
+                # packed rows have no padding: every replica's batch holds the same number of targets
+                loss = loss_sum / (count * replicas)
+                scaled = self.optimizer.get_scaled_loss(loss) if hasattr(self.optimizer, "get_scaled_loss") else loss
+            grads = tape.gradient(scaled, self.trainable_variables)
+            if hasattr(self.optimizer, "get_unscaled_gradients"):
+                grads = self.optimizer.get_unscaled_gradients(grads)
+            self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+            self.loss_sum.update_state(loss_sum)
+            self.token_count.update_state(count)
+            return {"loss": self.loss_sum.result() / tf.maximum(self.token_count.result(), 1.0)}
+
+        def test_step(self, batch):
+            loss_sum, count = self._loss_terms(batch, training=False)
+            self.loss_sum.update_state(loss_sum)
+            self.token_count.update_state(count)
+            return {"loss": self.loss_sum.result() / tf.maximum(self.token_count.result(), 1.0)}
+
+        @property
+        def metrics(self):
+            return [self.loss_sum, self.token_count]
+
+    return PoemLM(lm)
+
+
+def make_optimizer(config: RunConfig, total_steps: int, precision: str):
+    """AdamW with the warm-up/decay schedule, clipping, and loss scaling for fp16.
+
+    Args:
+        config: the run configuration.
+        total_steps: the run's total steps (end of the decay).
+        precision: fp32, bf16 or fp16.
+    """
+    import tf_keras
+
+    t = config.train
+    schedule = keras_schedule(t.learning_rate, t.warmup_steps, total_steps, t.schedule, t.min_lr_ratio)
+    opt = tf_keras.optimizers.AdamW(learning_rate=schedule, weight_decay=t.weight_decay, beta_1=t.beta1,
+                                    beta_2=t.beta2, epsilon=1e-8, global_clipnorm=t.grad_clip or None)
+    # no decay on biases and layer-norm scales/offsets (nanoGPT's rule: decay only matrices)
+    opt.exclude_from_weight_decay(var_names=["bias", "ln_", "gamma", "beta"])
+    if precision == "fp16":
+        opt = tf_keras.mixed_precision.LossScaleOptimizer(opt)
+    return opt
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), guarded against overflow."""
+    return math.exp(loss) if loss < MAX_PERPLEXITY_LOSS else float("inf")
+
+
+def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config: RunConfig,
+          overwrite: bool = False, init_from: str | os.PathLike | None = None,
+          echo: Callable[[str], None] = print, verbose: int = 1) -> TrainResult:
+    """Train (or resume training) a poem model.
+
+    Args:
+        data_dir: a DATA_DIR from ``prepare`` (None on resume: the run's recorded DATA_DIR).
+        run_dir: the RUN_DIR to create or continue.
+        config: the resolved configuration (preset + overrides, or the stored one on resume).
+        overwrite: start over in a non-empty RUN_DIR.
+        init_from: an HF GPT-2 folder (TF weights or safetensors) to fine-tune from.
+        echo: where progress lines go.
+        verbose: Keras progress-bar verbosity (0 silent, 1 bar, 2 one line per epoch).
+    """
+    from .envcheck import require_compatible
+
+    require_compatible()
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras
+
+    from .model import build_model
+
+    run, resuming = open_for_training(run_dir, overwrite)
+    if data_dir is None:
+        if not resuming:
+            raise RunDirError(f"--data: needed for a new run ({run.path} holds no run yet)")
+        data_dir = run.read_run()["data"]["path"]
+    manifest = load_manifest(data_dir)
+    vocab = CharVocab.load(manifest.path)
+    if vocab.hash != manifest.vocab_hash:
+        raise RunDirError(f"{manifest.path}: vocab.txt does not match manifest.json; rerun prepare with --overwrite")
+    changes = check_resume_compatible(run, config, manifest) if resuming else []
+    _check_disk_space(run.path, config)
+
+    precision = resolve_precision(config.train.precision)
+    set_precision(precision)
+    strategy = make_strategy(config.train.strategy)
+    t = config.train
+    n_ctx = config.model.n_ctx
+    per_pass = batches_per_pass(manifest, t.batch_size, n_ctx)
+    if per_pass < 1:
+        raise RunDirError(f"--data {manifest.path}: the training split ({manifest.poems('train')} poems, "
+                          f"{manifest.tokens('train')} characters) is smaller than one batch of {t.batch_size}×{n_ctx} "
+                          "tokens; add poems or lower --batch-size")
+    steps_per_epoch = t.steps_per_epoch or per_pass
+    total_steps = steps_per_epoch * t.epochs
+
+    with strategy.scope():
+        if init_from is not None:
+            lm = _load_init(init_from, vocab, config)
+        else:
+            lm = build_model(config.model, vocab, seed=t.seed)
+        trainer = build_lm_trainer(lm)
+        optimizer = make_optimizer(config, total_steps, precision)
+        trainer.compile(optimizer=optimizer)
+        inner = optimizer.inner_optimizer if hasattr(optimizer, "inner_optimizer") else optimizer
+        inner.build(lm.trainable_variables)
+        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        best_val = tf.Variable(float("inf"), dtype=tf.float32, trainable=False, name="best_val_loss")
+        ckpt = tf.train.Checkpoint(model=lm, optimizer=optimizer, epoch=epoch_var, best_val_loss=best_val)
+
+    chief = is_chief()
+    ckpt_dir = str(run.checkpoints) if chief else str(run.path / f".worker-{os.getpid()}")
+    manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=t.keep_checkpoints)
+    restored_step = 0
+    if resuming and manager.latest_checkpoint:
+        restored_step = _restore(ckpt, manager, optimizer, echo)
+        echo(f"Resumed {run.path} from {Path(manager.latest_checkpoint).name}: step {restored_step}, "
+             f"epoch {int(epoch_var.numpy())}, best val loss {float(best_val.numpy()):.4f}, "
+             f"learning rate {lr_at(restored_step, t.learning_rate, t.warmup_steps, total_steps, t.schedule, t.min_lr_ratio):.3g}.")
+        if changes:
+            echo("Changed on resume: " + "; ".join(changes) + ".")
+    elif resuming:
+        echo(f"{run.path} holds no checkpoint yet; starting at step 0.")
+    if chief:
+        run.write_run(config, manifest, {"precision": precision, "steps_per_epoch": steps_per_epoch,
+                                         "init_from": str(init_from) if init_from else None})
+        vocab.save(run.path)
+
+    start_epoch = restored_step // steps_per_epoch
+    if start_epoch >= t.epochs:
+        echo(f"Nothing to do: {run.path} has already trained {start_epoch} of --epochs {t.epochs} epoch(s); "
+             "pass a larger --epochs to train more.")
+        return TrainResult(run.path, restored_step, start_epoch, [], restored_step, 0.0, 0.0)
+
+    state = run.read_state() if resuming else {}
+    history = list(state.get("history", []))
+    meta = {"genre": manifest.genre, "genres": manifest.data.get("genres", {}), "n_ctx": n_ctx,
+            "data_hash": manifest.hash}
+    callback = _RunCallback(run, manager, ckpt, epoch_var, best_val, lm, vocab, config, manifest, total_steps,
+                            steps_per_epoch, history, meta, chief, echo, precision)
+    val = eval_dataset(manifest, t.batch_size, n_ctx, pad_id=vocab.pad_id, sep_id=vocab.sep_id)
+    params = sum(int(np.prod(v.shape)) for v in lm.trainable_variables)
+    echo(f"Training {params / 1e6:.2f}M parameters ({config.model.n_layer} layers, width {config.model.n_embd}, "
+         f"context {n_ctx}) on {manifest.poems('train')} poems: {t.epochs} epoch(s) × {steps_per_epoch} steps of "
+         f"{t.batch_size}×{n_ctx} tokens, {precision}, {strategy.num_replicas_in_sync} replica(s).")
+
+    start = time.perf_counter()
+    step = restored_step
+    try:
+        # a run stopped inside an epoch first finishes that epoch's remaining steps
+        segments = []
+        if restored_step % steps_per_epoch:
+            segments.append((start_epoch, start_epoch + 1, steps_per_epoch - restored_step % steps_per_epoch))
+            start_epoch += 1
+        if start_epoch < t.epochs:
+            segments.append((start_epoch, t.epochs, steps_per_epoch))
+        for first_epoch, end_epoch, steps in segments:
+            data = train_dataset(manifest, t.batch_size, n_ctx, seed=t.seed, start_step=step,
+                                 pad_id=vocab.pad_id, sep_id=vocab.sep_id)
+            trainer.fit(data, epochs=end_epoch, initial_epoch=first_epoch, steps_per_epoch=steps,
+                        validation_data=val, callbacks=[callback], verbose=verbose)
+            step = int(inner.iterations.numpy())
+            if callback.diverged:
+                break
+    except KeyboardInterrupt:
+        callback.save_now("interrupted")
+        raise
+    seconds = time.perf_counter() - start
+    if callback.diverged:
+        raise TrainingDiverged(
+            f"--run {run.path}: the loss became {callback.diverged} at step {callback.diverged_step}; training "
+            f"stopped and the last good checkpoint ({callback.last_good}) is kept; resume with a lower --learning-rate")
+    done = int(inner.iterations.numpy())
+    trained = (done - restored_step) * t.batch_size * n_ctx
+    return TrainResult(run.path, done, int(epoch_var.numpy()), callback.new_history, restored_step, seconds,
+                       trained / seconds if seconds > 0 else 0.0)
+
+
+def _restore(ckpt, manager, optimizer, echo) -> int:
+    """Restore the latest checkpoint (falling back to older ones if it is corrupt); return the step."""
+    import tensorflow as tf
+
+    inner = optimizer.inner_optimizer if hasattr(optimizer, "inner_optimizer") else optimizer
+    errors = []
+    for path in reversed(manager.checkpoints):
+        try:
+            status = ckpt.restore(path)
+            status.assert_existing_objects_matched()
+            step = int(inner.iterations.numpy())
+            expected = int(path.rsplit("-", 1)[-1])
+            if step != expected:
+                raise ValueError(f"optimizer step {step} != checkpoint number {expected}")
+            if errors:
+                echo(f"Skipped unreadable checkpoint(s): {'; '.join(errors)}")
+            return step
+        except (tf.errors.OpError, ValueError, AssertionError) as exc:
+            errors.append(f"{Path(path).name}: {type(exc).__name__}")
+    raise RunDirError(f"{manager.directory}: no readable checkpoint ({'; '.join(errors)}); "
+                      "start over with --overwrite")
+
+
+def _load_init(init_from, vocab: CharVocab, config: RunConfig):
+    """Load an HF GPT-2 folder for fine-tuning, refusing mismatched vocabularies or shapes."""
+    from transformers import TFGPT2LMHeadModel
+
+    from .model import check_agreement
+
+    path = Path(init_from)
+    if not (path / "config.json").is_file():
+        raise RunDirError(f"--init-from {path}: not a GPT-2 checkpoint folder (no config.json); pass a folder "
+                          "written by save_pretrained, e.g. a run's export/")
+    has_tf = (path / "tf_model.h5").is_file()
+    has_pt = any(path.glob("*.safetensors")) or (path / "pytorch_model.bin").is_file()
+    if not (has_tf or has_pt):
+        raise RunDirError(f"--init-from {path}: no weights (tf_model.h5 or *.safetensors) in the folder")
+    try:
+        lm = TFGPT2LMHeadModel.from_pretrained(str(path), from_pt=not has_tf)
+    except Exception as exc:
+        raise RunDirError(f"--init-from {path}: not loadable as GPT-2 ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    if (path / "vocab.txt").is_file() and CharVocab.load(path).hash != vocab.hash:
+        raise RunDirError(f"--init-from {path}: its vocabulary differs from the DATA_DIR's; prepare the data with "
+                          f"`poetry-gpt prepare RAW --vocab {path}`")
+    check_agreement(lm, vocab, str(path))
+    c = lm.config
+    if (c.n_layer, c.n_embd, c.n_head) != (config.model.n_layer, config.model.n_embd, config.model.n_head) \
+            or c.n_positions < config.model.n_ctx:
+        raise RunDirError(f"--init-from {path}: model shape (layers {c.n_layer}, width {c.n_embd}, heads {c.n_head}, "
+                          f"context {c.n_positions}) differs from --config; pick the matching preset")
+    return lm
+
+
+def _check_disk_space(path: Path, config: RunConfig) -> None:
+    """Fail early when the RUN_DIR cannot be written or the disk cannot hold a few checkpoints."""
+    import shutil as _sh
+
+    probe = path / ".write-test"
+    try:
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as exc:
+        raise RunDirError(f"--run {path}: cannot write there ({exc.strerror}); choose a writable folder") from None
+    m = config.model
+    params = 12 * m.n_layer * m.n_embd ** 2 + 10000 * m.n_embd
+    need = params * 4 * 3 * (config.train.keep_checkpoints + 2)  # weights + 2 Adam moments per checkpoint/export
+    free = _sh.disk_usage(path).free
+    if free < need:
+        raise RunDirError(f"--run {path}: only {free / 1e6:.0f} MB free, checkpoints need about {need / 1e6:.0f} MB; "
+                          "free some space or choose another disk")
+
+
+def _RunCallback(*args, **kwargs):
+    """Build the run callback (a ``tf_keras`` Callback; the class is made lazily so importing
+    this module does not import TensorFlow)."""
+    import tf_keras
+
+    class RunCallback(tf_keras.callbacks.Callback):
+        """Checkpoints, validation report, samples, export and trainer_state.json for a run.
+
+        Args:
+            run: the RUN_DIR.
+            manager: the CheckpointManager.
+            ckpt: the Checkpoint.
+            epoch_var: the checkpointed epoch counter.
+            best_val: the checkpointed best validation loss.
+            lm: the transformers model.
+            vocab: its vocabulary.
+            config: the run configuration.
+            manifest: the DATA_DIR manifest.
+            total_steps: the run's total steps.
+            steps_per_epoch: steps per epoch.
+            history: earlier epochs' records (extended in place).
+            meta: facts for the export's poetry_gpt.json.
+            chief: whether this process writes files.
+            echo: where progress lines go.
+            precision: the resolved precision.
+        """
+
+        def __init__(self, run, manager, ckpt, epoch_var, best_val, lm, vocab, config, manifest, total_steps,
+                     steps_per_epoch, history, meta, chief, echo, precision):
+            super().__init__()
+            self.run, self.manager, self.ckpt = run, manager, ckpt
+            self.epoch_var, self.best_val, self.lm, self.vocab = epoch_var, best_val, lm, vocab
+            self.config, self.manifest, self.total_steps = config, manifest, total_steps
+            self.steps_per_epoch, self.history, self.meta = steps_per_epoch, history, meta
+            self.chief, self.echo, self.precision = chief, echo, precision
+            self.new_history: list = []
+            self.diverged: str | None = None
+            self.diverged_step = 0
+            self.last_good = manager.latest_checkpoint and Path(manager.latest_checkpoint).name
+            self._epoch_start = time.perf_counter()
+            self._epoch_start_step = 0
+
+        # -- helpers -------------------------------------------------------------------------
+        def _step(self) -> int:
+            opt = self.model.optimizer
+            return int((opt.inner_optimizer if hasattr(opt, "inner_optimizer") else opt).iterations.numpy())
+
+        def _lr(self, step: int) -> float:
+            t = self.config.train
+            return lr_at(step, t.learning_rate, t.warmup_steps, self.total_steps, t.schedule, t.min_lr_ratio)
+
+        def save_now(self, why: str) -> None:
+            """Write a checkpoint at the current step (not after a NaN)."""
+            if self.diverged:
+                return
+            step = self._step()
+            path = self.manager.save(checkpoint_number=step)
+            self.last_good = Path(path).name
+            if self.chief:
+                self._write_state(step)
+
+        def _write_state(self, step: int) -> None:
+            self.run.write_state({
+                "global_step": step,
+                "epoch": int(self.epoch_var.numpy()),
+                "best_val_loss": _finite_or_none(float(self.best_val.numpy())),
+                "learning_rate": self._lr(step),
+                "steps_per_epoch": self.steps_per_epoch,
+                "total_steps": self.total_steps,
+                "latest_checkpoint": self.last_good,
+                "history": self.history,
+            })
+
+        # -- Keras hooks ---------------------------------------------------------------------
+        def on_epoch_begin(self, epoch, logs=None):
+            self._epoch_start = time.perf_counter()
+            self._epoch_start_step = self._step()
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = float((logs or {}).get("loss", 0.0))
+            if not math.isfinite(loss):
+                self.diverged = "NaN" if math.isnan(loss) else "inf"
+                self.diverged_step = self._step()
+                self.model.stop_training = True
+                return
+            every = self.config.train.checkpoint_every
+            step = self._step()
+            if every and step % every == 0 and step % self.steps_per_epoch:
+                self.save_now("interval")
+
+        def on_epoch_end(self, epoch, logs=None):
+            if self.diverged:
+                return
+            logs = logs or {}
+            step = self._step()
+            seconds = time.perf_counter() - self._epoch_start
+            steps_done = step - self._epoch_start_step
+            tokens = steps_done * self.config.train.batch_size * self.config.model.n_ctx
+            val_loss = logs.get("val_loss")
+            self.epoch_var.assign(epoch + 1)
+            if val_loss is not None and val_loss < float(self.best_val.numpy()):
+                self.best_val.assign(val_loss)
+            record = {"epoch": epoch + 1, "global_step": step, "loss": _finite_or_none(logs.get("loss")),
+                      "val_loss": _finite_or_none(val_loss),
+                      "val_perplexity": perplexity(val_loss) if val_loss is not None else None,
+                      "learning_rate": self._lr(step), "seconds": round(seconds, 1),
+                      "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None}
+            self.history.append(record)
+            self.new_history.append(record)
+            self.save_now("epoch")
+            if self.chief:
+                from .model import save_export
+
+                samples = self._samples(epoch + 1)
+                save_export(self.lm, self.vocab, self.run.export, {**self.meta, "global_step": step, "epoch": epoch + 1})
+                val_text = (f"val loss {val_loss:.4f} (perplexity {record['val_perplexity']:.1f})"
+                            if val_loss is not None else "no validation")
+                self.echo(f"epoch {epoch + 1}: step {step}, loss {logs.get('loss', float('nan')):.4f}, {val_text}, "
+                          f"lr {record['learning_rate']:.3g}, {record['tokens_per_second'] or 0:.0f} tokens/s; "
+                          f"checkpoint {self.last_good}, export/ updated")
+                for line in samples:
+                    self.echo(f"  {line}")
+
+        def _samples(self, epoch: int) -> list[str]:
+            n = self.config.train.samples_per_epoch
+            if n <= 0:
+                return []
+            from .samples import sample_poems
+
+            titles = [SAMPLE_TITLES[i % len(SAMPLE_TITLES)] for i in range(n)]
+            lines = sample_poems(self.lm, self.vocab, titles, genre=self.meta["genre"],
+                                 n_ctx=self.config.model.n_ctx, seed=epoch)
+            from .fsutil import atomic_write_text
+
+            atomic_write_text(self.run.samples / f"epoch-{epoch:03d}.txt", "\n".join(lines) + "\n")
+            return lines
+
+    return RunCallback(*args, **kwargs)
+
+
+def _finite_or_none(x):
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
