@@ -6,6 +6,7 @@ Nothing else in the package prints-and-exits.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -31,6 +32,10 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="poetry-gpt")
 def main():
     """Train your own GPT-2 poet on a raw.txt of classical poems, one poem a line."""
+    # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) is noise for a CLI user
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 @main.group(cls=_Group)

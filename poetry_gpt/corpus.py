@@ -237,8 +237,11 @@ def _read_one(text: str, source: str, result: ReadResult, max_chars: int,
         poems.append(_new_poem(title, genre, body, source, line_no))
 
     def slow_block(start: int, end: int, line_no: int) -> int:
-        """Lines of text[start:end] (each ended by \\n) through the slow path; returns the next line number."""
-        for raw in text[start:end].split("\n")[:-1]:
+        """The lines of text[start:end] through the slow path; returns the next line number."""
+        rows = text[start:end].split("\n")
+        if rows[-1] == "":
+            rows.pop()
+        for raw in rows:
             slow(raw, line_no)
             line_no += 1
         return line_no
@@ -255,21 +258,10 @@ def _read_one(text: str, source: str, result: ReadResult, max_chars: int,
             fast_lines += 1
             keep(title or "", genre, body, line_no)
         line_no += 1
-        pos = end + 1
+        pos = end + 1  # past the newline
     result.lines += fast_lines
     if pos < len(text):
-        tail = text[pos:]
-        slow_block(pos, len(text) + (0 if tail.endswith("\n") else 1), line_no) if tail.endswith("\n") \
-            else _slow_tail(tail, line_no, slow)
-
-
-def _slow_tail(tail: str, line_no: int, slow) -> None:
-    rows = tail.split("\n")
-    if rows and rows[-1] == "":
-        rows.pop()
-    for raw in rows:
-        slow(raw, line_no)
-        line_no += 1
+        slow_block(pos, len(text), line_no)
 
 
 def read_corpus(paths: Sequence[str | os.PathLike], max_chars: int = DEFAULT_MAX_CHARS,
@@ -298,7 +290,7 @@ def read_corpus(paths: Sequence[str | os.PathLike], max_chars: int = DEFAULT_MAX
         before_skipped = {r: len(v) for r, v in result.skipped.items()}
         _read_one(text, source, result, max_chars, seen_bodies)
         if result.lines == before_lines:
-            if not text.strip("\ufeff"):
+            if not text:
                 raise InputError(f"{path}: the file is empty; expected one poem a line: `title 体裁：【body】`")
             raise InputError(f"{path}: only blank lines ({result.blank - before_blank}); "
                              "expected one poem a line: `title 体裁：【body】`")

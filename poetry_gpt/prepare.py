@@ -7,12 +7,15 @@ one is whole.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import errno
+import glob
 import hashlib
 import os
 import shutil
+import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -24,8 +27,9 @@ from .config import DataConfig
 from .corpus import ReadResult, read_corpus
 from .diagnostics import corpus_report
 from .errors import DataDirError, OptionError
-from .records import FORMAT_VERSION, MANIFEST, serialize_examples, write_manifest, write_shards
-from .vocab import CharVocab
+from .fsutil import fsync_dir
+from .records import FORMAT_VERSION, MANIFEST, serialize_buffer, write_manifest, write_shards
+from .vocab import CharVocab, codepoints, counts_of_codepoints, line_lengths
 
 
 @dataclass
@@ -90,21 +94,21 @@ def prepare(raw_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
     out = Path(out_dir)
     check_output_dir(out, overwrite)
     start = time.perf_counter()
+    vocab_given = vocab_dir is not None
+    vocab = CharVocab.load(vocab_dir) if vocab_given else None  # a bad --vocab fails before the reading
     read = read_corpus(raw_paths, max_chars=config.max_chars, keep_duplicates=config.keep_duplicates)
-    lines = [p.text for p in read.poems]
-    if vocab_dir is not None:
-        vocab = CharVocab.load(vocab_dir)
-        vocab_source = str(vocab_dir)
-    else:
-        vocab = CharVocab.from_counts(CharVocab.count_chars(lines), config.min_count)
-        vocab_source = "built from the corpus"
-    ids, lengths = vocab.encode_lines(lines)
-    train_idx, valid_idx = split_indices(len(lines), config.valid_fraction, config.seed)
-    report = corpus_report(read, vocab, ids=ids, lengths=lengths, n_ctx=n_ctx, vocab_given=vocab_dir is not None)
+    vocab, ids, lengths, report = _encode_and_report(read, config, n_ctx, vocab)
+    vocab_source = str(vocab_dir) if vocab_given else "built from the corpus"
+    train_idx, valid_idx = split_indices(len(lengths), config.valid_fraction, config.seed)
 
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     _remove_stale_partials(out)
-    tmp.mkdir(parents=True)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier process with our (reused) pid
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise OptionError(f"--out: cannot create a folder next to {out} ({exc.strerror or exc}); "
+                          "choose a writable place") from None
     try:
         vocab.save(tmp)
         is_valid = np.zeros(len(lengths), dtype=bool)
@@ -113,10 +117,10 @@ def prepare(raw_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
         splits, digest = {}, hashlib.sha256(vocab.hash.encode())
         for name, idx, token_sel in (("train", train_idx, ~token_is_valid), ("valid", valid_idx, token_is_valid)):
             sel_lengths = lengths[idx]
-            sel_ids = ids[token_sel]
-            records = serialize_examples(sel_ids, sel_lengths)
-            for rec in records:
-                digest.update(rec)
+            buf, ends = serialize_buffer(ids[token_sel], sel_lengths)
+            digest.update(buf)  # the same digest as updating record by record
+            bounds = [0] + ends.tolist()
+            records = [buf[a:b] for a, b in zip(bounds, bounds[1:])]
             shards = write_shards(tmp, name, records, config.shard_poems)
             if progress:
                 progress(len(records))
@@ -130,12 +134,16 @@ def prepare(raw_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
             "vocab": {"size": vocab.size, "hash": vocab.hash, "source": vocab_source,
                       "pad_id": vocab.pad_id, "unk_id": vocab.unk_id, "sep_id": vocab.sep_id},
             "splits": splits,
-            "genres": dict(Counter(p.genre for p in read.poems).most_common()),
+            "genres": dict(report["genres"]),
             "hash": digest.hexdigest(),
             "report": report,
         }
         write_manifest(tmp, manifest)
         _swap_into_place(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataDirError(f"{out}: writing the DATA_DIR failed ({exc.strerror or exc}"
+                           f"{': ' + str(exc.filename) if exc.filename else ''}); nothing was changed") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -143,10 +151,22 @@ def prepare(raw_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
 
 
 def _remove_stale_partials(out: Path) -> None:
-    for stale in out.parent.glob(f".{out.name}.partial-*") if out.parent.exists() else ():
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    """Clean up after prepares that were killed: their partial folders, and old DATA_DIRs they swapped out.
+
+    A ``.NAME.old-PID`` folder exists only between the two renames of the fallback swap; if its
+    process died there and ``out`` is missing, the old DATA_DIR is put back, else it is removed.
+    """
+    if not out.parent.is_dir():
+        return
+    for kind in ("partial", "old"):
+        for stale in out.parent.glob(f".{glob.escape(out.name)}.{kind}-*"):
+            pid = stale.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or _pid_alive(int(pid)):
+                continue
+            if kind == "old" and not out.exists():
+                os.replace(stale, out)
+            else:
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -159,15 +179,48 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns:
+        True when swapped; False where the call is not available (other systems, old kernels,
+        file systems without support), so the caller falls back to two renames.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished folder to ``out``; an old ``out`` is removed only after that."""
+    """Put the finished folder at ``out``; an old ``out`` is removed only after that.
+
+    An existing ``out`` is swapped with ``tmp`` atomically where the OS allows it, so at every
+    moment ``out`` is either the old complete DATA_DIR or the new one; elsewhere the old one is
+    renamed aside first (``_remove_stale_partials`` restores it if the process dies in between).
+    """
     if out.is_dir():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        if _exchange(tmp, out):
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old DATA_DIR
+        else:
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+    fsync_dir(out.parent)
     if not (out / MANIFEST).is_file():  # pragma: no cover - would be a bug
         raise DataDirError(f"{out}: manifest missing after prepare")
 
@@ -182,7 +235,21 @@ def read_only_report(raw_paths: Sequence[str | os.PathLike], config: DataConfig 
         n_ctx: context for the long-poem count.
     """
     read: ReadResult = read_corpus(raw_paths, max_chars=config.max_chars, keep_duplicates=config.keep_duplicates)
+    return _encode_and_report(read, config, n_ctx, None)[3]
+
+
+def _encode_and_report(read: ReadResult, config: DataConfig, n_ctx: int, vocab: CharVocab | None):
+    """Encode the kept poems' canonical lines (building the vocabulary unless given) and report on them.
+
+    Returns:
+        ``(vocab, ids, lengths, report)``.
+    """
     lines = [p.text for p in read.poems]
-    vocab = CharVocab.from_counts(CharVocab.count_chars(lines), config.min_count)
-    ids, lengths = vocab.encode_lines(lines)
-    return corpus_report(read, vocab, ids=ids, lengths=lengths, n_ctx=n_ctx, vocab_given=False)
+    cps = codepoints(lines)  # one UTF-32 pass serves the counts, the vocabulary and the ids
+    chars = counts_of_codepoints(cps)
+    vocab_given = vocab is not None
+    if vocab is None:
+        vocab = CharVocab.from_counts(chars, config.min_count)
+    ids, lengths = vocab.encode_codepoints(cps), line_lengths(lines)
+    report = corpus_report(read, vocab, ids=ids, lengths=lengths, n_ctx=n_ctx, vocab_given=vocab_given, chars=chars)
+    return vocab, ids, lengths, report

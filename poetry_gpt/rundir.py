@@ -110,12 +110,14 @@ class RunDir:
         })
 
 
-def open_for_training(path: str | os.PathLike, overwrite: bool) -> tuple[RunDir, bool]:
+def open_for_training(path: str | os.PathLike, overwrite: bool, own_entries: tuple[str, ...] = ()) -> tuple[RunDir, bool]:
     """Prepare a RUN_DIR for ``train``.
 
     Args:
         path: the RUN_DIR.
         overwrite: start over, deleting what the folder holds.
+        own_entries: names inside the folder that belong to the run although it has no run.json yet
+            (``pipeline`` prepares its data in ``RUN_DIR/data``).
 
     Returns:
         ``(run_dir, resuming)``: resuming is True when the folder holds an earlier run.
@@ -124,8 +126,10 @@ def open_for_training(path: str | os.PathLike, overwrite: bool) -> tuple[RunDir,
     if run.path.exists() and not run.path.is_dir():
         raise RunDirError(f"--run: {run.path} is a file, not a folder; choose another path")
     if overwrite and run.path.exists():
-        shutil.rmtree(run.path)
-    if run.path.is_dir() and any(run.path.iterdir()) and not run.exists():
+        for entry in run.path.iterdir():
+            if entry.name not in own_entries:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    if run.path.is_dir() and any(e.name not in own_entries for e in run.path.iterdir()) and not run.exists():
         raise RunDirError(f"--run: {run.path} is not empty and holds no {RUN_FILE} (not a poetry_gpt run); "
                           "choose an empty folder or pass --overwrite to replace it")
     run.path.mkdir(parents=True, exist_ok=True)
@@ -173,3 +177,34 @@ def stored_config(path: str | os.PathLike) -> RunConfig:
     if not run.exists():
         raise RunDirError(f"{run.path}: no {RUN_FILE}; not a poetry_gpt RUN_DIR")
     return RunConfig.from_dict(run.read_run()["config"])
+
+
+def resolve_config(path: str | os.PathLike, preset: str | None, model_overrides: dict, train_overrides: dict,
+                   overwrite: bool = False) -> RunConfig:
+    """The configuration a ``train`` call runs with.
+
+    A new run starts from ``preset`` (default ``small``); a resumed run starts from the
+    configuration stored in its ``run.json`` (so no flag has to be repeated), and a
+    ``preset`` given then must have the same model shape. Overrides apply last.
+
+    Args:
+        path: the RUN_DIR.
+        preset: the ``--config`` name, or None.
+        model_overrides: model fields set on the command line.
+        train_overrides: training fields set on the command line.
+        overwrite: the run starts over (the stored configuration is ignored).
+    """
+    from .config import config_from_preset
+
+    run = RunDir(Path(path))
+    if run.exists() and not overwrite:
+        base = RunConfig.from_dict(run.read_run()["config"])
+        if preset is not None:
+            asked = config_from_preset(preset)
+            if asked.model != base.model:
+                raise RunDirError(f"--config {preset}: {run.path} was trained with preset {base.preset!r} "
+                                  f"({base.model.n_layer} layers, width {base.model.n_embd}, context {base.model.n_ctx}); "
+                                  "drop --config to resume it, or use another --run / --overwrite")
+    else:
+        base = config_from_preset(preset or "small")
+    return base.replace(model=model_overrides, train=train_overrides)

@@ -3,7 +3,7 @@
 ``transformers``' TF GPT-2 grows its cache with ``tf.concat`` (XLA generation
 pads it and then shifts slices around). This module instead reads the weights
 of a ``TFGPT2LMHeadModel`` and runs its own forward pass with a cache of fixed
-shape ``[batch, heads, n_ctx, head_dim]`` per layer, written in place one slot a
+shape ``[batch, n_ctx, heads, head_dim]`` per layer, written in place one slot a
 step. Two ``tf.function(jit_compile=True)`` programs do the work:
 
 * ``prefill``: the prompts, right-padded to a length bucket (a multiple of
@@ -153,20 +153,20 @@ class CachedGPT2:
 
         Returns:
             ``(logits [B, V] float32, cache)`` where ``cache`` is a list of ``(K, V)`` per
-            layer, each ``[B, H, n_ctx, Dh]``.
+            layer, each ``[B, n_ctx, H, Dh]``.
         """
         T = ids.shape[1]
         x = tf.gather(w["wte"], ids) + w["wpe"][:T][None]
         causal = tf.linalg.band_part(tf.ones([T, T], tf.bool), -1, 0)
         scale = 1.0 / math.sqrt(self.head_dim)
-        pad = [[0, 0], [0, 0], [0, self.n_ctx - T], [0, 0]]
+        pad = [[0, 0], [0, self.n_ctx - T], [0, 0], [0, 0]]
         cache = []
         for layer in w["h"]:
             qkv = self._linear(self._ln(x, layer["ln_1"]), layer["attn"])
-            q, k, v = [tf.transpose(self._heads(t), [0, 2, 1, 3]) for t in tf.split(qkv, 3, axis=-1)]
-            scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) * scale
+            q, k, v = [self._heads(t) for t in tf.split(qkv, 3, axis=-1)]  # [B, T, H, Dh]
+            scores = tf.cast(tf.einsum("bthd,bshd->bhts", q, k), tf.float32) * scale
             probs = tf.cast(self._softmax(tf.where(causal, scores, NEG)), self.dtype)
-            a = tf.reshape(tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3]), tf.shape(x))
+            a = tf.reshape(tf.einsum("bhts,bshd->bthd", probs, v), tf.shape(x))
             x = x + self._linear(a, layer["proj"])
             x = x + self._mlp(layer, x)
             cache.append((tf.pad(k, pad), tf.pad(v, pad)))
@@ -186,19 +186,18 @@ class CachedGPT2:
             ``(logits [B, V], cache)``.
         """
         x = tf.gather(w["wte"], tokens) + tf.gather(w["wpe"], positions)
-        slots = tf.range(self.n_ctx)[None, :]
-        write = (slots == positions[:, None])[:, None, :, None]  # [B, 1, S, 1]
-        visible = (slots <= positions[:, None])[:, None, :]  # [B, 1, S]
+        visible = (tf.range(self.n_ctx)[None, :] <= positions[:, None])[:, None, :]  # [B, 1, S]
+        slot = tf.stack([tf.range(tf.shape(tokens)[0]), positions], axis=1)  # (row, position) pairs
         scale = 1.0 / math.sqrt(self.head_dim)
         new_cache = []
         for layer, (K, V) in zip(w["h"], cache):
             qkv = self._linear(self._ln(x, layer["ln_1"]), layer["attn"])
             q, k, v = [self._heads(t) for t in tf.split(qkv, 3, axis=-1)]  # [B, H, Dh]
-            K = tf.where(write, k[:, :, None, :], K)
-            V = tf.where(write, v[:, :, None, :], V)
-            scores = tf.cast(tf.einsum("bhd,bhsd->bhs", q, K), tf.float32) * scale
+            K = tf.tensor_scatter_nd_update(K, slot, k)
+            V = tf.tensor_scatter_nd_update(V, slot, v)
+            scores = tf.cast(tf.einsum("bhd,bshd->bhs", q, K), tf.float32) * scale
             probs = tf.cast(self._softmax(tf.where(visible, scores, NEG)), self.dtype)
-            a = tf.reshape(tf.einsum("bhs,bhsd->bhd", probs, V), tf.shape(x))
+            a = tf.reshape(tf.einsum("bhs,bshd->bhd", probs, V), tf.shape(x))
             x = x + self._linear(a, layer["proj"])
             x = x + self._mlp(layer, x)
             new_cache.append((K, V))

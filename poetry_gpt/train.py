@@ -125,15 +125,29 @@ def is_chief() -> bool:
     return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in cluster
 
 
-def build_lm_trainer(lm, pad_free: bool = False):
+def build_lm_trainer(lm):
     """Wrap a ``TFGPT2LMHeadModel`` in a Keras model with our train/test steps.
 
     Args:
         lm: the transformers model.
-        pad_free: unused; kept for clarity of callers.
     """
     import tensorflow as tf
     import tf_keras
+
+    class TokenMeanLoss(tf_keras.metrics.Metric):
+        """Cross-entropy averaged over target tokens (not over batches): sum / count."""
+
+        def __init__(self, name="loss"):
+            super().__init__(name=name)
+            self.total = self.add_weight(name="total", initializer="zeros", dtype=tf.float32)
+            self.count = self.add_weight(name="count", initializer="zeros", dtype=tf.float32)
+
+        def update_state(self, loss_sum, count):
+            self.total.assign_add(loss_sum)
+            self.count.assign_add(count)
+
+        def result(self):
+            return self.total / tf.maximum(self.count, 1.0)
 
     class PoemLM(tf_keras.Model):
         """Keras model whose loss is the float32 next-character cross-entropy, pads ignored."""
@@ -141,9 +155,7 @@ def build_lm_trainer(lm, pad_free: bool = False):
         def __init__(self, lm):
             super().__init__()
             self.lm = lm
-            self.loss_sum = tf_keras.metrics.Sum(name="loss_sum")
-            self.token_count = tf_keras.metrics.Sum(name="tokens")
-            self.global_tokens = None  # set by train(): tokens per global batch for gradient scaling
+            self.loss_tracker = TokenMeanLoss()
 
         def call(self, input_ids, training=False):
             return self.lm(input_ids=input_ids, training=training, use_cache=False).logits
@@ -168,19 +180,17 @@ def build_lm_trainer(lm, pad_free: bool = False):
             if hasattr(self.optimizer, "get_unscaled_gradients"):
                 grads = self.optimizer.get_unscaled_gradients(grads)
             self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-            self.loss_sum.update_state(loss_sum)
-            self.token_count.update_state(count)
-            return {"loss": self.loss_sum.result() / tf.maximum(self.token_count.result(), 1.0)}
+            self.loss_tracker.update_state(loss_sum, count)
+            return {"loss": self.loss_tracker.result()}
 
         def test_step(self, batch):
             loss_sum, count = self._loss_terms(batch, training=False)
-            self.loss_sum.update_state(loss_sum)
-            self.token_count.update_state(count)
-            return {"loss": self.loss_sum.result() / tf.maximum(self.token_count.result(), 1.0)}
+            self.loss_tracker.update_state(loss_sum, count)
+            return {"loss": self.loss_tracker.result()}
 
         @property
         def metrics(self):
-            return [self.loss_sum, self.token_count]
+            return [self.loss_tracker]
 
     return PoemLM(lm)
 
@@ -213,7 +223,7 @@ def perplexity(loss: float) -> float:
 
 def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config: RunConfig,
           overwrite: bool = False, init_from: str | os.PathLike | None = None,
-          echo: Callable[[str], None] = print, verbose: int = 1) -> TrainResult:
+          echo: Callable[[str], None] = print, verbose: int = 1, own_entries: tuple[str, ...] = ()) -> TrainResult:
     """Train (or resume training) a poem model.
 
     Args:
@@ -224,6 +234,7 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
         init_from: an HF GPT-2 folder (TF weights or safetensors) to fine-tune from.
         echo: where progress lines go.
         verbose: Keras progress-bar verbosity (0 silent, 1 bar, 2 one line per epoch).
+        own_entries: entries of a new RUN_DIR that are not foreign (``pipeline``'s ``data/``).
     """
     from .envcheck import require_compatible
 
@@ -234,7 +245,7 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
 
     from .model import build_model
 
-    run, resuming = open_for_training(run_dir, overwrite)
+    run, resuming = open_for_training(run_dir, overwrite, own_entries)
     if data_dir is None:
         if not resuming:
             raise RunDirError(f"--data: needed for a new run ({run.path} holds no run yet)")

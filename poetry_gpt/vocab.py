@@ -33,6 +33,27 @@ TOKENIZER_FILE = "tokenizer.json"
 VOCAB_FILE = "vocab.txt"
 
 
+def codepoints(lines: Iterable[str]) -> np.ndarray:
+    """The code points (uint32) of the lines joined with newlines (10), for the numpy helpers below."""
+    text = "\n".join(lines)
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+def counts_of_codepoints(cps: np.ndarray) -> Counter:
+    """Occurrences of each character among code points (newlines not counted)."""
+    if not len(cps):
+        return Counter()
+    counts = np.bincount(cps)
+    counts[10:11] = 0
+    present = np.flatnonzero(counts)
+    return Counter(dict(zip(map(chr, present.tolist()), counts[present].tolist())))
+
+
+def line_lengths(lines: Sequence[str]) -> np.ndarray:
+    """The length of each line (int64)."""
+    return np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
+
+
 class CharVocab:
     """A character vocabulary.
 
@@ -74,12 +95,7 @@ class CharVocab:
         Args:
             lines: the text lines to count (newlines are not counted).
         """
-        text = "\n".join(lines)
-        if not text:
-            return Counter()
-        cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        values, counts = np.unique(cps, return_counts=True)
-        return Counter({chr(v): int(n) for v, n in zip(values, counts) if v != 10})
+        return counts_of_codepoints(codepoints(lines))
 
     # properties -------------------------------------------------------------------
     def __len__(self) -> int:
@@ -147,14 +163,17 @@ class CharVocab:
         """
         if not lines:
             return np.zeros(0, np.int32), np.zeros(0, np.int64)
-        cps = np.frombuffer("\n".join(lines).encode("utf-32-le"), dtype=np.uint32)
+        return self.encode_codepoints(codepoints(lines)), line_lengths(lines)
+
+    def encode_codepoints(self, cps: np.ndarray) -> np.ndarray:
+        """Ids of code points (``codepoints(lines)``), newlines dropped: the ids of the lines concatenated."""
         table = self._lookup_table()
-        newline = cps == 10
-        safe = np.where(cps < len(table), cps, 0)
-        ids = np.where(cps < len(table), table[safe], UNK_ID).astype(np.int32)
-        ids = ids[~newline]
-        lengths = np.fromiter((len(line) for line in lines), dtype=np.int64, count=len(lines))
-        return ids, lengths
+        cps = cps[cps != 10]
+        inside = cps < len(table)
+        ids = table[np.where(inside, cps, 0)]
+        if not inside.all():
+            ids[~inside] = UNK_ID
+        return ids
 
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
         """Text of ``ids``; special tokens are kept as ``[PAD]`` etc. unless ``skip_special``."""

@@ -1,0 +1,121 @@
+"""``poetry-gpt train`` and ``poetry-gpt pipeline``."""
+from __future__ import annotations
+
+import click
+
+from ..config import PRECISIONS, SCHEDULES, STRATEGIES
+
+# option name -> (section, field)
+_OVERRIDES = {
+    "epochs": ("train", "epochs"), "steps_per_epoch": ("train", "steps_per_epoch"),
+    "batch_size": ("train", "batch_size"), "learning_rate": ("train", "learning_rate"),
+    "warmup_steps": ("train", "warmup_steps"), "schedule": ("train", "schedule"),
+    "min_lr_ratio": ("train", "min_lr_ratio"), "weight_decay": ("train", "weight_decay"),
+    "grad_clip": ("train", "grad_clip"), "precision": ("train", "precision"), "strategy": ("train", "strategy"),
+    "seed": ("train", "seed"), "keep_checkpoints": ("train", "keep_checkpoints"),
+    "checkpoint_every": ("train", "checkpoint_every"), "samples_per_epoch": ("train", "samples_per_epoch"),
+    "dropout": ("model", "dropout"),
+}
+
+
+def _train_options(f):
+    """Options shared by ``train`` and ``pipeline``; unset ones keep the preset's (or the run's) value."""
+    opts = [
+        click.option("--config", "preset", default=None,
+                     help="Preset from configs.py: tiny, small, base, medium [default: small; on resume: the run's]."),
+        click.option("--epochs", type=int, help="Total epochs (a resumed run trains until this many are done)."),
+        click.option("--steps-per-epoch", type=int, help="Steps per epoch (0 = one pass over the training split)."),
+        click.option("--batch-size", type=int, help="Sequences per step."),
+        click.option("--learning-rate", type=float, help="Peak AdamW learning rate."),
+        click.option("--warmup-steps", type=int, help="Linear warm-up steps."),
+        click.option("--schedule", type=click.Choice(SCHEDULES), help="Decay after warm-up."),
+        click.option("--min-lr-ratio", type=float, help="Final learning rate as a share of the peak."),
+        click.option("--weight-decay", type=float, help="AdamW decoupled weight decay."),
+        click.option("--grad-clip", type=float, help="Global-norm gradient clipping (0 = off)."),
+        click.option("--precision", type=click.Choice(PRECISIONS), help="auto = bf16 where the CPU/GPU has it, else fp32."),
+        click.option("--strategy", type=click.Choice(STRATEGIES), help="tf.distribute strategy."),
+        click.option("--seed", type=int, help="Seed for initialisation and data order."),
+        click.option("--keep-checkpoints", type=int, help="How many recent checkpoints to keep."),
+        click.option("--checkpoint-every", type=int, help="Also checkpoint every N steps (0 = epoch ends only)."),
+        click.option("--samples-per-epoch", type=int, help="Sample poems shown and saved after each epoch."),
+        click.option("--dropout", type=float, help="Dropout (model shape: only for a new run)."),
+        click.option("--overwrite", is_flag=True, help="Start over in a RUN_DIR that holds something."),
+        click.option("--quiet", is_flag=True, help="One line per epoch instead of a progress bar."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _resolve(run_dir, preset, overwrite, values):
+    from ..rundir import resolve_config
+
+    model, train = {}, {}
+    for name, (section, field) in _OVERRIDES.items():
+        if values.get(name) is not None:
+            (model if section == "model" else train)[field] = values[name]
+    return resolve_config(run_dir, preset, model, train, overwrite)
+
+
+def _report(result):
+    last = result.history[-1] if result.history else {}
+    click.echo(f"Trained to step {result.global_step} (epoch {result.epoch}) in {result.seconds:.0f} s, "
+               f"{result.tokens_per_second:.0f} tokens/s. Run: {result.run_dir}/ (checkpoints/, export/, "
+               f"samples/, logs/, trainer_state.json)"
+               + (f"; val loss {last['val_loss']:.4f}" if last.get("val_loss") is not None else "") + ".")
+
+
+@click.command("train")
+@click.option("--data", "data_dir", type=click.Path(path_type=str),
+              help="DATA_DIR from `poetry-gpt prepare` (optional when resuming: the run remembers it).")
+@click.option("--run", "run_dir", required=True, type=click.Path(path_type=str),
+              help="RUN_DIR to create, or to resume when it holds a run.")
+@click.option("--init-from", type=click.Path(path_type=str),
+              help="Fine-tune from this GPT-2 folder (save_pretrained files; vocabulary must match).")
+@_train_options
+def train_cmd(data_dir, run_dir, init_from, preset, overwrite, quiet, **values):
+    """Train a poem model on DATA_DIR, or continue the run in RUN_DIR."""
+    from ..train import train
+
+    config = _resolve(run_dir, preset, overwrite, values)
+    result = train(data_dir, run_dir, config, overwrite=overwrite, init_from=init_from, echo=click.echo,
+                   verbose=2 if quiet else 1)
+    _report(result)
+
+
+@click.command("pipeline")
+@click.argument("raw", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--run", "run_dir", required=True, type=click.Path(path_type=str),
+              help="RUN_DIR; the prepared data goes to RUN_DIR/data.")
+@click.option("--samples", "n_samples", type=int, default=4, show_default=True, help="Poems to print at the end.")
+@_train_options
+def pipeline_cmd(raw, run_dir, n_samples, preset, overwrite, quiet, **values):
+    """prepare + train + a few poems, in one command (RAW: raw.txt file(s))."""
+    from pathlib import Path
+
+    from ..config import DataConfig
+    from ..diagnostics import format_report
+    from ..prepare import prepare
+    from ..train import train
+
+    config = _resolve(run_dir, preset, overwrite, values)
+    data_dir = Path(run_dir) / "data"
+    run_has_data = (data_dir / "manifest.json").is_file() and not overwrite
+    if run_has_data:
+        click.echo(f"Using the data already prepared in {data_dir}/.")
+    else:
+        prepared = prepare(raw, data_dir, DataConfig(), n_ctx=config.model.n_ctx, overwrite=True)
+        click.echo(format_report(prepared.report))
+        click.echo(f"Prepared {data_dir}/ in {prepared.seconds:.1f} s.")
+    result = train(str(data_dir), run_dir, config, overwrite=overwrite, echo=click.echo, verbose=2 if quiet else 1,
+                   own_entries=("data",))
+    _report(result)
+    if n_samples > 0:
+        from ..samples import sample_poems
+        from ..model import load_export
+
+        lm, vocab, meta = load_export(run_dir)
+        click.echo("Poems:")
+        for line in sample_poems(lm, vocab, [""] * n_samples, genre=meta.get("genre", "诗"),
+                                 n_ctx=config.model.n_ctx, seed=result.global_step):
+            click.echo(f"  {line}")

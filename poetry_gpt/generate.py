@@ -1,0 +1,429 @@
+"""Write poems with a trained model: prompts, validation, batching, the compiled sampler.
+
+A prompt is ``[SEP]`` followed by the start of a corpus line, ``title 体裁：【opening``.
+What ``PoemGenerator.generate`` accepts as an *opening*:
+
+* a full prefix in corpus style, recognised by ``：【`` (or ``:【``): used as it is,
+  e.g. ``春晓 唐诗：【春眠不觉晓`` (then ``title``/``genre`` must not be given);
+* anything else is the first characters of the body, e.g. ``春眠不觉晓``; the
+  header is ``title`` (default none) and ``genre`` (default: the export's genre);
+* no openings at all: with a ``title``, the model starts the body after
+  ``title 体裁：【``; without one, it starts from ``[SEP]`` and writes the title,
+  the genre and the poem itself.
+
+Every sample stops at its first 】 and is cut there; one that reaches
+``max_new_tokens`` first is *unclosed*. Sample *i* (counting over all prompts)
+uses seed ``seed + i`` and depends only on that seed and the options, not on its
+batch mates, so ``--seed S -n 1`` reproduces the sample reported with seed S.
+
+Example:
+    >>> gen = PoemGenerator("runs/small")
+    >>> [s.text for s in gen.generate(["春眠不觉晓"], title="春晓", seed=1)]
+    ['春晓 唐诗：【春眠不觉晓，…】']
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .corpus import CLOSE, OPEN, prompt_prefix
+from .errors import OptionError, RunDirError
+from .vocab import PAD_ID, SEP_ID, UNK_ID, CharVocab
+
+FORM_NAMES = ("五绝", "七绝", "五律", "七律")
+
+
+@dataclass
+class Sample:
+    """One generated poem.
+
+    Args:
+        prompt: the prompt text the model continued (``[SEP]`` not shown; "" when it started from nothing).
+        text: the whole corpus-style line, prompt included, cut after the first 】.
+        body: the text between 【 and 】 (up to the end when unclosed).
+        closed: the model wrote 】 within the token budget.
+        tokens: characters generated (】 included).
+        seed: the seed of this sample (repeat it with ``seed=...`` and ``num_samples=1``).
+        seconds: wall time of the batch the sample was generated in.
+    """
+
+    prompt: str
+    text: str
+    body: str
+    closed: bool
+    tokens: int
+    seed: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Export:
+    """A loaded export folder.
+
+    Args:
+        path: the export folder.
+        model: the ``TFGPT2LMHeadModel``.
+        vocab: its ``CharVocab``.
+        meta: the contents of ``poetry_gpt.json`` ({} when absent).
+    """
+
+    path: Path
+    model: object
+    vocab: CharVocab
+    meta: dict
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self.model.config.n_positions)
+
+    @property
+    def genre(self) -> str | None:
+        return self.meta.get("genre")
+
+
+def load_export(path: str | os.PathLike, checkpoint: str | None = None) -> Export:
+    """Load a model for generation from a RUN_DIR (its ``export/``) or an export folder.
+
+    Args:
+        path: a RUN_DIR or an export folder (``save_pretrained`` files + vocabulary + ``poetry_gpt.json``).
+        checkpoint: reserved for loading a chosen checkpoint of ``RUN_DIR/checkpoints`` (not yet supported).
+
+    Raises:
+        RunDirError: the folder is missing, holds no export, is not a GPT-2 export, or its vocabulary
+            does not match the model.
+    """
+    from .model import load_export as _load, resolve_export
+
+    if checkpoint is not None:
+        raise RunDirError(f"--checkpoint {checkpoint}: choosing a checkpoint is not supported yet; "
+                          f"drop it to use {Path(path) / 'export'}")
+    export = resolve_export(path)
+    try:
+        model_type = json.loads((export / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError):
+        raise RunDirError(f"{export / 'config.json'}: unreadable; re-export the run") from None
+    if model_type != "gpt2":
+        raise RunDirError(f"{export}: not a GPT-2 export (model_type {model_type!r}); pass a poetry_gpt RUN_DIR or export/")
+    if not (export / "tf_model.h5").is_file():
+        raise RunDirError(f"{export}: no tf_model.h5 (TensorFlow weights); re-export the run with `poetry-gpt train`")
+    model, vocab, meta = _load(export)
+    if meta.get("vocab_hash") not in (None, vocab.hash):
+        raise RunDirError(f"{export}: vocab.txt is not the vocabulary the model was exported with "
+                          "(vocab_hash differs); restore the export's files or re-export")
+    return Export(export, model, vocab, meta)
+
+
+def split_body(text: str) -> str:
+    """The body of a (possibly unclosed) corpus line: after the first 【, before 】."""
+    return text.partition(OPEN)[2].partition(CLOSE)[0]
+
+
+def _check_options(top_k, top_p, temperature, repetition_penalty, num_samples, batch_size, max_new_tokens):
+    checks = [
+        (top_k >= 1, "--top-k", f"must be ≥ 1 (1 = greedy), got {top_k}"),
+        (0.0 < top_p <= 1.0, "--top-p", f"must be in (0, 1] (1 = off), got {top_p}"),
+        (temperature > 0.0, "--temperature", f"must be > 0, got {temperature}"),
+        (repetition_penalty > 0.0, "--repetition-penalty", f"must be > 0 (1 = off), got {repetition_penalty}"),
+        (num_samples >= 1, "--num-samples", f"must be ≥ 1, got {num_samples}"),
+        (batch_size >= 1, "--batch-size", f"must be ≥ 1, got {batch_size}"),
+        (max_new_tokens is None or max_new_tokens >= 1, "--max-new-tokens", f"must be ≥ 1, got {max_new_tokens}"),
+    ]
+    for ok, option, message in checks:
+        if not ok:
+            raise OptionError(f"{option}: {message}")
+
+
+class PoemGenerator:
+    """Load a model once and sample poems from it with the compiled sampler.
+
+    Programs are compiled on first use, one per batch size for the decode loop (plus one per
+    top-k cap and per poem form) and one per (batch size, prompt bucket of 16) for the prompt.
+
+    Args:
+        path: a RUN_DIR or export folder.
+        checkpoint: reserved (see ``load_export``).
+        compute_dtype: "float32" (default; bfloat16 was not faster under XLA on CPU here).
+    """
+
+    def __init__(self, path: str | os.PathLike, checkpoint: str | None = None, compute_dtype: str = "float32"):
+        import tensorflow as tf
+
+        from .sampler import Sampler
+
+        self.export = load_export(path, checkpoint)
+        self.vocab = self.export.vocab
+        self.model = self.export.model
+        self.close_id = self.vocab.index.get(CLOSE)
+        self.sampler = Sampler(self.model, stop_id=self.close_id, banned_ids=(PAD_ID, UNK_ID, SEP_ID),
+                               compute_dtype=getattr(tf, compute_dtype))
+
+    @property
+    def n_ctx(self) -> int:
+        return self.export.n_ctx
+
+    @property
+    def genre(self) -> str | None:
+        return self.export.genre
+
+    # prompts --------------------------------------------------------------------------
+    def build_prompts(self, openings: str | Sequence[str] | None, title: str | None = None,
+                      genre: str | None = None) -> list[str]:
+        """The prompt texts for ``openings`` (see the module docstring for the three kinds).
+
+        Args:
+            openings: one opening, several, or None/empty.
+            title: the title for openings that are not full prefixes.
+            genre: the genre word (default: the export's).
+
+        Raises:
+            OptionError: characters outside the vocabulary, a prompt that fills the context, a
+                full prefix combined with ``title``/``genre``, or a prompt that already has 】.
+        """
+        if isinstance(openings, str):
+            openings = [openings]
+        openings = [o.strip() for o in (openings or []) if o.strip()]
+        genre_used = genre or self.genre
+        if not openings and not title and genre is None:
+            return [""]
+        prompts = []
+        for opening in openings or [""]:
+            if "：【" in opening or ":【" in opening:
+                if title or genre:
+                    raise OptionError(f"opening {opening!r} is a full prefix (title 体裁：【…); "
+                                      "drop --title/--genre or give only the first line")
+                prompts.append(opening.replace(":【", "：【", 1))
+                continue
+            if not genre_used:
+                raise OptionError("--genre: this export records no genre (no poetry_gpt.json); pass one, e.g. --genre 唐诗")
+            prompts.append(prompt_prefix(title or "", genre_used, opening))
+        for prompt in prompts:
+            self._check_prompt(prompt, title, genre)
+        return prompts
+
+    def _check_prompt(self, prompt: str, title: str | None, genre: str | None) -> None:
+        if CLOSE in prompt:
+            raise OptionError(f"opening {prompt!r} already has the closing 】; give only the start of the poem")
+        for option, text in (("--title", title or ""), ("--genre", genre or ""), ("opening", prompt)):
+            missing = self.vocab.missing_chars(text)
+            if missing:
+                chars = "".join(missing)
+                raise OptionError(f"{option}: {len(missing)} character(s) not in the model's vocabulary "
+                                  f"({self.vocab.size} tokens): {chars!r}; replace them with common (simplified) "
+                                  "characters the corpus uses, or leave them out")
+        if 1 + len(prompt) >= self.n_ctx:
+            raise OptionError(f"opening: the prompt {prompt[:20]!r}… is {1 + len(prompt)} tokens with [SEP], the model's "
+                              f"context is {self.n_ctx}, leaving no room to generate; shorten it")
+
+    # sampling -------------------------------------------------------------------------
+    def generate(self, openings: str | Sequence[str] | None = None, *, title: str | None = None,
+                 genre: str | None = None, num_samples: int = 1, top_k: int = 10, top_p: float = 1.0,
+                 temperature: float = 1.0, repetition_penalty: float = 1.0, max_new_tokens: int | None = None,
+                 batch_size: int = 8, seed: int | None = None, form: str | None = None,
+                 acrostic: str | None = None, rhyme: bool = False) -> list[Sample]:
+        """Sample ``num_samples`` poems for each opening.
+
+        Args:
+            openings: a full prefix (``春晓 唐诗：【春眠不觉晓``), a first line (``春眠不觉晓``),
+                a list of them, or None (title only, or nothing at all).
+            title: title for openings that are not full prefixes.
+            genre: genre word (default: the export's most common genre).
+            num_samples: samples per opening.
+            top_k: sample among the k most likely characters (1 = greedy; values above the
+                vocabulary size mean the whole vocabulary).
+            top_p: keep the smallest set of those whose probability reaches p (1 = off).
+            temperature: divide logits by it (< 1 sharper, > 1 flatter).
+            repetition_penalty: > 1 makes characters already in the poem (prompt included) less likely.
+            max_new_tokens: token budget per sample (default: all that fits the context after the prompt).
+            batch_size: samples run together; the last batch is padded to this size (at most the
+                number of samples) so one compiled program serves every batch.
+            seed: seed of the first sample (sample i uses seed + i); None picks a random one.
+            form: 五绝, 七绝, 五律 or 七律: constrain the body to that form (needs ``poetry_gpt.forms``).
+            acrostic: characters that begin the clauses (with ``form``).
+            rhyme: make the rhyme clauses rhyme (with ``form``).
+
+        Returns:
+            One ``Sample`` per (opening, sample), openings in order.
+
+        Raises:
+            OptionError: an option is out of range or the prompt cannot be used.
+        """
+        _check_options(top_k, top_p, temperature, repetition_penalty, num_samples, batch_size, max_new_tokens)
+        prompts = self.build_prompts(openings, title, genre)
+        constraint = self._constraint(form, acrostic, rhyme)
+        room = self.n_ctx - 1 - max(len(p) for p in prompts)
+        if max_new_tokens is not None and max_new_tokens > room:
+            raise OptionError(f"--max-new-tokens: at most {room} fit the {self.n_ctx}-token context after the "
+                              f"longest prompt, got {max_new_tokens}")
+        budget = max_new_tokens or room
+        base_seed = secrets.randbelow(2**31 - 1) if seed is None else int(seed)
+        rows = [(prompt, base_seed + i * num_samples + j) for i, prompt in enumerate(prompts) for j in range(num_samples)]
+        states = [constraint.initial_state(p, option="opening") if constraint else None for p, _ in rows]
+        B = min(batch_size, len(rows))
+        samples = []
+        for start in range(0, len(rows), B):
+            chunk = rows[start:start + B]
+            pad = B - len(chunk)
+            chunk_states = states[start:start + B] + states[:1] * pad
+            chunk = chunk + chunk[:1] * pad
+            t0 = time.perf_counter()
+            result = self.sampler.run(
+                [[SEP_ID] + self.vocab.encode(p) for p, _ in chunk], [s for _, s in chunk],
+                max_new_tokens=budget, top_k=min(top_k, self.vocab.size), top_p=top_p,
+                temperature=max(temperature, 1e-6), repetition_penalty=repetition_penalty,
+                active=[True] * (B - pad) + [False] * pad,
+                **self._constraint_args(constraint, chunk_states))
+            seconds = time.perf_counter() - t0
+            for (prompt, row_seed), ids in zip(chunk[:B - pad], result.tokens[:B - pad]):
+                samples.append(self._sample(prompt, ids.tolist(), row_seed, seconds))
+        return samples
+
+    def _sample(self, prompt: str, ids: list[int], seed: int, seconds: float) -> Sample:
+        closed = self.close_id is not None and self.close_id in ids
+        if closed:
+            ids = ids[:ids.index(self.close_id) + 1]
+        else:
+            ids = [i for i in ids if i != PAD_ID]
+        text = prompt + self.vocab.decode(ids)
+        return Sample(prompt, text, split_body(text), closed, len(ids), seed, round(seconds, 4))
+
+    # constraints ------------------------------------------------------------------------
+    def _constraint(self, form, acrostic, rhyme):
+        if form is None:
+            if acrostic or rhyme:
+                raise OptionError(f"{'--acrostic' if acrostic else '--rhyme'}: needs --form ({', '.join(FORM_NAMES)})")
+            return None
+        try:
+            from . import forms
+        except ImportError:
+            raise OptionError("--form: poem forms are not available in this installation (poetry_gpt.forms)") from None
+        return forms.build_constraint(form, self.vocab, acrostic=acrostic, rhyme=rhyme)
+
+    @staticmethod
+    def _constraint_args(constraint, states) -> dict:
+        if constraint is None:
+            return {}
+        import numpy as np
+        import tensorflow as tf
+
+        from . import forms
+
+        state = tf.constant(np.array([s for s, _ in states], np.int32))
+        group = tf.constant(np.array([g for _, g in states], np.int32))
+        return {"constraint": forms, "constraint_state": (state, group, constraint.as_tensors())}
+
+    # the slow reference path ---------------------------------------------------------------
+    def generate_eager(self, openings=None, *, title=None, genre=None, num_samples=1, top_k=10, top_p=1.0,
+                       temperature=1.0, repetition_penalty=1.0, max_new_tokens=None, batch_size=8,
+                       seed=None, **unsupported) -> list[Sample]:
+        """The same sampling through transformers' eager ``model.generate`` (slow; for benchmarks).
+
+        Takes the arguments of ``generate`` except the form options; rows of one prompt run
+        together in batches. Sampling streams differ from the compiled path (same seed ≠ same poem).
+        """
+        import tensorflow as tf
+
+        if any(unsupported.get(k) for k in ("form", "acrostic", "rhyme")):
+            raise OptionError("--eager: --form/--acrostic/--rhyme need the compiled sampler; drop --eager")
+        _check_options(top_k, top_p, temperature, repetition_penalty, num_samples, batch_size, max_new_tokens)
+        prompts = self.build_prompts(openings, title, genre)
+        base_seed = secrets.randbelow(2**31 - 1) if seed is None else int(seed)
+        samples = []
+        for i, prompt in enumerate(prompts):
+            ids = [SEP_ID] + self.vocab.encode(prompt)
+            budget = max_new_tokens or self.n_ctx - len(ids)
+            for start in range(0, num_samples, batch_size):
+                n = min(batch_size, num_samples - start)
+                row_seed = base_seed + i * num_samples + start
+                t0 = time.perf_counter()
+                out = self.model.generate(
+                    tf.constant([ids] * n), attention_mask=tf.ones([n, len(ids)], tf.int32),
+                    do_sample=top_k > 1, top_k=top_k, top_p=top_p, temperature=temperature,
+                    repetition_penalty=repetition_penalty, max_new_tokens=budget, seed=[row_seed, 0],
+                    eos_token_id=self.close_id, pad_token_id=PAD_ID, suppress_tokens=[PAD_ID, UNK_ID, SEP_ID])
+                seconds = time.perf_counter() - t0
+                for r, row in enumerate(out.numpy()[:, len(ids):]):
+                    samples.append(self._sample(prompt, row.tolist(), row_seed + r, seconds))
+        return samples
+
+
+def benchmark(n_layer: int = 6, n_embd: int = 384, n_head: int = 6, n_ctx: int = 128, vocab_size: int = 5300,
+              new_tokens: int = 64, top_k: int = 10, batches: Sequence[int] = (1, 8), repeats: int = 5,
+              eager_repeats: int = 1, seed: int = 0) -> dict:
+    """Time eager ``model.generate`` against the compiled sampler on a random model of a given shape.
+
+    Both produce exactly ``new_tokens`` tokens per row (no stop token), top-k sampling, a
+    16-character prompt. Compiled timings are the best of ``repeats`` calls after the first
+    (compiling) one; the eager timing is the best of ``eager_repeats``.
+
+    Args:
+        n_layer: layers of the random model.
+        n_embd: its width.
+        n_head: its heads.
+        n_ctx: its context.
+        vocab_size: its vocabulary size.
+        new_tokens: tokens generated per row.
+        top_k: sampling top-k.
+        batches: batch sizes to time.
+        repeats: timed calls of the compiled path per batch size.
+        eager_repeats: timed calls of the eager path per batch size.
+        seed: weight and sampling seed.
+
+    Returns:
+        A JSON-able dict: per batch size, seconds per call, tokens/s, the speed-up and the
+        compile times, plus a no-recompile check for a new opening of another length.
+    """
+    import numpy as np
+    import tensorflow as tf
+    from transformers import GPT2Config, TFGPT2LMHeadModel
+
+    from .sampler import Sampler
+
+    tf.keras.utils.set_random_seed(seed)
+    config = GPT2Config(vocab_size=vocab_size, n_positions=n_ctx, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                        bos_token_id=SEP_ID, eos_token_id=SEP_ID, pad_token_id=PAD_ID)
+    model = TFGPT2LMHeadModel(config)
+    model(tf.zeros([1, 2], tf.int32))
+    sampler = Sampler(model, stop_id=None, banned_ids=(PAD_ID, UNK_ID, SEP_ID))
+    prompt = [SEP_ID] + list(range(10, 25))
+    report = {"shape": dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_ctx=n_ctx, vocab_size=vocab_size),
+              "new_tokens": new_tokens, "top_k": top_k, "prompt_tokens": len(prompt), "batches": {}}
+    for B in batches:
+        prompts, seeds = [prompt] * B, list(range(B))
+        t0 = time.perf_counter()
+        sampler.run(prompts, seeds, max_new_tokens=new_tokens, top_k=top_k)
+        first = time.perf_counter() - t0
+        traces = dict(sampler.traces)
+        times = []
+        for r in range(repeats):
+            t0 = time.perf_counter()
+            sampler.run(prompts, [s + r for s in seeds], max_new_tokens=new_tokens, top_k=top_k)
+            times.append(time.perf_counter() - t0)
+        # another opening of a different length in the same bucket must not compile anything
+        t0 = time.perf_counter()
+        sampler.run([prompt[:9]] * B, seeds, max_new_tokens=new_tokens, top_k=top_k)
+        other_opening = time.perf_counter() - t0
+        recompiled = sampler.traces != traces
+        ids = tf.constant([prompt] * B)
+        eager = []
+        for r in range(eager_repeats):
+            t0 = time.perf_counter()
+            model.generate(ids, attention_mask=tf.ones_like(ids), do_sample=True, top_k=top_k, max_new_tokens=new_tokens,
+                           min_new_tokens=new_tokens, seed=[seed, r], pad_token_id=PAD_ID)
+            eager.append(time.perf_counter() - t0)
+        fast, slow = min(times), min(eager)
+        report["batches"][str(B)] = {
+            "eager_seconds": round(slow, 3), "eager_tokens_per_s": round(B * new_tokens / slow, 1),
+            "compiled_seconds": round(fast, 4), "compiled_tokens_per_s": round(B * new_tokens / fast, 1),
+            "compiled_median_seconds": round(float(np.median(times)), 4),
+            "speedup": round(slow / fast, 1), "first_call_seconds": round(first, 2),
+            "other_opening_seconds": round(other_opening, 4), "recompiled_for_other_opening": recompiled,
+        }
+    return report
