@@ -24,7 +24,8 @@ from .config import RunConfig
 from .envcheck import cpu_flags
 from .errors import PoetryGPTError, RunDirError
 from .records import IGNORE_INDEX, batches_per_pass, eval_dataset, load_manifest, train_dataset
-from .rundir import RunDir, check_resume_compatible, open_for_training
+from .distribute import is_chief, make_strategy
+from .rundir import check_resume_compatible, open_for_training
 from .schedule import keras_schedule, lr_at
 from .vocab import CharVocab
 
@@ -83,46 +84,6 @@ def set_precision(precision: str) -> None:
 
     policy = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[precision]
     tf_keras.mixed_precision.set_global_policy(policy)
-
-
-def make_strategy(name: str):
-    """The ``tf.distribute`` strategy for ``--strategy``.
-
-    Args:
-        name: auto (multi-worker when TF_CONFIG is set, mirrored with several GPUs, else one device),
-            default, mirrored, multi-worker.
-    """
-    import tensorflow as tf
-
-    if name == "auto":
-        if os.environ.get("TF_CONFIG"):
-            name = "multi-worker"
-        elif len(tf.config.list_logical_devices("GPU")) > 1:
-            name = "mirrored"
-        else:
-            name = "default"
-    if name == "multi-worker":
-        if not os.environ.get("TF_CONFIG"):
-            raise PoetryGPTError("--strategy multi-worker needs TF_CONFIG (cluster and task) in the environment; "
-                                 "see the README's multi-worker section")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def is_chief() -> bool:
-    """True unless this process is a non-chief worker of a multi-worker cluster."""
-    import json
-
-    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task = tf_config.get("task", {})
-    cluster = tf_config.get("cluster", {})
-    if not task:
-        return True
-    if task.get("type") == "chief":
-        return True
-    return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in cluster
 
 
 def build_lm_trainer(lm):
