@@ -22,9 +22,9 @@ from typing import Callable
 
 from .config import RunConfig
 from .envcheck import cpu_flags
-from .errors import PoetryGPTError, RunDirError
-from .records import IGNORE_INDEX, batches_per_pass, eval_dataset, load_manifest, train_dataset
-from .distribute import is_chief, make_strategy
+from .errors import DataDirError, PoetryGPTError, RunDirError
+from .records import batches_per_pass, eval_dataset, load_manifest, train_dataset
+from .distribute import checkpoint_managers, distribute_options, is_chief, make_strategy, open_as_worker
 from .rundir import check_resume_compatible, open_for_training
 from .schedule import keras_schedule, lr_at
 from .vocab import CharVocab
@@ -95,11 +95,15 @@ def build_lm_trainer(lm):
     import tensorflow as tf
     import tf_keras
 
+    from .fast_gpt2 import lm_loss_terms
+
     class TokenMeanLoss(tf_keras.metrics.Metric):
         """Cross-entropy averaged over target tokens (not over batches): sum / count."""
 
         def __init__(self, name="loss"):
-            super().__init__(name=name)
+            # float32 state whatever the precision policy: under mixed precision the weights would
+            # otherwise be AutoCastVariables, which multi-worker (sync-on-read) variables cannot read
+            super().__init__(name=name, dtype=tf.float32)
             self.total = self.add_weight(name="total", initializer="zeros", dtype=tf.float32)
             self.count = self.add_weight(name="count", initializer="zeros", dtype=tf.float32)
 
@@ -122,13 +126,9 @@ def build_lm_trainer(lm):
             return self.lm(input_ids=input_ids, training=training, use_cache=False).logits
 
         def _loss_terms(self, batch, training):
-            logits = self(batch["input_ids"], training=training)
-            logits = tf.cast(logits[:, :-1], tf.float32)
-            labels = batch["labels"][:, 1:]
-            mask = tf.not_equal(labels, IGNORE_INDEX)
-            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.where(mask, labels, 0), logits=logits)
-            maskf = tf.cast(mask, tf.float32)
-            return tf.reduce_sum(ce * maskf), tf.reduce_sum(maskf)
+            """(sum of next-token cross-entropies, number of targets); see fast_gpt2.lm_loss_terms."""
+            return lm_loss_terms(self.lm, batch["input_ids"], batch["labels"], training=training,
+                                 dropout=self.lm.config.resid_pdrop)
 
         def train_step(self, batch):
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -206,17 +206,25 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
 
     from .model import build_model
 
-    run, resuming = open_for_training(run_dir, overwrite, own_entries)
+    chief = is_chief(config.train.strategy)  # a non-chief worker of a cluster only reads RUN_DIR (distribute.py)
+    run, resuming = open_for_training(run_dir, overwrite, own_entries) if chief else open_as_worker(run_dir, overwrite)
     if data_dir is None:
         if not resuming:
             raise RunDirError(f"--data: needed for a new run ({run.path} holds no run yet)")
         data_dir = run.read_run()["data"]["path"]
-    manifest = load_manifest(data_dir)
+        try:
+            manifest = load_manifest(data_dir)
+        except DataDirError as exc:
+            raise DataDirError(f"{exc} (the DATA_DIR recorded in {run.run_file}; pass --data to use another "
+                               "copy of the same data)") from None
+    else:
+        manifest = load_manifest(data_dir)
     vocab = CharVocab.load(manifest.path)
     if vocab.hash != manifest.vocab_hash:
         raise RunDirError(f"{manifest.path}: vocab.txt does not match manifest.json; rerun prepare with --overwrite")
     changes = check_resume_compatible(run, config, manifest) if resuming else []
-    _check_disk_space(run.path, config)
+    if chief:
+        _check_disk_space(run.path, config)
 
     precision = resolve_precision(config.train.precision)
     set_precision(precision)
@@ -245,18 +253,24 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
         best_val = tf.Variable(float("inf"), dtype=tf.float32, trainable=False, name="best_val_loss")
         ckpt = tf.train.Checkpoint(model=lm, optimizer=optimizer, epoch=epoch_var, best_val_loss=best_val)
 
-    chief = is_chief()
-    ckpt_dir = str(run.checkpoints) if chief else str(run.path / f".worker-{os.getpid()}")
-    manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=t.keep_checkpoints)
+    # a non-chief saves into a temporary folder (deleted at exit) but resumes from the chief's checkpoints
+    manager, source = checkpoint_managers(ckpt, run.checkpoints, chief, t.keep_checkpoints)
+    ckpt_dir = str(run.checkpoints)
     restored_step = 0
-    if resuming and manager.latest_checkpoint:
-        restored_step = _restore(ckpt, manager, optimizer, echo)
-        echo(f"Resumed {run.path} from {Path(manager.latest_checkpoint).name}: step {restored_step}, "
+    # the manager lists checkpoints from its state file; if that file is lost, look at the files themselves
+    candidates = list(source.checkpoints) or _checkpoint_files(Path(ckpt_dir))
+    if resuming and candidates:
+        restored_step, restored_path = _restore(ckpt, candidates, ckpt_dir, optimizer, echo)
+        echo(f"Resumed {run.path} from {Path(restored_path).name}: step {restored_step}, "
              f"epoch {int(epoch_var.numpy())}, best val loss {float(best_val.numpy()):.4f}, "
              f"learning rate {lr_at(restored_step, t.learning_rate, t.warmup_steps, total_steps, t.schedule, t.min_lr_ratio):.3g}.")
         if changes:
             echo("Changed on resume: " + "; ".join(changes) + ".")
     elif resuming:
+        recorded = run.read_state().get("global_step") or 0
+        if chief and recorded > 0:
+            raise RunDirError(f"--run {run.path}: trainer_state.json records step {recorded} but {run.checkpoints} "
+                              "holds no checkpoint; put the checkpoints back or start over with --overwrite")
         echo(f"{run.path} holds no checkpoint yet; starting at step 0.")
     if chief:
         run.write_run(config, manifest, {"precision": precision, "steps_per_epoch": steps_per_epoch,
@@ -267,15 +281,23 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
     if start_epoch >= t.epochs:
         echo(f"Nothing to do: {run.path} has already trained {start_epoch} of --epochs {t.epochs} epoch(s); "
              "pass a larger --epochs to train more.")
+        if chief and _export_step(run) != restored_step:
+            from .model import save_export
+
+            save_export(lm, vocab, run.export, {"genre": manifest.genre, "genres": manifest.data.get("genres", {}),
+                                                "n_ctx": n_ctx, "data_hash": manifest.hash,
+                                                "global_step": restored_step, "epoch": start_epoch})
+            echo(f"export/ brought up to step {restored_step}.")
         return TrainResult(run.path, restored_step, start_epoch, [], restored_step, 0.0, 0.0)
 
     state = run.read_state() if resuming else {}
-    history = list(state.get("history", []))
+    history = [h for h in state.get("history", []) if (h.get("global_step") or 0) <= restored_step]
     meta = {"genre": manifest.genre, "genres": manifest.data.get("genres", {}), "n_ctx": n_ctx,
             "data_hash": manifest.hash}
     callback = _RunCallback(run, manager, ckpt, epoch_var, best_val, lm, vocab, config, manifest, total_steps,
                             steps_per_epoch, history, meta, chief, echo, precision)
-    val = eval_dataset(manifest, t.batch_size, n_ctx, pad_id=vocab.pad_id, sep_id=vocab.sep_id)
+    val = distribute_options(eval_dataset(manifest, t.batch_size, n_ctx, pad_id=vocab.pad_id, sep_id=vocab.sep_id),
+                             strategy)
     params = sum(int(np.prod(v.shape)) for v in lm.trainable_variables)
     echo(f"Training {params / 1e6:.2f}M parameters ({config.model.n_layer} layers, width {config.model.n_embd}, "
          f"context {n_ctx}) on {manifest.poems('train')} poems: {t.epochs} epoch(s) × {steps_per_epoch} steps of "
@@ -294,6 +316,7 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
         for first_epoch, end_epoch, steps in segments:
             data = train_dataset(manifest, t.batch_size, n_ctx, seed=t.seed, start_step=step,
                                  pad_id=vocab.pad_id, sep_id=vocab.sep_id)
+            data = distribute_options(data, strategy)
             trainer.fit(data, epochs=end_epoch, initial_epoch=first_epoch, steps_per_epoch=steps,
                         validation_data=val, callbacks=[callback], verbose=verbose)
             step = int(inner.iterations.numpy())
@@ -304,22 +327,43 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
         raise
     seconds = time.perf_counter() - start
     if callback.diverged:
-        raise TrainingDiverged(
-            f"--run {run.path}: the loss became {callback.diverged} at step {callback.diverged_step}; training "
-            f"stopped and the last good checkpoint ({callback.last_good}) is kept; resume with a lower --learning-rate")
+        kept = (f"the last good checkpoint ({callback.last_good}) is kept; resume with a lower --learning-rate"
+                if callback.last_good else "no checkpoint was written before it; start over (--overwrite) "
+                                           "with a lower --learning-rate")
+        raise TrainingDiverged(f"--run {run.path}: the loss became {callback.diverged} at step "
+                               f"{callback.diverged_step}; training stopped and {kept}")
     done = int(inner.iterations.numpy())
     trained = (done - restored_step) * t.batch_size * n_ctx
     return TrainResult(run.path, done, int(epoch_var.numpy()), callback.new_history, restored_step, seconds,
                        trained / seconds if seconds > 0 else 0.0)
 
 
-def _restore(ckpt, manager, optimizer, echo) -> int:
-    """Restore the latest checkpoint (falling back to older ones if it is corrupt); return the step."""
-    import tensorflow as tf
+def _checkpoint_files(directory: Path) -> list[str]:
+    """Checkpoint prefixes (``…/ckpt-N``) found on disk, oldest first."""
+    found = []
+    for index in directory.glob("ckpt-*.index"):
+        number = index.name[len("ckpt-"):-len(".index")]
+        if number.isdigit():
+            found.append((int(number), str(index.with_suffix(""))))
+    return [path for _, path in sorted(found)]
 
+
+def _export_step(run) -> int | None:
+    """The global step recorded in the run's export/poetry_gpt.json (None without an export)."""
+    from .fsutil import read_json
+    from .model import EXPORT_META
+
+    try:
+        return read_json(run.export / EXPORT_META).get("global_step")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _restore(ckpt, paths, directory, optimizer, echo) -> tuple[int, str]:
+    """Restore the newest readable checkpoint of ``paths`` (oldest first); return ``(step, path)``."""
     inner = optimizer.inner_optimizer if hasattr(optimizer, "inner_optimizer") else optimizer
     errors = []
-    for path in reversed(manager.checkpoints):
+    for path in reversed(paths):
         try:
             status = ckpt.restore(path)
             status.assert_existing_objects_matched()
@@ -329,10 +373,10 @@ def _restore(ckpt, manager, optimizer, echo) -> int:
                 raise ValueError(f"optimizer step {step} != checkpoint number {expected}")
             if errors:
                 echo(f"Skipped unreadable checkpoint(s): {'; '.join(errors)}")
-            return step
-        except (tf.errors.OpError, ValueError, AssertionError) as exc:
+            return step, path
+        except Exception as exc:  # a damaged file raises OpError, IndexError, ValueError, …
             errors.append(f"{Path(path).name}: {type(exc).__name__}")
-    raise RunDirError(f"{manager.directory}: no readable checkpoint ({'; '.join(errors)}); "
+    raise RunDirError(f"{directory}: no readable checkpoint ({'; '.join(errors)}); "
                       "start over with --overwrite")
 
 
@@ -340,12 +384,21 @@ def _load_init(init_from, vocab: CharVocab, config: RunConfig):
     """Load an HF GPT-2 folder for fine-tuning, refusing mismatched vocabularies or shapes."""
     from transformers import TFGPT2LMHeadModel
 
+    from .fsutil import read_json
     from .model import check_agreement
 
     path = Path(init_from)
     if not (path / "config.json").is_file():
         raise RunDirError(f"--init-from {path}: not a GPT-2 checkpoint folder (no config.json); pass a folder "
                           "written by save_pretrained, e.g. a run's export/")
+    try:
+        model_type = read_json(path / "config.json").get("model_type")
+    except (OSError, ValueError, AttributeError):
+        raise RunDirError(f"--init-from {path}: config.json is not readable JSON; pass a folder written by "
+                          "save_pretrained, e.g. a run's export/") from None
+    if model_type != "gpt2":
+        raise RunDirError(f"--init-from {path}: config.json describes a {model_type!r} model, not GPT-2; pass a GPT-2 "
+                          "folder, e.g. a run's export/")
     has_tf = (path / "tf_model.h5").is_file()
     has_pt = any(path.glob("*.safetensors")) or (path / "pytorch_model.bin").is_file()
     if not (has_tf or has_pt):
@@ -427,6 +480,7 @@ def _RunCallback(*args, **kwargs):
             self.last_good = manager.latest_checkpoint and Path(manager.latest_checkpoint).name
             self._epoch_start = time.perf_counter()
             self._epoch_start_step = 0
+            self._writer = None
 
         # -- helpers -------------------------------------------------------------------------
         def _step(self) -> int:
@@ -438,10 +492,15 @@ def _RunCallback(*args, **kwargs):
             return lr_at(step, t.learning_rate, t.warmup_steps, self.total_steps, t.schedule, t.min_lr_ratio)
 
         def save_now(self, why: str) -> None:
-            """Write a checkpoint at the current step (not after a NaN)."""
+            """Write a checkpoint at the current step (not after a NaN, nor of non-finite weights)."""
             if self.diverged:
                 return
             step = self._step()
+            if not self._weights_finite():
+                # the last step's update broke the weights although its loss was finite: keep the older checkpoint
+                self.diverged, self.diverged_step = "NaN", step
+                self.model.stop_training = True
+                return
             path = self.manager.save(checkpoint_number=step)
             self.last_good = Path(path).name
             if self.chief:
@@ -458,6 +517,32 @@ def _RunCallback(*args, **kwargs):
                 "latest_checkpoint": self.last_good,
                 "history": self.history,
             })
+
+        def _log_scalars(self, step: int, record: dict) -> None:
+            """Append the epoch's figures to the TensorBoard event file in logs/ (x axis: global step).
+
+            Written with TensorFlow's own summary ops, so the ``tensorboard`` package is needed only to
+            look at them (Keras' TensorBoard callback fails without it).
+            """
+            import tensorflow as tf
+            from tensorflow.core.framework import summary_pb2
+
+            if self._writer is None:
+                self._writer = tf.summary.create_file_writer(str(self.run.logs))
+            meta = summary_pb2.SummaryMetadata(
+                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+                data_class=summary_pb2.DATA_CLASS_SCALAR)
+            with self._writer.as_default():
+                for key in ("loss", "val_loss", "val_perplexity", "learning_rate", "tokens_per_second"):
+                    value = record.get(key)
+                    if value is not None and math.isfinite(value):
+                        tf.summary.write(key, tf.constant(value, tf.float32), step=step, metadata=meta)
+            self._writer.flush()
+
+        def _weights_finite(self) -> bool:
+            import tensorflow as tf
+
+            return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in self.lm.trainable_variables)
 
         # -- Keras hooks ---------------------------------------------------------------------
         def on_epoch_begin(self, epoch, logs=None):
@@ -496,11 +581,15 @@ def _RunCallback(*args, **kwargs):
             self.history.append(record)
             self.new_history.append(record)
             self.save_now("epoch")
+            if self.diverged:
+                return
             if self.chief:
                 from .model import save_export
 
-                samples = self._samples(epoch + 1)
+                # export first: a Ctrl-C while the samples are written must not leave export/ an epoch behind
                 save_export(self.lm, self.vocab, self.run.export, {**self.meta, "global_step": step, "epoch": epoch + 1})
+                self._log_scalars(step, record)
+                samples = self._samples(epoch + 1)
                 val_text = (f"val loss {val_loss:.4f} (perplexity {record['val_perplexity']:.1f})"
                             if val_loss is not None else "no validation")
                 self.echo(f"epoch {epoch + 1}: step {step}, loss {logs.get('loss', float('nan')):.4f}, {val_text}, "

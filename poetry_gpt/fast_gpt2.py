@@ -1,0 +1,130 @@
+"""A faster training forward pass for transformers' ``TFGPT2LMHeadModel``, on the model's own variables.
+
+The transformers layers compute GPT-2 with many small ops that are slow on a CPU: a
+float causal mask multiplied in, a ``tf.pow`` GELU, a strided slice of the full
+logits for the shift (its gradient scatters the whole [batch, time, vocab] tensor),
+the generic sparse cross-entropy kernel. Here the same function is computed directly
+from the model's weights with fewer, larger ops:
+
+* matmuls in the compute dtype (bf16 uses AMX through oneDNN), bias adds fused;
+* ``tf.nn.gelu(approximate=True)`` (the same tanh GELU as ``gelu_new``);
+* q/k/v by ``tf.split`` (no strided-slice gradients), an additive causal bias built once;
+* the next-token shift done on the labels, not the logits, and the cross-entropy in one
+  XLA-compiled function (float32 inside, whatever the logits' dtype).
+
+The variables are the model's own, so checkpoints and ``save_pretrained`` exports are
+unchanged. ``tests/test_fast_gpt2.py`` checks logits and loss against transformers.
+"""
+from __future__ import annotations
+
+IGNORE_INDEX = -100
+_CE = None
+
+
+def gpt2_hidden(lm, input_ids, training: bool = False, compute_dtype=None, dropout: float = 0.0):
+    """Final hidden states (after ``ln_f``) of a ``TFGPT2LMHeadModel``, flattened to [batch*time, width].
+
+    Args:
+        lm: a built ``TFGPT2LMHeadModel``.
+        input_ids: int32 [batch, time], time ≤ the model context; attention is causal only (no padding mask:
+            padding at the end of a row cannot influence earlier positions).
+        training: apply dropout when ``dropout`` > 0.
+        compute_dtype: dtype of the matmuls (e.g. ``tf.bfloat16``); default: the Keras policy's compute dtype.
+        dropout: dropout rate on embeddings, attention weights and residual branches.
+    """
+    import tensorflow as tf
+    import tf_keras
+
+    from . import fused_ops
+
+    tr = lm.transformer
+    cfg = lm.config
+    if compute_dtype is None:
+        compute_dtype = tf.as_dtype(tf_keras.mixed_precision.global_policy().compute_dtype)
+    n_head, eps, width = cfg.n_head, cfg.layer_norm_epsilon, cfg.n_embd
+    head = width // n_head
+    shape = tf.shape(input_ids)
+    batch, time = shape[0], shape[1]
+    drop = dropout if training and dropout > 0 else 0.0
+
+    def c(v):
+        return tf.cast(v, compute_dtype)
+
+    def dense(x, conv):
+        return tf.nn.bias_add(tf.matmul(x, c(conv.weight)), c(tf.reshape(conv.bias, [-1])))
+
+    def heads(x):
+        return tf.transpose(tf.reshape(x, [batch, time, n_head, head]), [0, 2, 1, 3])
+
+    def dropped(x):
+        return tf.nn.dropout(x, drop) if drop else x
+
+    h = tf.gather(tr.wte.embeddings, input_ids) + tr.wpe.embeddings[:time][None]  # float32 residual stream
+    h = tf.reshape(dropped(h), [batch * time, width])
+    blocks = list(tr.h)
+    x = fused_ops.layer_norm(h, blocks[0].ln_1.gamma, blocks[0].ln_1.beta, eps, compute_dtype)
+    for i, block in enumerate(blocks):
+        q, k, v = tf.split(dense(x, block.attn.c_attn), 3, axis=-1)
+        w = dropped(fused_ops.causal_softmax(tf.matmul(heads(q), heads(k), transpose_b=True), head ** -0.5))
+        y = tf.reshape(tf.transpose(tf.matmul(w, heads(v)), [0, 2, 1, 3]), [batch * time, width])
+        y = dropped(dense(y, block.attn.c_proj))
+        h, x = fused_ops.add_layer_norm(h, y, block.ln_2.gamma, block.ln_2.beta, eps)
+        m = dropped(dense(fused_ops.gelu(dense(x, block.mlp.c_fc)), block.mlp.c_proj))
+        ln = blocks[i + 1].ln_1 if i + 1 < len(blocks) else tr.ln_f
+        h, x = fused_ops.add_layer_norm(h, m, ln.gamma, ln.beta, eps)
+    return x
+
+
+def gpt2_logits(lm, input_ids, training: bool = False, compute_dtype=None, dropout: float = 0.0):
+    """Logits [batch, time, vocab] (float32) of a ``TFGPT2LMHeadModel`` (see ``gpt2_hidden``)."""
+    import tensorflow as tf
+
+    h = gpt2_hidden(lm, input_ids, training, compute_dtype, dropout)
+    logits = tf.matmul(h, tf.cast(lm.transformer.wte.embeddings, h.dtype), transpose_b=True)
+    shape = tf.shape(input_ids)
+    return tf.cast(tf.reshape(logits, [shape[0], shape[1], -1]), tf.float32)
+
+
+def _cross_entropy():
+    """Summed cross-entropy of [N, V] logits against [N] labels (−100 ignored), compiled with XLA."""
+    global _CE
+    if _CE is None:
+        import tensorflow as tf
+
+        @tf.function(jit_compile=True)
+        def ce(logits, labels):
+            logits = tf.cast(logits, tf.float32)
+            valid = labels != IGNORE_INDEX
+            safe = tf.where(valid, labels, 0)
+            per_token = tf.reduce_logsumexp(logits, axis=-1) - tf.gather(logits, safe, batch_dims=1)
+            mask = tf.cast(valid, tf.float32)
+            return tf.reduce_sum(per_token * mask), tf.reduce_sum(mask)
+
+        _CE = ce
+    return _CE
+
+
+def lm_loss_terms(lm, input_ids, labels, training: bool = False, compute_dtype=None, dropout: float = 0.0):
+    """Sum of next-token cross-entropies and the number of predicted tokens.
+
+    Position t predicts ``labels[t+1]`` (the shift is done on the labels, so the model's
+    logits are never sliced); the last position and labels of −100 are ignored.
+
+    Args:
+        lm: a built ``TFGPT2LMHeadModel``.
+        input_ids: int32 [batch, time].
+        labels: int32 [batch, time], usually ``input_ids`` with −100 on padding.
+        training: training mode (dropout).
+        compute_dtype: matmul dtype (default: the Keras policy's).
+        dropout: dropout rate.
+
+    Returns:
+        ``(loss_sum, count)``, both float32 scalars.
+    """
+    import tensorflow as tf
+
+    h = gpt2_hidden(lm, input_ids, training, compute_dtype, dropout)
+    logits = tf.matmul(h, tf.cast(lm.transformer.wte.embeddings, h.dtype), transpose_b=True)
+    batch = tf.shape(labels)[0]
+    target = tf.concat([labels[:, 1:], tf.fill([batch, 1], tf.constant(IGNORE_INDEX, labels.dtype))], axis=1)
+    return _cross_entropy()(logits, tf.reshape(target, [-1]))

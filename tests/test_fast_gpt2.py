@@ -1,0 +1,113 @@
+"""The fast training forward (fast_gpt2 + fused_ops) computes what transformers' TFGPT2LMHeadModel computes."""
+import numpy as np
+import pytest
+
+import poetry_gpt  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import tensorflow as tf
+
+from poetry_gpt import fused_ops
+from poetry_gpt.config import ModelConfig
+from poetry_gpt.fast_gpt2 import IGNORE_INDEX, gpt2_logits, lm_loss_terms
+from poetry_gpt.model import build_model
+from poetry_gpt.vocab import CharVocab
+
+
+@pytest.fixture(scope="module")
+def lm():
+    vocab = CharVocab(["[PAD]", "[UNK]", "[SEP]"] + [chr(0x4E00 + i) for i in range(97)])
+    model = build_model(ModelConfig(n_layer=2, n_embd=32, n_head=4, n_ctx=32), vocab, seed=7)
+    # non-trivial layer-norm parameters and biases, so a wrong formula cannot hide behind 1s and 0s
+    rng = np.random.default_rng(0)
+    for v in model.trainable_variables:
+        if "ln_" in v.name or "bias" in v.name:
+            v.assign(v + rng.normal(0, 0.2, v.shape).astype(np.float32))
+    return model
+
+
+def _ids(batch=3, time=17, vocab=100, seed=1):
+    return tf.constant(np.random.default_rng(seed).integers(3, vocab, (batch, time)), tf.int32)
+
+
+def test_logits_match_transformers_fp32(lm):
+    ids = _ids()
+    ref = lm(input_ids=ids, training=False).logits
+    got = gpt2_logits(lm, ids, compute_dtype=tf.float32)
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=2e-4, rtol=1e-4)
+
+
+def test_logits_bf16_close_to_fp32(lm):
+    ids = _ids()
+    ref = lm(input_ids=ids, training=False).logits.numpy()
+    got = gpt2_logits(lm, ids, compute_dtype=tf.bfloat16).numpy()
+    assert np.max(np.abs(got - ref)) < 0.1  # bf16 has 8 mantissa bits
+
+
+def test_loss_terms_equal_shifted_cross_entropy_with_padding_ignored(lm):
+    ids = _ids(batch=2, time=12)
+    labels = ids.numpy().copy()
+    labels[0, 9:] = IGNORE_INDEX  # padding at the end of row 0
+    labels = tf.constant(labels)
+    loss_sum, count = lm_loss_terms(lm, ids, labels, compute_dtype=tf.float32)
+    logits = lm(input_ids=ids).logits.numpy()[:, :-1]
+    target = labels.numpy()[:, 1:]
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    mask = target != IGNORE_INDEX
+    expected = -np.take_along_axis(logp, np.where(mask, target, 0)[..., None], -1)[..., 0][mask].sum()
+    assert int(count.numpy()) == mask.sum() == 11 + 8
+    np.testing.assert_allclose(loss_sum.numpy(), expected, rtol=1e-4)
+
+
+def test_gradients_match_transformers_fp32(lm):
+    ids = _ids(batch=2, time=9)
+
+    with tf.GradientTape() as tape:
+        s, n = lm_loss_terms(lm, ids, ids, compute_dtype=tf.float32)
+        loss = s / n
+    fast = tape.gradient(loss, lm.trainable_variables)
+    with tf.GradientTape() as tape:
+        logits = lm(input_ids=ids, training=False).logits[:, :-1]
+        ref_loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=ids[:, 1:], logits=logits))
+    ref = tape.gradient(ref_loss, lm.trainable_variables)
+    np.testing.assert_allclose(loss.numpy(), ref_loss.numpy(), rtol=1e-5)
+    for v, a, b in zip(lm.trainable_variables, fast, ref):
+        a = tf.convert_to_tensor(a).numpy()
+        b = tf.convert_to_tensor(b).numpy()
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-3, err_msg=v.name)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_fused_ops_match_autodiff(dtype):
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(0, 1.5, (6, 8)).astype(np.float32))
+    y = tf.constant(rng.normal(0, 1.0, (6, 8)).astype(np.float32))
+    gamma = tf.constant(rng.normal(1, 0.3, 8).astype(np.float32))
+    beta = tf.constant(rng.normal(0, 0.3, 8).astype(np.float32))
+    scores = tf.constant(rng.normal(0, 2, (2, 5, 5)).astype(np.float32))
+    tol = 1e-5 if dtype == tf.float32 else 5e-2
+
+    def ref_gelu(v):
+        return 0.5 * v * (1 + tf.tanh(0.7978845608028654 * (v + 0.044715 * v ** 3)))
+
+    def ref_ln(v, g, b):
+        mean, var = tf.nn.moments(v, axes=[-1], keepdims=True)
+        return (v - mean) / tf.sqrt(var + 1e-5) * g + b
+
+    def ref_softmax(s):
+        mask = tf.linalg.band_part(tf.ones([5, 5]), -1, 0)
+        return tf.nn.softmax(s * 0.5 + (1 - mask) * -1e9, axis=-1)
+
+    weights = tf.constant(rng.normal(0, 1, (6, 8)).astype(np.float32))
+    sweights = tf.constant(rng.normal(0, 1, (2, 5, 5)).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, y, gamma, beta, scores])
+        g_fast = tf.reduce_sum(tf.cast(fused_ops.gelu(tf.cast(x, dtype)), tf.float32) * weights)
+        g_ref = tf.reduce_sum(ref_gelu(x) * weights)
+        h2, out = fused_ops.add_layer_norm(x, tf.cast(y, dtype), gamma, beta, 1e-5)
+        ln_fast = tf.reduce_sum(tf.cast(out, tf.float32) * weights) + tf.reduce_sum(h2 * weights * 0.3)
+        ln_ref = tf.reduce_sum(ref_ln(x + y, gamma, beta) * weights) + tf.reduce_sum((x + y) * weights * 0.3)
+        p_fast = tf.reduce_sum(tf.cast(fused_ops.causal_softmax(tf.cast(scores, dtype), 0.5), tf.float32) * sweights)
+        p_ref = tf.reduce_sum(ref_softmax(scores) * sweights)
+    for fast, ref, wrt in ((g_fast, g_ref, [x]), (ln_fast, ln_ref, [x, y, gamma, beta]), (p_fast, p_ref, [scores])):
+        np.testing.assert_allclose(fast.numpy(), ref.numpy(), rtol=tol, atol=tol * 10)
+        for a, b in zip(tape.gradient(fast, wrt), tape.gradient(ref, wrt)):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=tol * 4, atol=tol * 40)
