@@ -126,16 +126,69 @@ def open_for_training(path: str | os.PathLike, overwrite: bool, own_entries: tup
     if run.path.exists() and not run.path.is_dir():
         raise RunDirError(f"--run: {run.path} is a file, not a folder; choose another path")
     if overwrite and run.path.exists():
-        for entry in run.path.iterdir():
-            if entry.name not in own_entries:
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    if run.path.is_dir() and any(e.name not in own_entries for e in run.path.iterdir()) and not run.exists():
+        try:
+            for entry in run.path.iterdir():
+                if entry.name not in own_entries:
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        except OSError as exc:
+            raise RunDirError(f"--run {run.path}: --overwrite cannot delete {exc.filename or 'its contents'}: "
+                              f"{exc.strerror or exc}; choose a writable folder") from None
+    refuse_foreign(run.path, own_entries)
+    try:
+        run.path.mkdir(parents=True, exist_ok=True)
+        for sub in (run.checkpoints, run.logs, run.samples):
+            sub.mkdir(exist_ok=True)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(run.path) else ""
+        raise RunDirError(f"--run {run.path}: cannot create the run folder{where}: {exc.strerror or exc}; "
+                          "choose a writable folder") from None
+    remove_stale_temporaries(run)
+    return run, run.exists()
+
+
+def remove_stale_temporaries(run: RunDir) -> None:
+    """Delete what a killed ``train`` left half-written: TensorFlow's ``ckpt-N_temp/`` folders and
+    ``checkpoint.tmp…`` files, our ``*.tmp`` files and ``export.tmp/``.
+
+    None of them is ever read (a checkpoint counts once TensorFlow's ``checkpoint`` file lists it;
+    our files are renamed into place when complete), so this only reclaims space. Call it only
+    from the process that owns the RUN_DIR, before it writes anything.
+    """
+    stale = [*run.checkpoints.glob("*_temp"), *run.checkpoints.glob("checkpoint.tmp*"),
+             *run.path.glob("*.tmp"), *run.samples.glob("*.tmp")]
+    for entry in stale:
+        try:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        except OSError:
+            pass
+
+
+# what ``open_for_training`` and ``train`` create before run.json is written: a run stopped that early
+# (Ctrl-C while TensorFlow starts) leaves only these, and the folder still counts as empty
+_SCAFFOLD_DIRS = ("checkpoints", "logs", "samples")
+_SCAFFOLD_FILES = (".write-test", RUN_FILE + ".tmp")  # run.json.tmp: killed while writing run.json
+
+
+def refuse_foreign(path: str | os.PathLike, own_entries: tuple[str, ...] = ()) -> None:
+    """Refuse a non-empty folder that holds no run (``--overwrite`` empties it first).
+
+    Args:
+        path: the RUN_DIR.
+        own_entries: names that belong to the run although it has no run.json yet.
+    """
+    run = RunDir(Path(path))
+    if run.path.is_dir() and not run.exists() and any(_foreign(e, own_entries) for e in run.path.iterdir()):
         raise RunDirError(f"--run: {run.path} is not empty and holds no {RUN_FILE} (not a poetry_gpt run); "
                           "choose an empty folder or pass --overwrite to replace it")
-    run.path.mkdir(parents=True, exist_ok=True)
-    for sub in (run.checkpoints, run.logs, run.samples):
-        sub.mkdir(exist_ok=True)
-    return run, run.exists()
+
+
+def _foreign(entry: Path, own_entries: tuple[str, ...]) -> bool:
+    """Whether a RUN_DIR entry was put there by someone else than a starting run."""
+    if entry.name in own_entries or entry.name in _SCAFFOLD_FILES:
+        return False
+    if entry.name in _SCAFFOLD_DIRS and entry.is_dir() and not any(entry.iterdir()):
+        return False
+    return True
 
 
 def check_resume_compatible(run: RunDir, config: RunConfig, manifest) -> list[str]:

@@ -96,9 +96,12 @@ def pipeline_cmd(raw, run_dir, n_samples, preset, overwrite, quiet, **values):
     from ..config import DataConfig
     from ..diagnostics import format_report
     from ..prepare import prepare
+    from ..rundir import refuse_foreign
     from ..train import train
 
     config = _resolve(run_dir, preset, overwrite, values)
+    if not overwrite:
+        refuse_foreign(run_dir, own_entries=("data",))  # before prepare writes RUN_DIR/data into someone's folder
     data_dir = Path(run_dir) / "data"
     run_has_data = (data_dir / "manifest.json").is_file() and not overwrite
     if run_has_data:
