@@ -1,0 +1,357 @@
+"""``poetry-gpt eval``: validation loss and poem-quality figures of a trained run, next to its corpus's.
+
+One report (a JSON-ready dict, see ``evaluate``) with:
+
+* ``validation``: the poem-level cross-entropy per character (nats) and perplexity on the
+  DATA_DIR's validation split, computed as training's validation is (``records.eval_dataset``
+  rows: ``[SEP]`` + poem, padded, pads ignored; float32 compute, one XLA program; the sum of all
+  token losses divided by the number of tokens, not a mean of batch means).
+* ``samples``: N unconstrained samples (top-k) prompted corpus-style with the titles and genres of
+  held-out (validation) poems, ``title 体裁：【`` (cycling when there are fewer than N), and their
+  figures from ``poem_metrics.sample_figures``: share closed with 】, share regular (overall and by
+  form), rhyme rate of the regular ones, distinct-1/2, and the copy rates against the training split.
+* ``held_out``: the same figures for the real held-out poems those prompts came from (one per
+  sample, so the same amount of text: distinct-n depends on how much text it is computed over,
+  and the copy rate of unseen real poems is the natural floor for a model's).
+* ``corpus``: ``poem_metrics.corpus_figures`` of the training split (all of it, or a deterministic
+  random sample of ``corpus_poems`` poems, as the block says).
+
+The model evaluated is the run's ``export/`` (the weights of the last finished epoch).
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import __version__, poem_metrics
+from .corpus import parse_line, prompt_prefix
+from .errors import DataDirError, OptionError, RunDirError
+from .records import IGNORE_INDEX, Manifest, eval_dataset, load_manifest, read_poem_ids
+from .rundir import RUN_FILE, RunDir
+from .vocab import CharVocab
+
+DEFAULT_SAMPLES = 100
+DEFAULT_TOP_K = 10
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_SEED = 0
+DEFAULT_CORPUS_POEMS = 5000
+DEFAULT_EXAMPLES = 5
+CORPUS_SAMPLE_SEED = 0  # the corpus sample does not change with --seed
+MIN_CLAUSE_LEN = 5  # copy rate: clauses of at least this many characters
+UNK_CHAR = "\ufffd"  # [UNK] decoded as one character, so clause lengths stay right
+MAX_PERPLEXITY_LOSS = 80.0  # exp() overflow guard (as in train.py)
+
+
+def check_eval_options(samples: int = DEFAULT_SAMPLES, top_k: int = DEFAULT_TOP_K,
+                       batch_size: int = DEFAULT_BATCH_SIZE, corpus_poems: int = DEFAULT_CORPUS_POEMS,
+                       examples: int = DEFAULT_EXAMPLES) -> None:
+    """Check the numeric options of ``evaluate``.
+
+    Raises:
+        OptionError: naming the first bad option and its valid range.
+    """
+    checks = [
+        (samples >= 1, "--samples", f"must be ≥ 1, got {samples}"),
+        (top_k >= 1, "--top-k", f"must be ≥ 1 (1 = greedy), got {top_k}"),
+        (batch_size >= 1, "--batch-size", f"must be ≥ 1, got {batch_size}"),
+        (corpus_poems >= 0, "--corpus-poems", f"must be ≥ 0 (0 = all training poems), got {corpus_poems}"),
+        (examples >= 0, "--examples", f"must be ≥ 0, got {examples}"),
+    ]
+    for ok, option, message in checks:
+        if not ok:
+            raise OptionError(f"{option}: {message}")
+
+
+# --- the run and its data --------------------------------------------------------------------
+
+def open_run(run_dir: str | os.PathLike) -> tuple[RunDir, dict]:
+    """The RUN_DIR and its ``run.json``.
+
+    Raises:
+        RunDirError: no such folder, or not a poetry_gpt RUN_DIR.
+    """
+    run = RunDir(Path(run_dir))
+    if not run.path.is_dir():
+        raise RunDirError(f"--run {run.path}: no such RUN_DIR; train one with `poetry-gpt train --data DATA_DIR --run {run.path}`")
+    if not run.exists():
+        raise RunDirError(f"--run {run.path}: no {RUN_FILE}, so not a poetry_gpt RUN_DIR; pass a folder written by `poetry-gpt train`")
+    info = run.read_run()
+    if not isinstance(info, dict) or "data" not in info or "vocab" not in info:
+        raise RunDirError(f"{run.run_file}: lacks the data/vocab records; restore it or retrain")
+    return run, info
+
+
+def resolve_data(run: RunDir, info: dict, data_dir: str | os.PathLike | None) -> tuple[Manifest, CharVocab]:
+    """The DATA_DIR to evaluate on (``data_dir``, else the one recorded in run.json) and its vocabulary.
+
+    Raises:
+        DataDirError: the DATA_DIR is missing or incomplete.
+        RunDirError: its vocabulary is not the run's.
+    """
+    if data_dir is None:
+        recorded = info["data"].get("path")
+        try:
+            manifest = load_manifest(recorded)
+        except DataDirError as exc:
+            raise DataDirError(f"{exc} (the DATA_DIR recorded in {run.run_file}; pass --data to use another "
+                               "copy of the same data)") from None
+    else:
+        manifest = load_manifest(data_dir)
+    run_hash = info["vocab"].get("hash")
+    if manifest.vocab_hash != run_hash:
+        raise RunDirError(f"--data {manifest.path}: its vocabulary ({manifest.vocab_size} tokens) is not the run's "
+                          f"({info['vocab'].get('size')} tokens, vocab hash differs); pass a DATA_DIR prepared "
+                          f"with `poetry-gpt prepare ... --vocab {run.path}`")
+    vocab = CharVocab.load(manifest.path)
+    if vocab.hash != manifest.vocab_hash:
+        raise DataDirError(f"{manifest.path}: vocab.txt does not match manifest.json; rerun prepare with --overwrite")
+    return manifest, vocab
+
+
+def read_split_lines(manifest: Manifest, vocab: CharVocab, split: str) -> list[str]:
+    """The poems of a split as corpus lines (``title 体裁：【body】``), in file order; [UNK] as U+FFFD."""
+    tokens = list(vocab.tokens)
+    tokens[vocab.unk_id] = UNK_CHAR
+    return ["".join(tokens[i] for i in ids) for ids in read_poem_ids(manifest, split)]
+
+
+def parse_lines(lines: list[str]) -> list[tuple[str, str, str]]:
+    """``(title, genre, body)`` of each line that parses (prepare wrote only lines that do)."""
+    out = []
+    for line in lines:
+        parsed = parse_line(line)
+        if isinstance(parsed, tuple):
+            out.append(parsed)
+    return out
+
+
+# --- validation loss -------------------------------------------------------------------------
+
+def perplexity(loss: float | None) -> float | None:
+    """exp(loss); None when the loss is missing, not finite, or exp would overflow."""
+    if loss is None or not math.isfinite(loss) or loss >= MAX_PERPLEXITY_LOSS:
+        return None
+    return math.exp(loss)
+
+
+def validation_loss(lm, manifest: Manifest, vocab: CharVocab, batch_size: int, n_ctx: int) -> dict:
+    """Token-mean cross-entropy of ``lm`` on the validation split, as training's ``test_step`` computes it.
+
+    Args:
+        lm: a ``TFGPT2LMHeadModel``.
+        manifest: the DATA_DIR.
+        vocab: its vocabulary (pad and sep ids).
+        batch_size: rows per batch (does not change the result beyond float rounding).
+        n_ctx: tokens per row (the model's context).
+
+    Returns:
+        ``loss`` (nats per character; None when the split has no tokens), ``perplexity``, ``tokens``,
+        ``rows``, ``poems``, ``dtype``, ``seconds``.
+    """
+    import tensorflow as tf
+
+    from .fast_gpt2 import lm_loss_terms
+
+    @tf.function(jit_compile=True)  # every batch has the same shape: one XLA program
+    def terms(input_ids, labels):
+        loss_sum, n = lm_loss_terms(lm, input_ids, labels, training=False, compute_dtype=tf.float32)
+        used_rows = tf.reduce_sum(tf.cast(tf.reduce_any(labels != IGNORE_INDEX, axis=1), tf.int32))
+        return loss_sum, n, used_rows
+
+    t0 = time.perf_counter()
+    total, count, rows = 0.0, 0.0, 0
+    for batch in eval_dataset(manifest, batch_size, n_ctx, pad_id=vocab.pad_id, sep_id=vocab.sep_id):
+        loss_sum, n, used = terms(batch["input_ids"], batch["labels"])
+        total += float(loss_sum.numpy())  # float32 per batch, accumulated in float64
+        count += float(n.numpy())
+        rows += int(used.numpy())
+    loss = total / count if count else None
+    return {"loss": loss, "perplexity": perplexity(loss), "tokens": int(count), "rows": rows,
+            "poems": manifest.poems("valid"), "dtype": "float32", "batch_size": batch_size, "n_ctx": n_ctx,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+# --- prompts ---------------------------------------------------------------------------------
+
+def held_out_prompts(poems: list[tuple[str, str, str]], n: int, n_ctx: int) -> tuple[list[str], list[str], dict]:
+    """``n`` corpus-style prompts ``title 体裁：【`` from held-out poems, in file order, cycled.
+
+    A poem is skipped as a prompt when its title or genre holds a character the vocabulary lacks
+    (decoded as U+FFFD) or when its prompt would take more than a quarter of the context.
+
+    Args:
+        poems: ``(title, genre, body)`` of the validation split.
+        n: how many prompts.
+        n_ctx: the model's context.
+
+    Returns:
+        ``(prompts, bodies, info)``: the prompts, the body of the poem each came from, and counts
+        (``usable`` poems, ``skipped`` ones by reason, ``cycled``).
+
+    Raises:
+        DataDirError: no validation poem gives a usable prompt.
+    """
+    usable, skipped = [], {"unknown_chars": 0, "too_long": 0}
+    for title, genre, body in poems:
+        prompt = prompt_prefix(title, genre)
+        if UNK_CHAR in prompt:
+            skipped["unknown_chars"] += 1
+        elif 1 + len(prompt) > n_ctx // 4:
+            skipped["too_long"] += 1
+        else:
+            usable.append((prompt, body))
+    if not usable:
+        raise DataDirError(f"no validation poem gives a usable prompt ({len(poems)} poems; skipped: "
+                           f"{skipped['unknown_chars']} with unknown characters, {skipped['too_long']} with a "
+                           f"title longer than a quarter of the {n_ctx}-token context)")
+    chosen = [usable[i % len(usable)] for i in range(n)]
+    info = {"usable": len(usable), "skipped": skipped, "cycled": n > len(usable)}
+    return [p for p, _ in chosen], [b for _, b in chosen], info
+
+
+def corpus_sample(bodies: list[str], limit: int, seed: int = CORPUS_SAMPLE_SEED) -> tuple[list[str], bool]:
+    """All ``bodies`` (limit 0 or ≥ their number) or a random sample of ``limit`` of them, in corpus order.
+
+    Returns:
+        ``(bodies, sampled)``.
+    """
+    if not limit or limit >= len(bodies):
+        return list(bodies), False
+    keep = sorted(random.Random(seed).sample(range(len(bodies)), limit))
+    return [bodies[i] for i in keep], True
+
+
+def _clean(value):
+    """JSON-safe: non-finite floats become None (JSON has no NaN/Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+# --- the report ------------------------------------------------------------------------------
+
+def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
+             samples: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED, top_k: int = DEFAULT_TOP_K,
+             batch_size: int = DEFAULT_BATCH_SIZE, corpus_poems: int = DEFAULT_CORPUS_POEMS,
+             examples: int = DEFAULT_EXAMPLES, echo: Callable[[str], None] | None = None,
+             generator=None) -> dict:
+    """Evaluate a trained run: validation loss, sample figures, held-out and corpus figures.
+
+    Args:
+        run_dir: the RUN_DIR (its ``export/`` is evaluated).
+        data_dir: the DATA_DIR (default: the one recorded in run.json); its vocabulary must be the run's.
+        samples: how many poems to sample (≥ 1).
+        seed: seed of the first sample (sample i uses seed + i).
+        top_k: sampling among the k most likely characters.
+        batch_size: rows per batch, for the validation loss and for sampling.
+        corpus_poems: training poems for the ``corpus`` figures (0 = all; else a fixed random sample).
+        examples: how many samples to include verbatim.
+        echo: progress messages (e.g. to stderr); None is silent.
+        generator: a ``PoemGenerator`` already loaded from this run (to reuse its compiled sampler).
+
+    Returns:
+        The report (JSON-ready; non-finite numbers are None).
+
+    Raises:
+        OptionError, RunDirError, DataDirError: one-line explanations.
+    """
+    say = echo or (lambda _s: None)
+    check_eval_options(samples, top_k, batch_size, corpus_poems, examples)
+    started = time.perf_counter()
+    run, info = open_run(run_dir)
+    manifest, vocab = resolve_data(run, info, data_dir)
+    state = run.read_state()
+
+    if generator is None:
+        from transformers.utils import logging as hf_logging
+
+        from .generate import PoemGenerator
+
+        hf_logging.set_verbosity_error()
+        say(f"Loading {run.export} …")
+        generator = PoemGenerator(run.path)
+    if generator.vocab.hash != manifest.vocab_hash:
+        raise RunDirError(f"{generator.export.path}: the export's vocabulary is not the DATA_DIR's "
+                          f"({manifest.path}); re-export the run with `poetry-gpt train --run {run.path}`")
+    n_ctx = generator.n_ctx
+
+    say(f"Validation loss on {manifest.poems('valid')} held-out poems …")
+    validation = validation_loss(generator.model, manifest, vocab, batch_size, n_ctx)
+
+    say("Reading the splits …")
+    valid_poems = parse_lines(read_split_lines(manifest, vocab, "valid"))
+    train_bodies = [body for _, _, body in parse_lines(read_split_lines(manifest, vocab, "train"))]
+    index = poem_metrics.CopyIndex(train_bodies, MIN_CLAUSE_LEN)
+    prompts, ref_bodies, prompt_info = held_out_prompts(valid_poems, samples, n_ctx)
+
+    say(f"Sampling {samples} poems (top-k {top_k}, seed {seed}) …")
+    max_new = n_ctx - 1 - max(len(p) for p in prompts)
+    t0 = time.perf_counter()
+    drawn = generator.generate(prompts, num_samples=1, top_k=top_k, seed=seed, batch_size=batch_size,
+                               max_new_tokens=max_new)
+    sample_seconds = time.perf_counter() - t0
+    tokens = sum(s.tokens for s in drawn)
+    sample_block = poem_metrics.sample_figures([(s.text, s.closed) for s in drawn], index)
+    sample_block.update({
+        "prompts": "titles and genres of held-out poems: `title 体裁：【`",
+        "prompt_poems": prompt_info,
+        "max_new_tokens": max_new,
+        "tokens": tokens,
+        "seconds": round(sample_seconds, 2),
+        "tokens_per_second": round(tokens / sample_seconds, 1) if sample_seconds > 0 else None,
+    })
+    held_out = poem_metrics.sample_figures([("【" + b + "】", True) for b in ref_bodies], index)
+    held_out["what"] = "the held-out poems whose titles prompted the samples, one per sample"
+
+    say("Corpus figures …")
+    chosen, sampled = corpus_sample(train_bodies, corpus_poems)
+    corpus_block = poem_metrics.corpus_figures(chosen)
+    corpus_block.update({
+        "split": "train",
+        "train_poems": len(train_bodies),
+        "sampled": sampled,
+        "sample": (f"a fixed random sample of {len(chosen)} of the {len(train_bodies)} training poems "
+                   f"(seed {CORPUS_SAMPLE_SEED})") if sampled else f"all {len(train_bodies)} training poems",
+    })
+
+    meta = generator.export.meta or {}
+    report = {
+        "version": __version__,
+        "run": str(run.path.resolve()),
+        "export": str(Path(generator.export.path).resolve()),
+        "global_step": state.get("global_step"),
+        "epoch": state.get("epoch"),
+        "export_step": meta.get("global_step"),
+        "data": {
+            "path": str(Path(manifest.path).resolve()),
+            "hash": manifest.hash,
+            "recorded_in_run": data_dir is None,
+            "same_data_as_run": manifest.hash == info["data"].get("hash"),
+            "train_poems": manifest.poems("train"),
+            "valid_poems": manifest.poems("valid"),
+        },
+        "options": {"samples": samples, "seed": seed, "top_k": top_k, "batch_size": batch_size,
+                    "corpus_poems": corpus_poems, "min_clause_len": MIN_CLAUSE_LEN, "examples": examples},
+        "validation": validation,
+        "samples": sample_block,
+        "held_out": held_out,
+        "corpus": corpus_block,
+        "examples": [{"text": s.text, "closed": s.closed, "form": _form_name(s), "seed": s.seed}
+                     for s in drawn[:examples]],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return _clean(report)
+
+
+def _form_name(sample) -> str | None:
+    from .forms import check
+
+    return check(sample.body).form if sample.closed else None

@@ -1,0 +1,302 @@
+"""``poetry-gpt eval``: the report on a tiny trained run, checked against independent computations.
+
+One module-scoped run: a generated corpus of regular 五绝/七绝 poems over a small character set,
+``prepare``d, and the ``tiny`` preset trained 5 steps in fp32 (so training's own validation loss is
+comparable). The CLI report is computed once and checked piece by piece.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import poetry_gpt  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from poetry_gpt import poem_metrics
+from poetry_gpt.config import DataConfig, config_from_preset
+from poetry_gpt.errors import DataDirError, OptionError, RunDirError
+from poetry_gpt.evaluate import corpus_sample, held_out_prompts, perplexity
+
+CHARS = "春花秋月山水风云天地人心江河日夜雪雨"
+OTHER_CHARS = "东西南北金木火土竹松梅兰草石"
+N_SAMPLES = 8
+TOP_KEYS = {"version", "run", "export", "global_step", "epoch", "export_step", "data", "options", "validation", "samples",
+            "held_out", "corpus", "examples", "seconds"}
+FIGURE_KEYS = {"poems", "regular", "五绝", "七绝", "五律", "七律", "rhyme_rate", "distinct_1", "distinct_2"}
+SAMPLE_KEYS = FIGURE_KEYS | {"closure_rate", "clauses", "clause_copy", "poem_copy"}
+
+
+def write_raw(path: Path, n: int, seed: int = 0, chars: str = CHARS) -> Path:
+    """``n`` random regular poems (五绝 and every third a 七绝) ``title 唐诗：【body】``."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        width = 7 if i % 3 == 2 else 5
+        title = "".join(rng.choice(chars) for _ in range(2))
+        body = "".join("".join(rng.choice(chars) for _ in range(width)) + "，。"[j % 2] for j in range(4))
+        lines.append(f"{title} 唐诗：【{body}】")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def make_data(folder: Path, n: int = 120, seed: int = 0, chars: str = CHARS, vocab_dir=None) -> Path:
+    from poetry_gpt.prepare import prepare
+
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = write_raw(folder / "raw.txt", n, seed, chars)
+    prepare([raw], folder / "data", DataConfig(valid_fraction=0.1), vocab_dir=vocab_dir, n_ctx=64)
+    return folder / "data"
+
+
+def invoke(args):
+    from click.testing import CliRunner
+
+    from poetry_gpt.cli import main
+
+    return CliRunner().invoke(main, args)
+
+
+def split_bodies(data_dir, split: str) -> list[str]:
+    """Bodies of a split, decoded independently of poetry_gpt.evaluate."""
+    from poetry_gpt.records import load_manifest, read_poem_ids
+    from poetry_gpt.vocab import CharVocab
+
+    vocab = CharVocab.load(data_dir)
+    lines = [vocab.decode(ids) for ids in read_poem_ids(load_manifest(data_dir), split)]
+    return [line.partition("【")[2].rpartition("】")[0] for line in lines]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return make_data(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, data_dir) -> Path:
+    from poetry_gpt.train import set_precision, train
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    config = config_from_preset("tiny").replace(train=dict(epochs=1, steps_per_epoch=5, samples_per_epoch=0,
+                                                           precision="fp32"))
+    try:
+        train(data_dir, run, config, echo=lambda s: None, verbose=0)
+    finally:
+        set_precision("fp32")
+    return run
+
+
+@pytest.fixture(scope="module")
+def cli_report(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "report.json"
+    result = invoke(["eval", "--run", str(run_dir), "--samples", str(N_SAMPLES), "--seed", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert json.loads(out.read_text(encoding="utf-8")) == report
+    return report
+
+
+@pytest.fixture(scope="module")
+def generator(run_dir):
+    from poetry_gpt.generate import PoemGenerator
+
+    return PoemGenerator(run_dir)
+
+
+# --- the report -------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_report_has_every_block(cli_report, run_dir, data_dir):
+    r = cli_report
+    assert set(r) == TOP_KEYS
+    assert Path(r["run"]) == run_dir.resolve()
+    assert r["global_step"] == 5 and r["export_step"] == 5 and r["epoch"] == 1
+    assert r["data"]["path"] == str(data_dir.resolve()) and r["data"]["recorded_in_run"]
+    assert r["data"]["same_data_as_run"]
+    assert r["options"] == {"samples": N_SAMPLES, "seed": 3, "top_k": 10, "batch_size": 16, "corpus_poems": 5000,
+                            "min_clause_len": 5, "examples": 5}
+    v = r["validation"]
+    assert {"loss", "perplexity", "tokens", "rows", "poems", "dtype"} <= set(v) and v["dtype"] == "float32"
+    assert math.isclose(v["perplexity"], math.exp(v["loss"]), rel_tol=1e-9)
+    assert SAMPLE_KEYS <= set(r["samples"]) and SAMPLE_KEYS <= set(r["held_out"])
+    assert FIGURE_KEYS <= set(r["corpus"])
+    assert r["samples"]["poems"] == N_SAMPLES and r["held_out"]["poems"] == N_SAMPLES
+    assert r["samples"]["seconds"] > 0 and r["samples"]["tokens"] > 0
+    for block in ("samples", "held_out"):
+        for key in ("regular", "closure_rate", "distinct_1", "distinct_2", "clause_copy", "poem_copy"):
+            value = r[block][key]
+            assert value is None or 0.0 <= value <= 1.0, (block, key, value)
+    # the held-out poems are regular, closed, real poems; prepare drops duplicates, so none is a training poem
+    assert r["held_out"]["regular"] == 1.0 and r["held_out"]["closure_rate"] == 1.0
+    assert r["held_out"]["poem_copy"] == 0.0
+    assert len(r["examples"]) == 5
+    for example in r["examples"]:
+        assert example["text"].count("：【") == 1 and " 唐诗：【" in example["text"]
+    assert [e["seed"] for e in r["examples"]] == [3, 4, 5, 6, 7]
+
+
+@pytest.mark.slow
+def test_validation_loss_is_the_token_mean_over_all_poems(cli_report, run_dir, data_dir):
+    """An independent computation: transformers' own logits, log-softmax in numpy, one poem at a time."""
+    import tensorflow as tf
+    from transformers import TFGPT2LMHeadModel
+
+    from poetry_gpt.records import load_manifest, read_poem_ids
+    from poetry_gpt.vocab import SEP_ID
+
+    lm = TFGPT2LMHeadModel.from_pretrained(str(run_dir / "export"))
+    n_ctx = lm.config.n_positions
+    total, count = 0.0, 0
+    for ids in read_poem_ids(load_manifest(data_dir), "valid"):
+        seq = [SEP_ID] + ids
+        for start in range(0, len(seq), n_ctx):  # a long poem takes several rows, as in eval_dataset
+            row = np.array(seq[start:start + n_ctx])
+            logits = lm(tf.constant(row[None]), training=False).logits.numpy()[0].astype(np.float64)
+            logp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+            total -= logp[np.arange(len(row) - 1), row[1:]].sum()
+            count += len(row) - 1
+    v = cli_report["validation"]
+    assert v["tokens"] == count
+    assert abs(v["loss"] - total / count) < 1e-4
+    # and it is what training reported for the same weights (fp32 run, epoch-end validation)
+    state = json.loads((run_dir / "trainer_state.json").read_text(encoding="utf-8"))
+    assert abs(v["loss"] - state["history"][-1]["val_loss"]) < 1e-4
+
+
+@pytest.mark.slow
+def test_corpus_and_held_out_figures_are_poem_metrics_of_the_splits(cli_report, data_dir):
+    train = split_bodies(data_dir, "train")
+    expected = poem_metrics.corpus_figures(train)
+    corpus = cli_report["corpus"]
+    assert {k: corpus[k] for k in expected} == pytest.approx(expected)
+    assert corpus["train_poems"] == len(train) and corpus["sampled"] is False
+    valid = split_bodies(data_dir, "valid")
+    refs = [valid[i % len(valid)] for i in range(N_SAMPLES)]
+    expected = poem_metrics.sample_figures([("【" + b + "】", True) for b in refs], train)
+    assert {k: cli_report["held_out"][k] for k in expected} == pytest.approx(expected)
+
+
+@pytest.mark.slow
+def test_sample_figures_match_the_examples_and_the_prompts(cli_report, data_dir, generator):
+    """The samples are the generator's for the held-out prompts and seeds seed..seed+N-1; figures recomputed."""
+    from poetry_gpt.records import load_manifest, read_poem_ids
+
+    vocab = generator.vocab
+    lines = [vocab.decode(ids) for ids in read_poem_ids(load_manifest(data_dir), "valid")]
+    prompts = [line.partition("【")[0] + "【" for line in lines]
+    prompts = [prompts[i % len(prompts)] for i in range(N_SAMPLES)]
+    drawn = generator.generate(prompts, num_samples=1, top_k=10, seed=3, batch_size=16,
+                               max_new_tokens=cli_report["samples"]["max_new_tokens"])
+    assert [s.text for s in drawn[:5]] == [e["text"] for e in cli_report["examples"]]
+    expected = poem_metrics.sample_figures([(s.text, s.closed) for s in drawn], split_bodies(data_dir, "train"))
+    assert {k: cli_report["samples"][k] for k in expected} == pytest.approx(expected)
+
+
+@pytest.mark.slow
+def test_same_seed_same_report_and_data_override(cli_report, run_dir, data_dir, generator, tmp_path):
+    from poetry_gpt.evaluate import evaluate
+
+    def stable(report):
+        out = {k: v for k, v in report.items() if k not in ("seconds", "validation", "samples")}
+        out["validation"] = {k: v for k, v in report["validation"].items() if k != "seconds"}
+        out["samples"] = {k: v for k, v in report["samples"].items() if k not in ("seconds", "tokens_per_second")}
+        return out
+
+    again = evaluate(run_dir, samples=N_SAMPLES, seed=3, generator=generator)
+    assert stable(again) == stable(cli_report)
+    other = evaluate(run_dir, samples=N_SAMPLES, seed=4, generator=generator)
+    assert [e["seed"] for e in other["examples"]] == [4, 5, 6, 7, 8]
+    assert [e["text"] for e in other["examples"]] != [e["text"] for e in cli_report["examples"]]
+    # --data: other poems with the run's vocabulary
+    other_data = make_data(tmp_path / "same-vocab", n=60, seed=7, vocab_dir=data_dir)
+    moved = evaluate(run_dir, other_data, samples=N_SAMPLES, seed=3, generator=generator)
+    assert moved["data"]["path"] == str(other_data.resolve())
+    assert not moved["data"]["recorded_in_run"] and not moved["data"]["same_data_as_run"]
+    assert moved["corpus"]["train_poems"] == len(split_bodies(other_data, "train"))
+    assert moved["validation"]["loss"] != cli_report["validation"]["loss"]
+
+
+# --- refusals ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_refuses_data_with_another_vocabulary(run_dir, tmp_path):
+    other = make_data(tmp_path / "other", n=40, chars=OTHER_CHARS)
+    result = invoke(["eval", "--run", str(run_dir), "--data", str(other), "--samples", "2"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: --data") and "vocab" in lines[0]
+    from poetry_gpt.evaluate import evaluate
+
+    with pytest.raises(RunDirError):
+        evaluate(run_dir, other, samples=2)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--samples", "0"], "--samples"),
+    (["--top-k", "0"], "--top-k"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--corpus-poems", "-1"], "--corpus-poems"),
+])
+def test_bad_options_are_one_line(tmp_path, args, needle):
+    result = invoke(["eval", "--run", str(tmp_path), *args])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {needle}:")
+
+
+def test_missing_run_and_foreign_folder(tmp_path):
+    result = invoke(["eval", "--run", str(tmp_path / "nope")])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "no such RUN_DIR" in result.output
+    (tmp_path / "x.txt").write_text("x")
+    result = invoke(["eval", "--run", str(tmp_path)])
+    assert result.exit_code == 1 and "run.json" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_out_in_a_missing_folder_fails_first(tmp_path):
+    result = invoke(["eval", "--run", str(tmp_path / "nope"), "--out", str(tmp_path / "no" / "r.json")])
+    assert result.exit_code == 1 and "--out" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_missing_recorded_data_dir(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"data": {"path": str(tmp_path / "gone"), "hash": "x"},
+                                              "vocab": {"hash": "y", "size": 3}}))
+    result = invoke(["eval", "--run", str(run)])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "--data" in result.output and "gone" in result.output
+
+
+# --- pure helpers -----------------------------------------------------------------------------
+
+def test_held_out_prompts_cycle_and_skip():
+    poems = [("春晓", "唐诗", "a"), ("\ufffd月", "唐诗", "b"), ("长" * 30, "唐诗", "c"), ("", "宋词", "d")]
+    prompts, bodies, info = held_out_prompts(poems, 5, n_ctx=64)
+    assert prompts == ["春晓 唐诗：【", "宋词：【", "春晓 唐诗：【", "宋词：【", "春晓 唐诗：【"]
+    assert bodies == ["a", "d", "a", "d", "a"]
+    assert info == {"usable": 2, "skipped": {"unknown_chars": 1, "too_long": 1}, "cycled": True}
+    with pytest.raises(DataDirError):
+        held_out_prompts(poems[1:3], 1, n_ctx=64)
+
+
+def test_corpus_sample_is_fixed_and_ordered():
+    bodies = [str(i) for i in range(100)]
+    assert corpus_sample(bodies, 0) == (bodies, False) and corpus_sample(bodies, 100) == (bodies, False)
+    chosen, sampled = corpus_sample(bodies, 10)
+    assert sampled and len(chosen) == 10 and chosen == corpus_sample(bodies, 10)[0]
+    assert [int(b) for b in chosen] == sorted(int(b) for b in chosen)
+
+
+def test_perplexity_guard():
+    assert perplexity(1.0) == pytest.approx(math.e)
+    assert perplexity(1000.0) is None and perplexity(float("nan")) is None and perplexity(None) is None
+
+
+def test_check_options_library():
+    from poetry_gpt.evaluate import check_eval_options
+
+    with pytest.raises(OptionError, match="--samples"):
+        check_eval_options(samples=0)
