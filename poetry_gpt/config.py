@@ -160,10 +160,10 @@ class RunConfig:
                    train=_build(TrainConfig, data.get("train", {}), "train"))
 
     def replace(self, model: Mapping[str, Any] | None = None, train: Mapping[str, Any] | None = None) -> "RunConfig":
-        """A copy with some model / train fields changed (validated)."""
+        """A copy with some model / train fields changed (validated; unknown names are an ``OptionError``)."""
         return RunConfig(self.preset,
-                         dataclasses.replace(self.model, **(model or {})),
-                         dataclasses.replace(self.train, **(train or {})))
+                         _build(ModelConfig, {**dataclasses.asdict(self.model), **(model or {})}, "model"),
+                         _build(TrainConfig, {**dataclasses.asdict(self.train), **(train or {})}, "train"))
 
 
 def _build(cls, values: Mapping[str, Any], section: str):

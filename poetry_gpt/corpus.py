@@ -11,6 +11,8 @@ UTF-8, binary, no poem line) raise ``InputError`` naming the file and line.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import re
 from collections import Counter
@@ -282,26 +284,43 @@ def read_corpus(paths: Sequence[str | os.PathLike], max_chars: int = DEFAULT_MAX
         raise InputError("no raw.txt given; pass one or more files")
     result = ReadResult()
     seen_bodies: set[str] | None = None if keep_duplicates else set()
-    for path in paths:
-        text = read_text_file(path)
-        source = str(path)
-        result.files.append(source)
-        before_kept, before_lines, before_blank = len(result.poems), result.lines, result.blank
-        before_skipped = {r: len(v) for r, v in result.skipped.items()}
-        _read_one(text, source, result, max_chars, seen_bodies)
-        if result.lines == before_lines:
-            if not text:
-                raise InputError(f"{path}: the file is empty; expected one poem a line: `title 体裁：【body】`")
-            raise InputError(f"{path}: only blank lines ({result.blank - before_blank}); "
-                             "expected one poem a line: `title 体裁：【body】`")
-        if len(result.poems) == before_kept:
-            new = {r: v[before_skipped.get(r, 0):] for r, v in result.skipped.items()}
-            new = {r: v for r, v in new.items() if v}
-            if set(new) != {"duplicate"}:  # a file that only repeats earlier poems is not an input error
-                reasons = ", ".join(f"{SKIP_REASONS[r]} ×{len(v)}" for r, v in new.items())
-                first = min(ln for v in new.values() for _, ln in v)
-                raise InputError(f"{path}: line {first}: no line is a usable poem `title 体裁：【body】` ({reasons})")
+    with _gc_paused():  # millions of small objects, no cycles: the cyclic collector only costs time
+        for path in paths:
+            _read_file(path, result, max_chars, seen_bodies)
     return result
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _read_file(path, result: ReadResult, max_chars: int, seen_bodies: set[str] | None) -> None:
+    """Read one raw.txt into ``result``, raising ``InputError`` when it holds no usable poem."""
+    text = read_text_file(path)
+    source = str(path)
+    result.files.append(source)
+    before_kept, before_lines, before_blank = len(result.poems), result.lines, result.blank
+    before_skipped = {r: len(v) for r, v in result.skipped.items()}
+    _read_one(text, source, result, max_chars, seen_bodies)
+    if result.lines == before_lines:
+        if not text:
+            raise InputError(f"{path}: the file is empty; expected one poem a line: `title 体裁：【body】`")
+        raise InputError(f"{path}: only blank lines ({result.blank - before_blank}); "
+                         "expected one poem a line: `title 体裁：【body】`")
+    if len(result.poems) == before_kept:
+        new = {r: v[before_skipped.get(r, 0):] for r, v in result.skipped.items()}
+        new = {r: v for r, v in new.items() if v}
+        if set(new) != {"duplicate"}:  # a file that only repeats earlier poems is not an input error
+            reasons = ", ".join(f"{SKIP_REASONS[r]} ×{len(v)}" for r, v in new.items())
+            first = min(ln for v in new.values() for _, ln in v)
+            raise InputError(f"{path}: line {first}: no line is a usable poem `title 体裁：【body】` ({reasons})")
 
 
 def genre_counts(poems: Iterable[Poem]) -> Counter:

@@ -68,8 +68,9 @@ def _regular_regex() -> tuple[re.Pattern, dict[int, str]] | None:
     return _REGULAR
 
 
-def corpus_report(read: ReadResult, vocab: CharVocab, ids: np.ndarray, lengths: np.ndarray,
-                  n_ctx: int = 128, vocab_given: bool = False, chars: Counter | None = None) -> dict:
+def corpus_report(read: ReadResult, vocab: CharVocab, ids: np.ndarray | None, lengths: np.ndarray,
+                  n_ctx: int = 128, vocab_given: bool = False, chars: Counter | None = None,
+                  unk_occurrences: int | None = None) -> dict:
     """Summarise a parsed corpus.
 
     Args:
@@ -80,6 +81,7 @@ def corpus_report(read: ReadResult, vocab: CharVocab, ids: np.ndarray, lengths: 
         n_ctx: the model context, to count poems longer than it.
         vocab_given: the vocabulary came from ``--vocab`` (then list the characters it misses).
         chars: the character counts of the kept poems' canonical lines, when already counted.
+        unk_occurrences: the number of [UNK] ids, when already counted (then ``ids`` may be None).
     """
     poems = read.poems
     if chars is None:
@@ -92,7 +94,7 @@ def corpus_report(read: ReadResult, vocab: CharVocab, ids: np.ndarray, lengths: 
     line_len = lengths.astype(np.int64)
     forms = regular_form_counts([p.body for p in poems])
     regular = sum(forms.values())
-    unk = int(np.count_nonzero(ids == UNK_ID))
+    unk = int(np.count_nonzero(ids == UNK_ID)) if unk_occurrences is None else int(unk_occurrences)
     missing = Counter({c: n for c, n in chars.items() if c not in vocab.index})
     report = {
         "files": list(read.files),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 
 from importlib import metadata
 
@@ -23,9 +24,10 @@ def _version(dist: str) -> str | None:
 
 
 def _tuple(version: str) -> tuple[int, ...]:
+    """(major, minor, patch) from the leading digits of each part: "5.0.0rc1" -> (5, 0, 0)."""
     parts = []
     for p in version.split(".")[:3]:
-        digits = "".join(ch for ch in p if ch.isdigit())
+        digits = re.match(r"\d*", p).group()
         parts.append(int(digits) if digits else 0)
     return tuple(parts + [0] * (3 - len(parts)))
 

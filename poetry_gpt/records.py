@@ -20,6 +20,7 @@ several rows), so its loss is the poem-level cross-entropy.
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
 from dataclasses import dataclass
@@ -108,10 +109,15 @@ def serialize_buffer(ids: np.ndarray, lengths: np.ndarray) -> tuple[bytes, np.nd
     n = len(lengths)
     if n == 0:
         return b"", np.zeros(0, np.int64)
-    payload, nbytes = _varints(np.asarray(ids))
-    tok_ends = np.cumsum(lengths)
-    byte_cum = np.concatenate([[0], np.cumsum(nbytes, dtype=np.int64)])
-    packed_len = byte_cum[tok_ends] - byte_cum[tok_ends - lengths]  # P: bytes of packed varints
+    ids = np.asarray(ids)
+    if len(ids) != int(lengths.sum()) or (lengths < 0).any():
+        raise ValueError(f"{len(ids)} ids do not split into poems of lengths summing to {int(lengths.sum())}")
+    payload, nbytes = _varints(ids)
+    packed_len = np.zeros(n, dtype=np.int64)  # P: bytes of each poem's packed varints
+    nonempty = lengths > 0
+    if nonempty.any():
+        tok_starts = np.cumsum(lengths) - lengths
+        packed_len[nonempty] = np.add.reduceat(nbytes, tok_starts[nonempty], dtype=np.int64)
     has = packed_len > 0
     l1 = np.where(has, 1 + _varint_len(packed_len) + packed_len, 0)  # Int64List{1: packed}
     l2 = 1 + _varint_len(l1) + l1  # Feature{3: Int64List}
@@ -177,9 +183,14 @@ def write_shards(data_dir: Path, split: str, records: Sequence[bytes], shard_poe
     for i in range(n_shards):
         name = f"{split}-{i:05d}-of-{n_shards:05d}.tfrecord"
         tmp = data_dir / (name + ".tmp")
-        with tf.io.TFRecordWriter(str(tmp)) as writer:
-            for rec in records[i * shard_poems:(i + 1) * shard_poems]:
-                writer.write(rec)
+        try:
+            with tf.io.TFRecordWriter(str(tmp)) as writer:
+                write = writer.write
+                for rec in records[i * shard_poems:(i + 1) * shard_poems]:
+                    write(rec)
+        except tf.errors.OpError as exc:  # e.g. disk full: an OSError for the caller, naming the file
+            raise OSError(errno.EIO, exc.message.splitlines()[0] if exc.message else type(exc).__name__,
+                          str(tmp)) from None
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, data_dir / name)
@@ -261,9 +272,15 @@ def load_manifest(data_dir: str | os.PathLike) -> Manifest:
     if version != FORMAT_VERSION:
         raise DataDirError(f"{mpath}: format version {version}, this poetry_gpt reads {FORMAT_VERSION}; rerun prepare")
     for split in SPLITS:
-        for name in splits[split]["shards"]:
-            if not (path / name).is_file():
-                raise DataDirError(f"{path / name}: shard listed in {MANIFEST} is missing; rerun prepare with --overwrite")
+        sizes = splits[split].get("shard_bytes") or [None] * len(splits[split]["shards"])
+        for name, size in zip(splits[split]["shards"], sizes):
+            shard = path / name
+            if not shard.is_file():
+                raise DataDirError(f"{shard}: shard listed in {MANIFEST} is missing; "
+                                   f"rerun `poetry-gpt prepare RAW --out {path} --overwrite`")
+            if size is not None and shard.stat().st_size != size:
+                raise DataDirError(f"{shard}: {shard.stat().st_size} bytes, but {MANIFEST} says {size} (a damaged copy?); "
+                                   f"rerun `poetry-gpt prepare RAW --out {path} --overwrite`")
     return Manifest(path, data)
 
 
@@ -294,17 +311,40 @@ def _with_sep(ragged, sep_id: int):
     return tf.concat([sep, ragged], axis=1)
 
 
-def _pass_dataset(files: list[str], n_ctx: int, sep_id: int, seed, shuffle_buffer: int):
-    """One shuffled pass over the training shards, packed into rows of ``n_ctx`` tokens."""
+def _stateless_permutation(n, seed):
+    """A permutation of ``range(n)`` from ``seed`` (int64 [2]) only: Philox keys, stable argsort.
+
+    Unlike ``Dataset.shuffle(seed=...)``, it does not depend on TensorFlow's global seed
+    (``tf.random.set_seed``) or on the device, so a resumed run sees the same order.
+    """
     import tensorflow as tf
 
-    files_ds = tf.data.Dataset.from_tensor_slices(files)
+    keys = tf.random.stateless_uniform([n], seed=seed, minval=None, maxval=None, dtype=tf.int64, alg="philox")
+    return tf.argsort(keys, stable=True)
+
+
+def _pass_dataset(files: list[str], n_ctx: int, sep_id: int, seed, shuffle_buffer: int):
+    """One shuffled pass over the training shards, packed into rows of ``n_ctx`` tokens.
+
+    The shard order is permuted, then the poems are read in windows of ``shuffle_buffer``
+    and each window is permuted (one window, a uniform shuffle, when the split fits in the
+    buffer). Both permutations come from ``seed`` alone (``_stateless_permutation``).
+    """
+    import tensorflow as tf
+
+    seed = tf.cast(seed, tf.int64)
+    files_t = tf.constant(files)
     if len(files) > 1:
-        files_ds = files_ds.shuffle(len(files), seed=seed)
-    ds = files_ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
-                             num_parallel_calls=1, deterministic=True)
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
-    ds = ds.batch(512).map(lambda s: _with_sep(_parse_ids(s), sep_id).flat_values)
+        files_t = tf.gather(files_t, _stateless_permutation(len(files), tf.stack([seed, tf.constant(-1, tf.int64)])))
+    ds = tf.data.Dataset.from_tensor_slices(files_t)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                       num_parallel_calls=1, deterministic=True)
+
+    def window(index, serialized):
+        order = _stateless_permutation(tf.shape(serialized)[0], tf.stack([seed, index]))
+        return _with_sep(tf.gather(_parse_ids(serialized), order), sep_id).flat_values
+
+    ds = ds.batch(shuffle_buffer).enumerate().map(window)
 
     def carry(rest, chunk):
         buf = tf.concat([rest, chunk], axis=0)
@@ -322,7 +362,8 @@ def train_dataset(manifest: Manifest, batch_size: int, n_ctx: int, *, seed: int 
 
     Batch ``k`` of the stream is the same whatever ``start_step`` is, so a resumed run
     continues the data order exactly (``start_step`` skips whole passes cheaply and the
-    rest batch by batch).
+    rest batch by batch). The order depends on ``seed`` and the pass only, not on
+    TensorFlow's global seed or the device.
 
     Args:
         manifest: the DATA_DIR's manifest.

@@ -34,16 +34,18 @@ VOCAB_FILE = "vocab.txt"
 
 
 def codepoints(lines: Iterable[str]) -> np.ndarray:
-    """The code points (uint32) of the lines joined with newlines (10), for the numpy helpers below."""
-    text = "\n".join(lines)
-    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    """The code points (uint32) of the lines concatenated, for the numpy helpers below."""
+    return np.frombuffer("".join(lines).encode("utf-32-le"), dtype=np.uint32)
 
 
 def counts_of_codepoints(cps: np.ndarray) -> Counter:
     """Occurrences of each character among code points (newlines not counted)."""
-    if not len(cps):
-        return Counter()
-    counts = np.bincount(cps)
+    return counts_from_bincount(np.bincount(cps) if len(cps) else np.zeros(0, np.int64))
+
+
+def counts_from_bincount(counts: np.ndarray) -> Counter:
+    """The ``Counter`` of characters from occurrences indexed by code point (newlines not counted)."""
+    counts = counts.copy()
     counts[10:11] = 0
     present = np.flatnonzero(counts)
     return Counter(dict(zip(map(chr, present.tolist()), counts[present].tolist())))
@@ -156,7 +158,7 @@ class CharVocab:
         """Encode many lines at once.
 
         Args:
-            lines: text lines without newlines.
+            lines: text lines (a newline inside one is not in the vocabulary: [UNK]).
 
         Returns:
             ``(ids, lengths)``: all ids concatenated (int32) and the length of each line.
@@ -166,14 +168,11 @@ class CharVocab:
         return self.encode_codepoints(codepoints(lines)), line_lengths(lines)
 
     def encode_codepoints(self, cps: np.ndarray) -> np.ndarray:
-        """Ids of code points (``codepoints(lines)``), newlines dropped: the ids of the lines concatenated."""
+        """Ids (int32) of code points such as ``codepoints(lines)``: one id per code point."""
         table = self._lookup_table()
-        cps = cps[cps != 10]
-        inside = cps < len(table)
-        ids = table[np.where(inside, cps, 0)]
-        if not inside.all():
-            ids[~inside] = UNK_ID
-        return ids
+        if len(cps) and int(cps.max()) >= len(table):
+            return np.where(cps < len(table), table[np.minimum(cps, len(table) - 1)], UNK_ID).astype(np.int32)
+        return table[cps]
 
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
         """Text of ``ids``; special tokens are kept as ``[PAD]`` etc. unless ``skip_special``."""

@@ -18,7 +18,7 @@ def _data_options(f):
                      help="Characters seen fewer times become [UNK].")(f)
     f = click.option("--keep-duplicates", is_flag=True,
                      help="Keep poems whose body repeats an earlier poem (skipped by default).")(f)
-    f = click.option("--context", "n_ctx", type=int, default=128, show_default=True,
+    f = click.option("--context", "n_ctx", type=click.IntRange(min=1), default=128, show_default=True,
                      help="Model context, for counting poems longer than it (use your preset's n_ctx).")(f)
     return f
 
@@ -57,7 +57,8 @@ def prepare_cmd(raw, out_dir, vocab_dir, valid_fraction, seed, shard_poems, over
     click.echo(f"Wrote {result.data_dir}/: vocabulary ({result.manifest['vocab']['size']} tokens, tokenizer.json, vocab.txt), "
                f"train {splits['train']['poems']} poems / {splits['train']['tokens']:,} chars in "
                f"{len(splits['train']['shards'])} shard(s), valid {splits['valid']['poems']} poems, manifest.json "
-               f"({result.seconds:.2f} s).")
+               f"({result.seconds:.2f} s, {result.report['characters'] / max(result.seconds, 1e-9) / 1e6:.1f}M chars/s "
+               "without start-up).")
 
 
 @click.command("stats")

@@ -1,0 +1,118 @@
+"""Configuration: presets from configs.py, validation naming the option, JSON round trip."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+import configs
+from poetry_gpt.config import (DataConfig, ModelConfig, RunConfig, TrainConfig, config_from_preset)
+from poetry_gpt.errors import OptionError
+
+
+def test_defaults_are_the_small_benchmark_model():
+    small = config_from_preset("small")
+    assert small == RunConfig(preset="small")
+    assert (small.model.n_layer, small.model.n_embd, small.model.n_head, small.model.n_ctx) == (6, 384, 6, 128)
+    assert small.train.batch_size == 16
+
+
+@pytest.mark.parametrize("name, shape", [
+    ("tiny", (2, 64, 64)),
+    ("small", (6, 384, 128)),
+    ("base", (12, 768, 256)),
+    ("medium", (24, 1024, 256)),
+])
+def test_presets_resolve(name, shape):
+    config = config_from_preset(name)
+    assert config.preset == name
+    assert (config.model.n_layer, config.model.n_embd, config.model.n_ctx) == shape
+    assert config.model.n_embd % config.model.n_head == 0
+    # every preset lists only what differs from the defaults
+    spec = configs.PRESETS[name]
+    for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
+        defaults = dataclasses.asdict(cls())
+        for key, value in spec.get(section, {}).items():
+            assert defaults[key] != value, f"{name}.{section}.{key} repeats the default"
+
+
+def test_unknown_preset_lists_the_choices():
+    with pytest.raises(OptionError, match=r"--config: unknown preset 'huge'; choose one of tiny, small, base, medium"):
+        config_from_preset("huge")
+
+
+def test_preset_with_unknown_setting():
+    with pytest.raises(OptionError, match=r"model: unknown setting\(s\) n_layers; valid: .*n_layer"):
+        config_from_preset("bad", {"bad": {"model": {"n_layers": 2}}})
+
+
+@pytest.mark.parametrize("cls, field, value, option", [
+    (DataConfig, "valid_fraction", 0.0, "--valid-fraction"),
+    (DataConfig, "valid_fraction", 1.0, "--valid-fraction"),
+    (DataConfig, "min_count", 0, "--min-count"),
+    (DataConfig, "max_chars", 7, "--max-chars"),
+    (DataConfig, "shard_poems", 0, "--shard-poems"),
+    (ModelConfig, "n_layer", 0, "model.n_layer"),
+    (ModelConfig, "n_head", 5, "model.n_head"),
+    (ModelConfig, "n_ctx", 8, "model.n_ctx"),
+    (ModelConfig, "dropout", 1.0, "--dropout"),
+    (TrainConfig, "batch_size", 0, "--batch-size"),
+    (TrainConfig, "epochs", 0, "--epochs"),
+    (TrainConfig, "steps_per_epoch", -1, "--steps-per-epoch"),
+    (TrainConfig, "learning_rate", 0.0, "--learning-rate"),
+    (TrainConfig, "min_lr_ratio", 1.5, "--min-lr-ratio"),
+    (TrainConfig, "warmup_steps", -1, "--warmup-steps"),
+    (TrainConfig, "schedule", "step", "--schedule"),
+    (TrainConfig, "weight_decay", -0.1, "--weight-decay"),
+    (TrainConfig, "beta2", 1.0, "--beta1/--beta2"),
+    (TrainConfig, "grad_clip", -1.0, "--grad-clip"),
+    (TrainConfig, "precision", "fp8", "--precision"),
+    (TrainConfig, "keep_checkpoints", 0, "--keep-checkpoints"),
+    (TrainConfig, "checkpoint_every", -1, "--checkpoint-every"),
+    (TrainConfig, "samples_per_epoch", -1, "--samples-per-epoch"),
+    (TrainConfig, "strategy", "tpu", "--strategy"),
+])
+def test_invalid_values_name_the_option(cls, field, value, option):
+    with pytest.raises(OptionError) as info:
+        cls(**{field: value})
+    message = str(info.value)
+    assert message.startswith(f"{option}: ") and "\n" not in message
+    assert repr(value) in message or str(value) in message or option == "--beta1/--beta2"
+
+
+def test_choice_errors_list_the_choices():
+    with pytest.raises(OptionError, match="must be one of cosine, linear, constant"):
+        TrainConfig(schedule="step")
+    with pytest.raises(OptionError, match="must be one of auto, fp32, bf16, fp16"):
+        TrainConfig(precision="fp8")
+
+
+def test_configs_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ModelConfig().n_layer = 3
+
+
+@pytest.mark.parametrize("name", list(configs.PRESETS))
+def test_run_config_json_round_trip(name):
+    config = config_from_preset(name).replace(model={"dropout": 0.2}, train={"learning_rate": 2e-4, "epochs": 3})
+    text = json.dumps(config.to_dict())
+    back = RunConfig.from_dict(json.loads(text))
+    assert back == config
+    assert back.model.dropout == 0.2 and back.train.epochs == 3 and back.preset == name
+
+
+def test_run_config_from_dict_validates():
+    with pytest.raises(OptionError, match=r"train: unknown setting\(s\) lr"):
+        RunConfig.from_dict({"model": {}, "train": {"lr": 1}})
+    with pytest.raises(OptionError, match="--batch-size"):
+        RunConfig.from_dict({"train": {"batch_size": 0}})
+    assert RunConfig.from_dict({}).preset == "custom"
+
+
+def test_replace_validates():
+    with pytest.raises(OptionError, match="model.n_head"):
+        RunConfig().replace(model={"n_head": 7})
+    with pytest.raises(OptionError, match=r"train: unknown setting\(s\) no_such_field"):
+        RunConfig().replace(train={"no_such_field": 1})
+    assert RunConfig().replace() == RunConfig()
