@@ -85,13 +85,17 @@ def save_export(lm, vocab: CharVocab, export_dir: str | os.PathLike, meta: dict)
     """
     export = Path(export_dir)
     tmp = export.with_name(export.name + ".tmp")
+    old = export.with_name(export.name + ".old")
+    if old.is_dir() and not export.exists():
+        # an earlier swap was killed between its two renames: export.old is the current export; put it
+        # back before anything else, so that deleting export.old below can never remove the only copy
+        os.replace(old, export)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     lm.save_pretrained(str(tmp))
     vocab.save(tmp)
     atomic_write_json(tmp / EXPORT_META, {"poetry_gpt_version": __version__, "vocab_hash": vocab.hash, **meta})
     fsync_dir(tmp)
-    old = export.with_name(export.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if export.exists():
         os.replace(export, old)

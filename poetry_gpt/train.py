@@ -24,7 +24,8 @@ from .config import RunConfig
 from .envcheck import cpu_flags
 from .errors import DataDirError, PoetryGPTError, RunDirError
 from .records import batches_per_pass, eval_dataset, load_manifest, train_dataset
-from .distribute import checkpoint_managers, distribute_options, is_chief, make_strategy, open_as_worker
+from .distribute import (check_global_batch, check_same_start, checkpoint_managers, distribute_options, is_chief,
+                         make_strategy, open_as_worker)
 from .rundir import check_resume_compatible, open_for_training
 from .schedule import keras_schedule, lr_at
 from .vocab import CharVocab
@@ -230,6 +231,7 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
     set_precision(precision)
     strategy = make_strategy(config.train.strategy)
     t = config.train
+    check_global_batch(strategy, t.batch_size)
     n_ctx = config.model.n_ctx
     per_pass = batches_per_pass(manifest, t.batch_size, n_ctx)
     if per_pass < 1:
@@ -272,6 +274,7 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
             raise RunDirError(f"--run {run.path}: trainer_state.json records step {recorded} but {run.checkpoints} "
                               "holds no checkpoint; put the checkpoints back or start over with --overwrite")
         echo(f"{run.path} holds no checkpoint yet; starting at step 0.")
+    check_same_start(strategy, restored_step)  # a cluster's workers must all start from the chief's checkpoint
     if chief:
         run.write_run(config, manifest, {"precision": precision, "steps_per_epoch": steps_per_epoch,
                                          "init_from": str(init_from) if init_from else None})
