@@ -36,6 +36,7 @@ from .errors import OptionError, RunDirError
 from .vocab import PAD_ID, SEP_ID, UNK_ID, CharVocab
 
 FORM_NAMES = ("五绝", "七绝", "五律", "七律")
+UNPENALISED = set("，。？！；：、【】 ")  # a poem repeats its punctuation by design: no repetition penalty
 
 
 @dataclass
@@ -111,7 +112,8 @@ def load_export(path: str | os.PathLike, checkpoint: str | None = None) -> Expor
     except (OSError, ValueError):
         raise RunDirError(f"{export / 'config.json'}: unreadable; re-export the run") from None
     if model_type != "gpt2":
-        raise RunDirError(f"{export}: not a GPT-2 export (model_type {model_type!r}); pass a poetry_gpt RUN_DIR or export/")
+        raise RunDirError(f"{export}: not a GPT-2 export (model_type {model_type!r}); "
+                          "pass a poetry_gpt RUN_DIR or its export/")
     if not (export / "tf_model.h5").is_file():
         raise RunDirError(f"{export}: no tf_model.h5 (TensorFlow weights); re-export the run with `poetry-gpt train`")
     model, vocab, meta = _load(export)
@@ -126,7 +128,22 @@ def split_body(text: str) -> str:
     return text.partition(OPEN)[2].partition(CLOSE)[0]
 
 
-def _check_options(top_k, top_p, temperature, repetition_penalty, num_samples, batch_size, max_new_tokens):
+def check_options(top_k: int = 10, top_p: float = 1.0, temperature: float = 1.0, repetition_penalty: float = 1.0,
+                  num_samples: int = 1, batch_size: int = 8, max_new_tokens: int | None = None, **_) -> None:
+    """Check the numeric sampling options (the arguments of ``PoemGenerator.generate``).
+
+    Args:
+        top_k: ≥ 1.
+        top_p: in (0, 1].
+        temperature: > 0.
+        repetition_penalty: > 0.
+        num_samples: ≥ 1.
+        batch_size: ≥ 1.
+        max_new_tokens: None or ≥ 1.
+
+    Raises:
+        OptionError: naming the first bad option and its valid range.
+    """
     checks = [
         (top_k >= 1, "--top-k", f"must be ≥ 1 (1 = greedy), got {top_k}"),
         (0.0 < top_p <= 1.0, "--top-p", f"must be in (0, 1] (1 = off), got {top_p}"),
@@ -156,14 +173,15 @@ class PoemGenerator:
     def __init__(self, path: str | os.PathLike, checkpoint: str | None = None, compute_dtype: str = "float32"):
         import tensorflow as tf
 
-        from .sampler import Sampler
+        from .sampler import CachedGPT2, Sampler
 
         self.export = load_export(path, checkpoint)
         self.vocab = self.export.vocab
         self.model = self.export.model
         self.close_id = self.vocab.index.get(CLOSE)
-        self.sampler = Sampler(self.model, stop_id=self.close_id, banned_ids=(PAD_ID, UNK_ID, SEP_ID),
-                               compute_dtype=getattr(tf, compute_dtype))
+        punctuation = [i for i, t in enumerate(self.vocab.tokens) if t in UNPENALISED]
+        self.sampler = Sampler(CachedGPT2(self.model, getattr(tf, compute_dtype)), stop_id=self.close_id,
+                               banned_ids=(PAD_ID, UNK_ID, SEP_ID), unpenalised_ids=punctuation)
 
     @property
     def n_ctx(self) -> int:
@@ -202,7 +220,8 @@ class PoemGenerator:
                 prompts.append(opening.replace(":【", "：【", 1))
                 continue
             if not genre_used:
-                raise OptionError("--genre: this export records no genre (no poetry_gpt.json); pass one, e.g. --genre 唐诗")
+                raise OptionError("--genre: this export records no genre (no poetry_gpt.json); "
+                                  "pass one, e.g. --genre 唐诗")
             prompts.append(prompt_prefix(title or "", genre_used, opening))
         for prompt in prompts:
             self._check_prompt(prompt, title, genre)
@@ -219,8 +238,8 @@ class PoemGenerator:
                                   f"({self.vocab.size} tokens): {chars!r}; replace them with common (simplified) "
                                   "characters the corpus uses, or leave them out")
         if 1 + len(prompt) >= self.n_ctx:
-            raise OptionError(f"opening: the prompt {prompt[:20]!r}… is {1 + len(prompt)} tokens with [SEP], the model's "
-                              f"context is {self.n_ctx}, leaving no room to generate; shorten it")
+            raise OptionError(f"opening: the prompt {prompt[:20]!r}… is {1 + len(prompt)} tokens with [SEP], "
+                              f"the model's context is {self.n_ctx}, leaving no room to generate; shorten it")
 
     # sampling -------------------------------------------------------------------------
     def generate(self, openings: str | Sequence[str] | None = None, *, title: str | None = None,
@@ -240,8 +259,11 @@ class PoemGenerator:
                 vocabulary size mean the whole vocabulary).
             top_p: keep the smallest set of those whose probability reaches p (1 = off).
             temperature: divide logits by it (< 1 sharper, > 1 flatter).
-            repetition_penalty: > 1 makes characters already in the poem (prompt included) less likely.
-            max_new_tokens: token budget per sample (default: all that fits the context after the prompt).
+            repetition_penalty: > 1 makes characters already in the poem (prompt included) less likely
+                (as in transformers: positive logits divided by it, negative ones multiplied); punctuation
+                is exempt.
+            max_new_tokens: token budget per sample (default: all that fits the context after the
+                longest prompt).
             batch_size: samples run together; the last batch is padded to this size (at most the
                 number of samples) so one compiled program serves every batch.
             seed: seed of the first sample (sample i uses seed + i); None picks a random one.
@@ -255,7 +277,7 @@ class PoemGenerator:
         Raises:
             OptionError: an option is out of range or the prompt cannot be used.
         """
-        _check_options(top_k, top_p, temperature, repetition_penalty, num_samples, batch_size, max_new_tokens)
+        check_options(top_k, top_p, temperature, repetition_penalty, num_samples, batch_size, max_new_tokens)
         prompts = self.build_prompts(openings, title, genre)
         constraint = self._constraint(form, acrostic, rhyme)
         room = self.n_ctx - 1 - max(len(p) for p in prompts)
@@ -264,7 +286,8 @@ class PoemGenerator:
                               f"longest prompt, got {max_new_tokens}")
         budget = max_new_tokens or room
         base_seed = secrets.randbelow(2**31 - 1) if seed is None else int(seed)
-        rows = [(prompt, base_seed + i * num_samples + j) for i, prompt in enumerate(prompts) for j in range(num_samples)]
+        rows = [(prompt, base_seed + i * num_samples + j)
+                for i, prompt in enumerate(prompts) for j in range(num_samples)]
         states = [constraint.initial_state(p, option="opening") if constraint else None for p, _ in rows]
         B = min(batch_size, len(rows))
         samples = []
@@ -332,7 +355,7 @@ class PoemGenerator:
 
         if any(unsupported.get(k) for k in ("form", "acrostic", "rhyme")):
             raise OptionError("--eager: --form/--acrostic/--rhyme need the compiled sampler; drop --eager")
-        _check_options(top_k, top_p, temperature, repetition_penalty, num_samples, batch_size, max_new_tokens)
+        check_options(top_k, top_p, temperature, repetition_penalty, num_samples, batch_size, max_new_tokens)
         prompts = self.build_prompts(openings, title, genre)
         base_seed = secrets.randbelow(2**31 - 1) if seed is None else int(seed)
         samples = []
@@ -356,12 +379,14 @@ class PoemGenerator:
 
 def benchmark(n_layer: int = 6, n_embd: int = 384, n_head: int = 6, n_ctx: int = 128, vocab_size: int = 5300,
               new_tokens: int = 64, top_k: int = 10, batches: Sequence[int] = (1, 8), repeats: int = 5,
-              eager_repeats: int = 1, seed: int = 0) -> dict:
-    """Time eager ``model.generate`` against the compiled sampler on a random model of a given shape.
+              eager_repeats: int = 2, seed: int = 0) -> dict:
+    """Time poetry_gpt's compiled sampler against transformers' eager ``model.generate`` and
+    ``tf.function(model.generate, jit_compile=True)`` on a random model of a given shape.
 
-    Both produce exactly ``new_tokens`` tokens per row (no stop token), top-k sampling, a
-    16-character prompt. Compiled timings are the best of ``repeats`` calls after the first
-    (compiling) one; the eager timing is the best of ``eager_repeats``.
+    All three make exactly ``new_tokens`` tokens per row (no stop token) with top-k sampling
+    after a 16-token prompt. After one warm-up (compiling) call each, the three are timed in
+    turns, round after round, so that a busy machine slows them alike; each reports the best
+    and the median wall time and the best CPU time (all threads) of its calls.
 
     Args:
         n_layer: layers of the random model.
@@ -372,58 +397,68 @@ def benchmark(n_layer: int = 6, n_embd: int = 384, n_head: int = 6, n_ctx: int =
         new_tokens: tokens generated per row.
         top_k: sampling top-k.
         batches: batch sizes to time.
-        repeats: timed calls of the compiled path per batch size.
-        eager_repeats: timed calls of the eager path per batch size.
+        repeats: timed rounds (compiled and XLA ``generate`` run in each).
+        eager_repeats: the first rounds that also run the (slow) eager ``generate``.
         seed: weight and sampling seed.
 
     Returns:
-        A JSON-able dict: per batch size, seconds per call, tokens/s, the speed-up and the
-        compile times, plus a no-recompile check for a new opening of another length.
+        A JSON-able dict: per batch size and path, seconds per call and tokens/s, the compiled
+        path's speed-up over the others, first-call (compile) times, and whether a new opening of
+        another length in the same bucket compiled anything.
     """
     import numpy as np
     import tensorflow as tf
     from transformers import GPT2Config, TFGPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
 
-    from .sampler import Sampler
+    from .sampler import CachedGPT2, Sampler
 
+    hf_logging.set_verbosity_error()  # the XLA generate warns about right-padding while tracing
     tf.keras.utils.set_random_seed(seed)
     config = GPT2Config(vocab_size=vocab_size, n_positions=n_ctx, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
                         bos_token_id=SEP_ID, eos_token_id=SEP_ID, pad_token_id=PAD_ID)
     model = TFGPT2LMHeadModel(config)
     model(tf.zeros([1, 2], tf.int32))
-    sampler = Sampler(model, stop_id=None, banned_ids=(PAD_ID, UNK_ID, SEP_ID))
     prompt = [SEP_ID] + list(range(10, 25))
     report = {"shape": dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_ctx=n_ctx, vocab_size=vocab_size),
               "new_tokens": new_tokens, "top_k": top_k, "prompt_tokens": len(prompt), "batches": {}}
+    hf_xla = tf.function(model.generate, jit_compile=True)
     for B in batches:
-        prompts, seeds = [prompt] * B, list(range(B))
-        t0 = time.perf_counter()
-        sampler.run(prompts, seeds, max_new_tokens=new_tokens, top_k=top_k)
-        first = time.perf_counter() - t0
-        traces = dict(sampler.traces)
-        times = []
-        for r in range(repeats):
-            t0 = time.perf_counter()
-            sampler.run(prompts, [s + r for s in seeds], max_new_tokens=new_tokens, top_k=top_k)
-            times.append(time.perf_counter() - t0)
-        # another opening of a different length in the same bucket must not compile anything
-        t0 = time.perf_counter()
-        sampler.run([prompt[:9]] * B, seeds, max_new_tokens=new_tokens, top_k=top_k)
-        other_opening = time.perf_counter() - t0
-        recompiled = sampler.traces != traces
+        sampler = Sampler(CachedGPT2(model), stop_id=None, banned_ids=(PAD_ID, UNK_ID, SEP_ID))
         ids = tf.constant([prompt] * B)
-        eager = []
-        for r in range(eager_repeats):
-            t0 = time.perf_counter()
-            model.generate(ids, attention_mask=tf.ones_like(ids), do_sample=True, top_k=top_k, max_new_tokens=new_tokens,
-                           min_new_tokens=new_tokens, seed=[seed, r], pad_token_id=PAD_ID)
-            eager.append(time.perf_counter() - t0)
-        fast, slow = min(times), min(eager)
-        report["batches"][str(B)] = {
-            "eager_seconds": round(slow, 3), "eager_tokens_per_s": round(B * new_tokens / slow, 1),
-            "compiled_seconds": round(fast, 4), "compiled_tokens_per_s": round(B * new_tokens / fast, 1),
-            "compiled_median_seconds": round(float(np.median(times)), 4),
-            "speedup": round(slow / fast, 1), "first_call_seconds": round(first, 2),
-            "other_opening_seconds": round(other_opening, 4), "recompiled_for_other_opening": recompiled,
+        hf_kwargs = dict(attention_mask=tf.ones_like(ids), do_sample=True, top_k=top_k, max_new_tokens=new_tokens,
+                         min_new_tokens=new_tokens, pad_token_id=PAD_ID)
+        paths = {
+            "compiled": lambda r: sampler.run([prompt] * B, [seed + r * B + b for b in range(B)],
+                                              max_new_tokens=new_tokens, top_k=top_k),
+            "hf_xla": lambda r: hf_xla(ids, seed=tf.constant([seed, r]), **hf_kwargs).numpy(),
+            "eager": lambda r: model.generate(ids, seed=[seed, r], **hf_kwargs).numpy(),
         }
+        first, wall, cpu = {}, {k: [] for k in paths}, {k: [] for k in paths}
+        for name, fn in paths.items():
+            t0 = time.perf_counter()
+            fn(-1)
+            first[name] = time.perf_counter() - t0
+        traces = dict(sampler.traces)
+        sampler.run([prompt[:9]] * B, list(range(B)), max_new_tokens=new_tokens, top_k=top_k)  # another opening
+        recompiled = sampler.traces != traces
+        for r in range(repeats):
+            for name, fn in paths.items():
+                if name == "eager" and r >= eager_repeats:
+                    continue
+                t0, c0 = time.perf_counter(), time.process_time()
+                fn(r)
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+        row = {}
+        for name in paths:
+            best = min(wall[name])
+            row[name] = {"seconds": round(best, 4), "median_seconds": round(float(np.median(wall[name])), 4),
+                         "cpu_seconds": round(min(cpu[name]), 4), "tokens_per_s": round(B * new_tokens / best, 1),
+                         "first_call_seconds": round(first[name], 2)}
+        fast = row["compiled"]["seconds"]
+        row["speedup_vs_eager"] = round(row["eager"]["seconds"] / fast, 1)
+        row["speedup_vs_hf_xla"] = round(row["hf_xla"]["seconds"] / fast, 2)
+        row["recompiled_for_other_opening"] = recompiled
+        report["batches"][str(B)] = row
     return report

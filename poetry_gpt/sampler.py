@@ -3,7 +3,7 @@
 ``transformers``' TF GPT-2 grows its cache with ``tf.concat`` (XLA generation
 pads it and then shifts slices around). This module instead reads the weights
 of a ``TFGPT2LMHeadModel`` and runs its own forward pass with a cache of fixed
-shape ``[batch, n_ctx, heads, head_dim]`` per layer, written in place one slot a
+shape ``[batch, heads, n_ctx, head_dim]`` per layer, written in place one slot a
 step. Two ``tf.function(jit_compile=True)`` programs do the work:
 
 * ``prefill``: the prompts, right-padded to a length bucket (a multiple of
@@ -13,17 +13,21 @@ step. Two ``tf.function(jit_compile=True)`` programs do the work:
   ``(batch, bucket)``.
 * ``decode``: a ``tf.while_loop`` that samples a token, writes it at slot
   ``length + i`` of its own row, and runs one step. Every shape is fixed by
-  ``(batch, n_ctx, top-k cap)``, so a new opening never recompiles it;
+  ``(batch, n_ctx, top-k cap, constraint tables)``, so a new opening never
+  recompiles it;
   ``top_k``, ``top_p``, temperature, repetition penalty, ``max_new_tokens`` and
   the per-row seeds are tensors. It exits early when every row has emitted the
   stop token (】).
 
-Sampling per step: repetition penalty (as in transformers: divide positive
-logits of already-seen tokens by the penalty, multiply negative ones), the
-optional constraint, banned ids (``[PAD]``/``[UNK]``/``[SEP]``), top-k over the
-``kcap`` best candidates, temperature, top-p (nucleus over the top-k), then one
-``tf.random.stateless_categorical`` draw per row with seed ``(row seed, step)``.
-A row's poem therefore depends only on its own seed, not on its batch mates.
+Sampling per step: the optional constraint (a mask from ``poetry_gpt.forms``,
+its per-row state advanced after the draw), repetition penalty (as in
+transformers: divide positive logits of already-seen tokens by the penalty,
+multiply negative ones), banned ids (``[PAD]``/``[UNK]``/``[SEP]``), top-k over the
+``kcap`` best candidates, temperature, top-p (nucleus over the top-k), then a
+Gumbel-max draw whose noise hashes ``(row seed, step, candidate)``
+(``stateless_gumbel``): a row's poem depends only on its own seed and the
+options, not on its batch mates, and the batch is never unrolled.
+Repetition-penalty "seen" sets skip ``unpenalised_ids`` (punctuation).
 ``top_k == 1`` is greedy.
 """
 from __future__ import annotations
@@ -153,20 +157,20 @@ class CachedGPT2:
 
         Returns:
             ``(logits [B, V] float32, cache)`` where ``cache`` is a list of ``(K, V)`` per
-            layer, each ``[B, n_ctx, H, Dh]``.
+            layer, each ``[B, H, n_ctx, Dh]``.
         """
         T = ids.shape[1]
         x = tf.gather(w["wte"], ids) + w["wpe"][:T][None]
         causal = tf.linalg.band_part(tf.ones([T, T], tf.bool), -1, 0)
         scale = 1.0 / math.sqrt(self.head_dim)
-        pad = [[0, 0], [0, self.n_ctx - T], [0, 0], [0, 0]]
+        pad = [[0, 0], [0, 0], [0, self.n_ctx - T], [0, 0]]
         cache = []
         for layer in w["h"]:
             qkv = self._linear(self._ln(x, layer["ln_1"]), layer["attn"])
-            q, k, v = [self._heads(t) for t in tf.split(qkv, 3, axis=-1)]  # [B, T, H, Dh]
-            scores = tf.cast(tf.einsum("bthd,bshd->bhts", q, k), tf.float32) * scale
+            q, k, v = [tf.transpose(self._heads(t), [0, 2, 1, 3]) for t in tf.split(qkv, 3, axis=-1)]  # [B, H, T, Dh]
+            scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) * scale
             probs = tf.cast(self._softmax(tf.where(causal, scores, NEG)), self.dtype)
-            a = tf.reshape(tf.einsum("bhts,bshd->bthd", probs, v), tf.shape(x))
+            a = tf.reshape(tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3]), tf.shape(x))
             x = x + self._linear(a, layer["proj"])
             x = x + self._mlp(layer, x)
             cache.append((tf.pad(k, pad), tf.pad(v, pad)))
@@ -187,7 +191,9 @@ class CachedGPT2:
         """
         x = tf.gather(w["wte"], tokens) + tf.gather(w["wpe"], positions)
         visible = (tf.range(self.n_ctx)[None, :] <= positions[:, None])[:, None, :]  # [B, 1, S]
-        slot = tf.stack([tf.range(tf.shape(tokens)[0]), positions], axis=1)  # (row, position) pairs
+        B, H = tokens.shape[0], self.n_head
+        slot = tf.stack([tf.repeat(tf.range(B), H), tf.tile(tf.range(H), [B]), tf.repeat(positions, H)], axis=1)
+        slot = tf.reshape(slot, [B, H, 3])  # (row, head, position) of each new key / value
         scale = 1.0 / math.sqrt(self.head_dim)
         new_cache = []
         for layer, (K, V) in zip(w["h"], cache):
@@ -195,18 +201,38 @@ class CachedGPT2:
             q, k, v = [self._heads(t) for t in tf.split(qkv, 3, axis=-1)]  # [B, H, Dh]
             K = tf.tensor_scatter_nd_update(K, slot, k)
             V = tf.tensor_scatter_nd_update(V, slot, v)
-            scores = tf.cast(tf.einsum("bhd,bshd->bhs", q, K), tf.float32) * scale
+            scores = tf.cast(tf.einsum("bhd,bhsd->bhs", q, K), tf.float32) * scale
             probs = tf.cast(self._softmax(tf.where(visible, scores, NEG)), self.dtype)
-            a = tf.reshape(tf.einsum("bhs,bshd->bhd", probs, V), tf.shape(x))
+            a = tf.reshape(tf.einsum("bhs,bhsd->bhd", probs, V), tf.shape(x))
             x = x + self._linear(a, layer["proj"])
             x = x + self._mlp(layer, x)
             new_cache.append((K, V))
         return self._logits(w, x), new_cache
 
-    def full_logits(self, w, ids):
-        """Logits of every position of ``ids`` ``[B, T]`` without any cache (for checks)."""
-        logits, _ = self.prefill(w, ids, tf.fill([tf.shape(ids)[0]], ids.shape[1]))
-        return logits
+def _mix32(x):
+    """lowbias32 (C. Wellons): a bijective uint32 hash with full avalanche."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16)) * tf.constant(0x7FEB352D, tf.uint32)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 15)) * tf.constant(0x846CA68B, tf.uint32)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+def stateless_gumbel(seeds, step, n):
+    """Gumbel noise ``[B, n]`` that depends only on (row seed, step, column): counter-based, no state.
+
+    One ``tf.random`` call per row would unroll the batch into the program (compile time grows
+    with the batch); hashing the counters keeps it one vectorised op whatever the batch size.
+
+    Args:
+        seeds: ``[B]`` int32 row seeds.
+        step: scalar int32.
+        n: Python int, columns.
+    """
+    golden = tf.constant(0x9E3779B9, tf.uint32)
+    h = _mix32(tf.cast(seeds, tf.uint32))[:, None]
+    h = _mix32(tf.bitwise.bitwise_xor(h, tf.cast(step, tf.uint32) * golden + 1))
+    h = _mix32(tf.bitwise.bitwise_xor(h, tf.cast(tf.range(n), tf.uint32)[None, :] * golden + 0x632BE5AB))
+    u = (tf.cast(tf.bitwise.right_shift(h, 8), tf.float32) + 0.5) * (1.0 / (1 << 24))  # in (0, 1)
+    return -tf.math.log(-tf.math.log(u))
 
 
 def sample_tokens(logits, seen, seeds, step, *, top_k, top_p, temperature, penalty, kcap, banned_bias):
@@ -235,32 +261,35 @@ def sample_tokens(logits, seen, seeds, step, *, top_k, top_p, temperature, penal
     probs = CachedGPT2._softmax(vals)
     before = tf.cumsum(probs, axis=-1, exclusive=True)
     vals = tf.where((before < top_p) | (rank == 0), vals, NEG)
-    picks = [tf.random.stateless_categorical(vals[b:b + 1], 1, seed=tf.stack([seeds[b], step]), dtype=tf.int32)[0]
-             for b in range(vals.shape[0])]
-    choice = tf.where(top_k == 1, 0, tf.concat(picks, 0))
+    picks = tf.argmax(vals + stateless_gumbel(seeds, step, kcap), axis=-1, output_type=tf.int32)  # Gumbel-max
+    choice = tf.where(top_k == 1, 0, picks)
     return tf.gather(idx, choice, batch_dims=1)
 
 
 class Sampler:
-    """Compiled batched sampling from a ``TFGPT2LMHeadModel``.
+    """Compiled batched sampling from a network with a KV cache.
 
     Args:
-        model: a built ``TFGPT2LMHeadModel``.
+        net: a ``CachedGPT2`` (or any object with its ``weights``/``prefill``/``step`` methods and
+            ``n_ctx``/``vocab_size`` attributes: tests use a fake one with fixed logits).
         stop_id: the id that ends a poem (】's id), or ``None`` to always run ``max_new_tokens``.
         banned_ids: ids never sampled (the special tokens).
-        compute_dtype: ``tf.float32`` (default) or ``tf.bfloat16``.
+        unpenalised_ids: ids the repetition penalty leaves alone (punctuation, which a poem repeats
+            by design).
 
     Example:
-        >>> sampler = Sampler(model, stop_id=vocab.id_of("】"), banned_ids=[0, 1, 2])
+        >>> sampler = Sampler(CachedGPT2(model), stop_id=vocab.id_of("】"), banned_ids=[0, 1, 2])
         >>> result = sampler.run([[2, 15, 27]], seeds=[7], max_new_tokens=32)
     """
 
-    def __init__(self, model, stop_id: int | None, banned_ids: Sequence[int] = (), compute_dtype=tf.float32):
-        self.net = CachedGPT2(model, compute_dtype)
+    def __init__(self, net, stop_id: int | None, banned_ids: Sequence[int] = (), unpenalised_ids: Sequence[int] = ()):
+        self.net = net
         self.stop_id = -1 if stop_id is None else int(stop_id)
         bias = np.zeros(self.net.vocab_size, np.float32)
         bias[list(banned_ids)] = NEG
         self.banned_bias = tf.constant(bias)
+        self.penalisable = np.ones(self.net.vocab_size, bool)
+        self.penalisable[list(unpenalised_ids)] = False
         self.traces = {"prefill": 0, "decode": 0}  # Python-side trace counts (tests, diagnostics)
         self._prefill = tf.function(self._prefill_impl, jit_compile=True)
         self._decode = tf.function(self._decode_impl, jit_compile=True)
@@ -295,8 +324,9 @@ class Sampler:
             if constraint is not None:
                 state, rhyme = constraint.advance_tf(state, rhyme, token, tables)
             out = tf.tensor_scatter_nd_update(out, tf.stack([tf.range(B), tf.fill([B], i)], 1), token)
-            seen = seen | tf.cast(tf.one_hot(token, self.net.vocab_size, on_value=1, off_value=0), tf.bool)
+            seen = seen | (tf.one_hot(token, self.net.vocab_size, on_value=True, off_value=False) & self.penalisable)
             done = done | (token == self.stop_id)
+            # the step after the budget's last token is never used; clamping keeps it inside the cache
             positions = tf.minimum(lengths + i, n_ctx - 1)
             logits, cache = self.net.step(w, token, positions, cache)
             return i + 1, logits, cache, out, seen, done, state, rhyme
@@ -321,8 +351,11 @@ class Sampler:
             temperature: logits are divided by it.
             repetition_penalty: > 1 discourages tokens already in the row.
             active: rows that matter; inactive rows (batch padding) start finished.
-            constraint: an object with ``apply_constraint_tf`` and ``advance_tf`` (see ``generate.py``).
-            constraint_state: ``(state, rhyme_group, tables)`` tensors for ``constraint``.
+            constraint: an object with ``apply_constraint_tf(logits, state, rhyme_group, tables)`` and
+                ``advance_tf(state, rhyme_group, token, tables) -> (state, rhyme_group)``, e.g. the
+                ``poetry_gpt.forms`` module; it is part of the program's cache key, so pass the same
+                object each time (tables of another shape compile another program).
+            constraint_state: ``(state [B], rhyme_group [B], tables)`` tensors for ``constraint``.
         """
         B = len(prompts)
         lengths = np.array([len(p) for p in prompts], np.int32)
@@ -332,6 +365,7 @@ class Sampler:
         for r, p in enumerate(prompts):
             ids[r, :len(p)] = p
             seen[r, list(p)] = True
+        seen &= self.penalisable
         logits, cache = self._prefill(tf.constant(ids), tf.constant(lengths))
         done = np.zeros(B, bool) if active is None else ~np.asarray(active, bool)
         options = {

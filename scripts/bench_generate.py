@@ -22,7 +22,7 @@ def main():
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--eager-repeats", type=int, default=1)
+    p.add_argument("--eager-repeats", type=int, default=2)
     a = p.parse_args()
     print(json.dumps(benchmark(a.layers, a.width, a.heads, a.ctx, a.vocab, a.new_tokens, a.top_k, a.batches,
                                a.repeats, a.eager_repeats), indent=2))

@@ -1,0 +1,207 @@
+"""``poetry-gpt generate`` and ``poetry-gpt chat``: write poems with a trained model.
+
+Option values are checked by the library (``poetry_gpt.generate``), which raises a
+one-line ``OptionError`` naming the option; TensorFlow is imported only when a
+command runs, so ``poetry-gpt --help`` stays fast.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+FORMS_METAVAR = "[五绝|七绝|五律|七律]"
+
+
+def _sampling_options(f):
+    """Options shared by ``generate`` and ``chat`` (the defaults of ``PoemGenerator.generate``)."""
+    opts = [
+        click.option("--run", "run_dir", required=True, type=click.Path(path_type=str),
+                     help="RUN_DIR written by `poetry-gpt train` (uses its export/), or an export folder."),
+        click.option("--title", default=None, help="Title of the poem (for openings that are not a full prefix)."),
+        click.option("--genre", default=None,
+                     help="Genre word of the prompt, e.g. 唐诗  [default: the model's most common genre]"),
+        click.option("--top-k", type=int, default=10, show_default=True,
+                     help="Sample among the k most likely characters (≥ 1; 1 = greedy)."),
+        click.option("--top-p", type=float, default=1.0, show_default=True,
+                     help="Nucleus: keep the most likely characters up to this probability mass, in (0, 1]."),
+        click.option("--temperature", type=float, default=1.0, show_default=True,
+                     help="> 0; below 1 is more conservative, above 1 more adventurous."),
+        click.option("--repetition-penalty", type=float, default=1.0, show_default=True,
+                     help="> 0; above 1 discourages characters already in the poem (1 = off)."),
+        click.option("--max-new-tokens", type=int, default=None,
+                     help="Characters to generate at most  [default: all that fit the context]"),
+        click.option("-n", "--num-samples", type=int, default=1, show_default=True, help="Poems per opening (≥ 1)."),
+        click.option("--batch-size", type=int, default=8, show_default=True, help="Poems generated together (≥ 1)."),
+        click.option("--seed", type=int, default=None,
+                     help="Seed of the first poem (poem i uses seed+i)  [default: random, reported on stderr]"),
+        click.option("--form", default=None, metavar=FORMS_METAVAR,
+                     help="Constrain the body to a regulated form: 五绝, 七绝, 五律 or 七律."),
+        click.option("--acrostic", default=None, help="Characters that begin the clauses (藏头; needs --form)."),
+        click.option("--rhyme", is_flag=True, help="Make the rhyme clauses rhyme (needs --form)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _precheck(values: dict) -> None:
+    """Refuse bad option values before the (slow) model load; the library checks them again."""
+    from ..generate import check_options
+
+    check_options(**values)
+    if values.get("form"):
+        from ..forms import get_form
+
+        get_form(values["form"])
+
+
+def _load(run_dir):
+    """The generator for ``--run``, without transformers' load-time chatter on stderr."""
+    from transformers.utils import logging as hf_logging
+
+    from ..generate import PoemGenerator
+
+    hf_logging.set_verbosity_error()
+    return PoemGenerator(run_dir)
+
+
+def format_line(sample) -> str:
+    """A sample as one output line: the corpus-style text, ``[unclosed] `` first when it has no 】."""
+    return sample.text if sample.closed else "[unclosed] " + sample.text
+
+
+def _options_record(values: dict) -> dict:
+    keys = ("title", "genre", "top_k", "top_p", "temperature", "repetition_penalty", "max_new_tokens",
+            "num_samples", "batch_size", "seed", "form", "acrostic", "rhyme")
+    return {k: values.get(k) for k in keys}
+
+
+@click.command("generate")
+@click.argument("openings", nargs=-1, metavar="[OPENING]...")
+@_sampling_options
+@click.option("--out", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Also write the poems to this file (in --format).")
+@click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True,
+              help="text: one poem a line; jsonl: one JSON object a poem "
+                   "(prompt, text, options, seed, closed, tokens, seconds).")
+@click.option("--eager", is_flag=True,
+              help="Use transformers' eager model.generate instead of the compiled sampler (slow; for benchmarks).")
+def generate_cmd(openings, run_dir, out, fmt, eager, **values):
+    """Write poems that start with each OPENING.
+
+    \b
+    OPENING is one of:
+      春眠不觉晓                  the first characters of the body (header from --title/--genre)
+      "春晓 唐诗：【春眠不觉晓"     a full prefix in corpus style (recognised by ：【)
+      (none)                      --title only: the model writes the body; nothing: it writes everything
+
+    Poems go to stdout one per line in corpus style; one that ran out of characters before
+    its closing 】 starts with [unclosed].
+    """
+    _precheck(values)
+    gen = _load(run_dir)
+    t0 = time.perf_counter()
+    samples = (gen.generate_eager if eager else gen.generate)(list(openings), **values)
+    seconds = time.perf_counter() - t0
+    options = _options_record({**values, "genre": values["genre"] or gen.genre})
+    records = [{**s.to_dict(), "options": options, "eager": eager} for s in samples]
+    if out:
+        with open(out, "w", encoding="utf-8") as f:
+            for s, r in zip(samples, records):
+                f.write((json.dumps(r, ensure_ascii=False) if fmt == "jsonl" else format_line(s)) + "\n")
+    for s, r in zip(samples, records):
+        click.echo(json.dumps(r, ensure_ascii=False) if fmt == "jsonl" and not out else format_line(s))
+    unclosed = sum(not s.closed for s in samples)
+    seeds = f"seed {samples[0].seed}" + (f"–{samples[-1].seed}" if len(samples) > 1 else "")
+    click.echo(f"{len(samples)} poem(s) in {seconds:.2f} s ({seeds})"
+               + (f", {unclosed} unclosed" if unclosed else "") + (f"; written to {out}" if out else ""), err=True)
+
+
+CHAT_HELP = """Type an opening line (e.g. 春眠不觉晓) or a full prefix (春晓 唐诗：【春眠) to get a poem.
+Commands:
+  :title T     a poem with title T (the model writes the body)
+  :new         a poem from nothing (the model writes the title too)
+  :k N         top-k (1 = greedy)          :p X      top-p in (0, 1]
+  :t X         temperature > 0             :r X      repetition penalty > 0
+  :n N         poems per request           :seed S   fixed seed (:seed off = random)
+  :form F      五绝/七绝/五律/七律 (:form off)   :acrostic 字字字字 (:acrostic off)
+  :rhyme on|off   rhyme clauses (with :form)   :genre G   genre word of prompts
+  :show        current settings            :help     this text
+  :quit        leave (Ctrl-D / Ctrl-C too)"""
+
+# chat command -> (generate keyword, parser)
+_SETTINGS = {
+    ":k": ("top_k", int), ":p": ("top_p", float), ":t": ("temperature", float), ":r": ("repetition_penalty", float),
+    ":n": ("num_samples", int), ":seed": ("seed", int), ":form": ("form", str), ":acrostic": ("acrostic", str),
+    ":genre": ("genre", str), ":rhyme": ("rhyme", lambda v: v.lower() in ("on", "1", "yes", "true")),
+}
+_OFF = {"off", "none", "-"}
+_NULLABLE = {"seed", "form", "acrostic", "genre"}  # settings that ":x off" resets to their default
+
+
+@click.command("chat")
+@_sampling_options
+def chat_cmd(run_dir, **values):
+    """Write poems interactively: type an opening line, get a poem; :help lists the commands."""
+    from ..errors import OptionError, PoetryGPTError
+    from ..generate import check_options
+
+    _precheck(values)
+    gen = _load(run_dir)
+    settings = dict(values)  # --title, if given, titles every poem unless :title says otherwise
+    click.echo(f"Model {gen.export.path} (context {gen.n_ctx}, genre {gen.genre or '?'}). "
+               "Type an opening line, :title T, or :help; :quit or Ctrl-D to leave.")
+    while True:
+        try:
+            line = click.prompt("", prompt_suffix="> ", default="", show_default=False).strip()
+        except (click.Abort, EOFError, KeyboardInterrupt):
+            click.echo("")
+            break
+        if not line:
+            continue
+        command, _, arg = line.partition(" ")
+        arg = arg.strip()
+        request = None
+        if not line.startswith(":"):
+            request = {"openings": [line]}
+        elif command in (":quit", ":q", ":exit"):
+            break
+        elif command == ":help":
+            click.echo(CHAT_HELP)
+        elif command == ":show":
+            click.echo(", ".join(f"{k}={v}" for k, v in settings.items()))
+        elif command == ":title":
+            request = {"openings": [], "title": arg} if arg else None
+            if not arg:
+                click.echo("Error: :title needs a title, e.g. :title 春晓")
+        elif command == ":new":
+            request = {"openings": []}
+        elif command in _SETTINGS:
+            key, parse = _SETTINGS[command]
+            try:
+                value = None if key in _NULLABLE and arg.lower() in _OFF else parse(arg)
+                check_options(**{**settings, key: value})
+                if key == "form" and value is not None:
+                    from ..forms import get_form
+
+                    get_form(value)
+                settings[key] = value
+                click.echo(f"{key} = {value}")
+            except ValueError:
+                click.echo(f"Error: {command} needs a value, e.g. {command} 3; got {arg!r}")
+            except OptionError as exc:
+                click.echo(f"Error: {exc}")
+        else:
+            click.echo(f"Unknown command {command}; :help lists them.")
+        if request is None:
+            continue
+        try:
+            for s in gen.generate(**{**settings, **request}):
+                click.echo(format_line(s))
+        except PoetryGPTError as exc:
+            click.echo(f"Error: {exc}")
+        except KeyboardInterrupt:
+            click.echo("(interrupted)")
+    click.echo("Bye.")

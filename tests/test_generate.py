@@ -1,0 +1,366 @@
+"""Generation: the compiled sampler, PoemGenerator, and the generate/chat commands.
+
+A tiny random GPT-2 (2 layers, width 32) is exported once per module; where the exact
+output matters the sampler runs on a fake network with fixed logits (keras-hub style).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import poetry_gpt  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from poetry_gpt.errors import OptionError, RunDirError
+from poetry_gpt.vocab import CharVocab
+
+POEMS = [
+    "春晓 唐诗：【春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。】",
+    "静夜思 唐诗：【床前明月光，疑是地上霜。举头望明月，低头思故乡。】",
+    "登鹳雀楼 唐诗：【白日依山尽，黄河入海流。欲穷千里目，更上一层楼。】",
+    "相思 唐诗：【红豆生南国，春来发几枝。愿君多采撷，此物最相思。】",
+]
+
+
+def _tiny_model(vocab, n_ctx=64, seed=0):
+    import tensorflow as tf
+    from transformers import GPT2Config, TFGPT2LMHeadModel
+
+    tf.keras.utils.set_random_seed(seed)
+    model = TFGPT2LMHeadModel(GPT2Config(vocab_size=vocab.size, n_positions=n_ctx, n_embd=32, n_layer=2, n_head=2,
+                                         bos_token_id=2, eos_token_id=2, pad_token_id=0))
+    model(tf.zeros([1, 2], tf.int32))
+    return model
+
+
+def _export(model, vocab, folder, genre="唐诗"):
+    folder.mkdir(parents=True)
+    model.save_pretrained(str(folder))
+    vocab.save(folder)
+    (folder / "poetry_gpt.json").write_text(json.dumps(
+        {"genre": genre, "n_ctx": model.config.n_positions, "vocab_hash": vocab.hash}, ensure_ascii=False))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    return CharVocab.from_counts(CharVocab.count_chars(POEMS))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, vocab):
+    """A RUN_DIR holding export/ of a tiny random model."""
+    run = tmp_path_factory.mktemp("run")
+    _export(_tiny_model(vocab), vocab, run / "export")
+    return run
+
+
+@pytest.fixture(scope="module")
+def gen(run_dir):
+    from poetry_gpt.generate import PoemGenerator
+
+    return PoemGenerator(run_dir)
+
+
+# ----------------------------------------------------------------------------- the network
+def test_cached_forward_matches_transformers(gen):
+    import tensorflow as tf
+
+    model, net = gen.model, gen.sampler.net
+    ids = np.random.default_rng(0).integers(3, gen.vocab.size, size=(2, 20)).astype(np.int32)
+    ref = model(tf.constant(ids)).logits.numpy()
+    w = net.weights()
+    logits, cache = net.prefill(w, tf.constant(ids[:, :16]), tf.constant([16, 11]))
+    np.testing.assert_allclose(logits.numpy(), ref[[0, 1], [15, 10]], atol=1e-4)
+    # row 1 continues from its own length (11) while row 0 continues at 16
+    logits, cache = net.step(w, tf.constant([ids[0, 16], ids[1, 11]]), tf.constant([16, 11]), cache)
+    np.testing.assert_allclose(logits.numpy(), ref[[0, 1], [16, 11]], atol=1e-4)
+
+
+def test_greedy_equals_argmax_loop_without_cache(gen):
+    """top_k=1 through the compiled loop = argmax of the full forward, one character at a time."""
+    import tensorflow as tf
+
+    prompt = "春晓 唐诗：【春眠"
+    ids = [2] + gen.vocab.encode(prompt)
+    expected = []
+    for _ in range(12):
+        logits = gen.model(tf.constant([ids + expected])).logits.numpy()[0, -1]
+        logits[:3] = -np.inf  # [PAD] [UNK] [SEP] are never sampled
+        expected.append(int(np.argmax(logits)))
+        if expected[-1] == gen.close_id:
+            break
+    [sample] = gen.generate(prompt, top_k=1, max_new_tokens=12, seed=0)
+    assert sample.text == prompt + gen.vocab.decode(expected)
+
+
+# ----------------------------------------------------------------------------- the loop, exactly
+class FakeNet:
+    """Logits fixed by position: position p prefers token ``script[p]``; nothing else matters.
+
+    Args:
+        script: position -> preferred token (logit 10, the others 0).
+        row: logits added at every position (shape [vocab_size]).
+    """
+
+    def __init__(self, script, row=None, vocab_size=12, n_ctx=32):
+        import tensorflow as tf
+
+        self.n_ctx, self.vocab_size = n_ctx, vocab_size
+        table = np.zeros([n_ctx, vocab_size], np.float32) + (0 if row is None else np.asarray(row, np.float32))
+        for p, tok in script.items():
+            table[p, tok] = 10.0
+        self.table = tf.constant(table)
+
+    def weights(self):
+        return {}
+
+    def prefill(self, w, ids, lengths):
+        import tensorflow as tf
+
+        return tf.gather(self.table, lengths), ()  # logits for position `length`
+
+    def step(self, w, tokens, positions, cache):
+        import tensorflow as tf
+
+        return tf.gather(self.table, positions + 1), cache
+
+
+def test_loop_stops_at_stop_token_and_exits_early():
+    from poetry_gpt.sampler import Sampler
+
+    close = 11
+    sampler = Sampler(FakeNet({3: 5, 4: 6, 5: 7, 6: close, 7: 8}), stop_id=close, banned_ids=[0, 1, 2])
+    result = sampler.run([[2, 4, 4], [2, 4, 4, 5, 6]], seeds=[0, 1], max_new_tokens=20, top_k=1)
+    assert result.steps == 4  # left the loop when both rows were done, not after 20 steps
+    assert result.tokens[0].tolist() == [5, 6, 7, close]
+    assert result.tokens[1].tolist() == [7, close, 0, 0]  # started two positions later; [PAD] after 】
+
+
+def test_loop_unclosed_runs_the_budget_and_never_samples_specials():
+    from poetry_gpt.sampler import Sampler
+
+    sampler = Sampler(FakeNet({p: 2 for p in range(32)}), stop_id=11, banned_ids=[0, 1, 2])  # prefers [SEP]
+    result = sampler.run([[2, 3]], seeds=[0], max_new_tokens=6, top_k=5)
+    assert result.steps == 6 and result.tokens.shape == (1, 6)
+    assert (result.tokens >= 3).all()
+
+
+def test_repetition_penalty_skips_unpenalised_ids():
+    from poetry_gpt.sampler import Sampler
+
+    row = np.zeros(12)
+    row[5], row[6] = 10.0, 5.0
+    plain = Sampler(FakeNet({}, row), stop_id=11, banned_ids=[0, 1, 2])
+    exempt = Sampler(FakeNet({}, row), stop_id=11, banned_ids=[0, 1, 2], unpenalised_ids=[5])
+    args = dict(seeds=[0], max_new_tokens=4, top_k=1, repetition_penalty=4.0)
+    assert plain.run([[2, 3]], **args).tokens[0].tolist() == [5, 6, 5, 5]  # 10/4 < 5, then 10/4 > 5/4
+    assert plain.run([[2, 5]], **args).tokens[0].tolist() == [6, 5, 5, 5]  # the prompt counts too
+    assert exempt.run([[2, 3]], **args).tokens[0].tolist() == [5, 5, 5, 5]
+
+
+def test_top_p_and_temperature_limit_the_candidates():
+    from poetry_gpt.sampler import Sampler
+
+    row = np.zeros(12)
+    row[3:6] = [3.0, 2.0, 1.0]  # probabilities about 0.67, 0.24, 0.09 among the top 3
+    sampler = Sampler(FakeNet({}, row), stop_id=11, banned_ids=[0, 1, 2])
+    seeds = list(range(40))
+    nucleus = sampler.run([[2, 3]] * 40, seeds, max_new_tokens=3, top_k=3, top_p=0.8).tokens
+    assert set(nucleus.ravel()) == {3, 4}  # 0.67 < 0.8: the second one is kept, the third never
+    cold = sampler.run([[2, 3]] * 40, seeds, max_new_tokens=3, top_k=3, temperature=0.05).tokens
+    assert set(cold.ravel()) == {3}
+    hot = sampler.run([[2, 3]] * 40, seeds, max_new_tokens=3, top_k=3).tokens
+    assert set(hot.ravel()) == {3, 4, 5}
+
+
+def test_sampled_rows_depend_on_own_seed_only(gen):
+    alone = gen.generate("春眠", seed=11)[0].text
+    batch = gen.generate("春眠", seed=10, num_samples=3, batch_size=3)
+    assert batch[1].seed == 11 and batch[1].text == alone
+
+
+# ----------------------------------------------------------------------------- PoemGenerator
+def test_same_seed_same_poems_other_seed_different(gen):
+    a = [s.text for s in gen.generate("春眠", num_samples=3, seed=1)]
+    b = [s.text for s in gen.generate("春眠", num_samples=3, seed=1)]
+    c = [s.text for s in gen.generate("春眠", num_samples=3, seed=2)]
+    assert a == b
+    assert a != c
+    assert len(set(a)) == 3  # batch members differ from each other
+
+
+def test_prompt_kinds(gen):
+    assert gen.build_prompts("春眠不觉晓", title="春晓") == ["春晓 唐诗：【春眠不觉晓"]
+    assert gen.build_prompts(["春晓 唐诗：【春眠"]) == ["春晓 唐诗：【春眠"]
+    assert gen.build_prompts("春晓 唐诗:【春眠") == ["春晓 唐诗：【春眠"]
+    assert gen.build_prompts(None, title="春晓") == ["春晓 唐诗：【"]
+    assert gen.build_prompts([]) == [""]
+
+
+def test_sample_fields_and_unclosed(gen):
+    samples = gen.generate(["春眠", "床前"], title="春晓", num_samples=2, max_new_tokens=3, seed=5, batch_size=3)
+    assert [s.seed for s in samples] == [5, 6, 7, 8]
+    assert [s.prompt for s in samples] == ["春晓 唐诗：【春眠"] * 2 + ["春晓 唐诗：【床前"] * 2
+    for s in samples:
+        assert s.text.startswith(s.prompt) and s.tokens == len(s.text) - len(s.prompt) <= 3
+        assert s.closed == s.text.endswith("】") and s.body == s.text.split("【")[1].rstrip("】")
+    assert any(not s.closed for s in samples)
+
+
+def test_cut_at_close(tmp_path, vocab):
+    """A model rigged to say 】 at once: the poem is the opening, closed, one token."""
+    from poetry_gpt.generate import PoemGenerator
+
+    model = _tiny_model(vocab)
+    tr = model.transformer
+    u = np.random.default_rng(1).normal(size=32).astype(np.float32)
+    tr.ln_f.gamma.assign(np.zeros(32, np.float32))
+    tr.ln_f.beta.assign(u)  # every final hidden state is u
+    wte = tr.wte.embeddings.numpy()
+    wte[vocab.id_of("】")] = 20 * u / (u @ u)
+    tr.wte.embeddings.assign(wte)
+    g = PoemGenerator(_export(model, vocab, tmp_path / "export"))
+    [s] = g.generate("春眠", seed=0)
+    assert (s.text, s.body, s.closed, s.tokens) == ("唐诗：【春眠】", "春眠", True, 1)
+
+
+def test_no_recompile_for_new_openings_or_sampling_options(gen):
+    gen.generate("春眠不觉晓", seed=1)  # compile for batch 1 and the first bucket (≤ 16 tokens)
+    traces = dict(gen.sampler.traces)
+    gen.generate("红豆生南国", title="相思", seed=2, top_k=7, top_p=0.9, temperature=0.7,
+                 repetition_penalty=1.3, max_new_tokens=20)
+    gen.generate("白日", seed=3, top_k=1)
+    assert gen.sampler.traces == traces
+    gen.generate("床前明月光，疑是地上霜", title="静夜思", seed=4)  # 20 tokens: next bucket, decode loop reused
+    assert gen.sampler.traces == {"prefill": traces["prefill"] + 1, "decode": traces["decode"]}
+
+
+def test_form_constraint(gen):
+    from poetry_gpt.forms import check
+
+    samples = gen.generate("春眠", form="五绝", num_samples=3, seed=3)
+    for s in samples:
+        assert s.closed and check(s.body).form == "五绝", s.text
+    samples = gen.generate(None, title="相思", form="五绝", acrostic="春花", num_samples=3, seed=4)
+    for s in samples:
+        clauses = s.body.replace("。", "，").split("，")
+        assert check(s.body).form == "五绝" and clauses[0][0] == "春" and clauses[1][0] == "花", s.text
+
+
+@pytest.mark.parametrize("kwargs, option", [
+    ({"top_k": 0}, "--top-k"),
+    ({"top_p": 1.5}, "--top-p"),
+    ({"top_p": 0.0}, "--top-p"),
+    ({"temperature": 0}, "--temperature"),
+    ({"repetition_penalty": 0}, "--repetition-penalty"),
+    ({"num_samples": 0}, "--num-samples"),
+    ({"batch_size": -1}, "--batch-size"),
+    ({"max_new_tokens": 0}, "--max-new-tokens"),
+    ({"max_new_tokens": 500}, "--max-new-tokens"),
+    ({"form": "六绝"}, "--form"),
+    ({"acrostic": "春"}, "--acrostic"),
+    ({"title": "X光"}, "--title"),
+    ({"openings": "春眠Z"}, "opening"),
+    ({"openings": "春" * 80}, "opening"),
+    ({"openings": "春晓 唐诗：【春眠", "title": "春晓"}, "full prefix"),
+])
+def test_validation_errors(gen, kwargs, option):
+    kwargs = {"openings": "春眠", **kwargs}
+    with pytest.raises(OptionError, match=option) as err:
+        gen.generate(kwargs.pop("openings"), **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_load_export_errors(tmp_path, run_dir):
+    from poetry_gpt.generate import load_export
+
+    assert load_export(run_dir).path == run_dir / "export"
+    assert load_export(run_dir / "export").genre == "唐诗"
+    with pytest.raises(RunDirError, match="no such folder"):
+        load_export(tmp_path / "missing")
+    with pytest.raises(RunDirError, match="no model export"):
+        load_export(tmp_path)
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text('{"model_type": "bert"}')
+    (bert / "vocab.txt").write_text("[PAD]\n[UNK]\n[SEP]\n")
+    with pytest.raises(RunDirError, match="not a GPT-2 export"):
+        load_export(bert)
+
+
+# ----------------------------------------------------------------------------- CLI
+def _invoke(args, input=None):
+    from click.testing import CliRunner
+
+    from poetry_gpt.cli import main
+
+    return CliRunner().invoke(main, args, input=input)
+
+
+@pytest.fixture
+def cli_gen(gen, run_dir, monkeypatch):
+    """The commands reuse the module's generator (and its compiled programs) for ``--run run_dir``."""
+    from poetry_gpt.commands import generate as cmd
+
+    real = cmd._load
+    monkeypatch.setattr(cmd, "_load", lambda path: gen if path == str(run_dir) else real(path))
+    return gen
+
+
+def test_cli_generate_text_and_jsonl(cli_gen, run_dir, tmp_path):
+    result = _invoke(["generate", "--run", str(run_dir), "春眠", "--title", "春晓", "-n", "3", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    lines = [l for l in result.stdout.splitlines() if l]
+    assert len(lines) == 3 and all("春晓 唐诗：【春眠" in l for l in lines)
+    out = tmp_path / "poems.jsonl"
+    result = _invoke(["generate", "--run", str(run_dir), "床前", "-n", "3", "--seed", "1", "--max-new-tokens", "4",
+                      "--out", str(out), "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(l) for l in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["seed"] for r in records] == [1, 2, 3]
+    assert records[0]["options"]["max_new_tokens"] == 4 and records[0]["options"]["genre"] == "唐诗"
+    assert {"prompt", "text", "body", "closed", "tokens", "seconds"} <= set(records[0])
+    unclosed = [r for r in records if not r["closed"]]
+    assert all(f"[unclosed] {r['text']}" in result.stdout for r in unclosed)
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--top-k", "0"], "--top-k"), (["--top-p", "1.5"], "--top-p"), (["--temperature", "0"], "--temperature"),
+    (["-n", "-2"], "--num-samples"), (["--form", "六绝"], "--form"), (["--max-new-tokens", "-1"], "--max-new-tokens"),
+])
+def test_cli_errors_are_one_line(cli_gen, run_dir, args, option):
+    result = _invoke(["generate", "--run", str(run_dir), "春眠", *args])
+    assert result.exit_code == 1
+    assert result.output.strip().startswith(f"Error: {option}") and "\n" not in result.output.strip()
+
+
+def test_cli_missing_run(tmp_path):
+    result = _invoke(["generate", "--run", str(tmp_path / "nope"), "春眠"])
+    assert result.exit_code == 1 and "no such folder" in result.output
+
+
+def test_cli_eager_reference_path(cli_gen, run_dir):
+    result = _invoke(["generate", "--run", str(run_dir), "春眠", "--eager", "--seed", "1", "--max-new-tokens", "5"])
+    assert result.exit_code == 0, result.output
+    assert "唐诗：【春眠" in result.stdout
+
+
+def test_chat(cli_gen, run_dir):
+    script = "\n".join(["春眠", ":k 1", ":n 3", ":title 春晓", ":k 0", ":form 六绝", ":form 五绝", "床前",
+                        ":form off", ":seed 4", ":bogus", ":help", ":quit", "never read"]) + "\n"
+    result = _invoke(["chat", "--run", str(run_dir), "--seed", "1"], input=script)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    poems = [line.removeprefix("[unclosed] ") for line in out.splitlines()]
+    assert any(p.startswith("唐诗：【春眠") for p in poems)
+    assert sum(p.startswith("春晓 唐诗：【") for p in poems) == 3  # :n 3 took effect
+    assert sum(p.startswith("唐诗：【床前") and p.endswith("】") for p in poems) == 3  # with :form 五绝
+    assert "Error: --top-k" in out and "Error: --form" in out and "Unknown command :bogus" in out
+    assert ":title T" in out and out.rstrip().endswith("Bye.")
+    assert "never read" not in out
+
+
+def test_chat_ends_on_eof(cli_gen, run_dir):
+    result = _invoke(["chat", "--run", str(run_dir)], input="春眠\n")
+    assert result.exit_code == 0 and result.output.rstrip().endswith("Bye.")
