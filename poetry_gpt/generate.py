@@ -95,7 +95,8 @@ def load_export(path: str | os.PathLike, checkpoint: str | None = None) -> Expor
 
     Args:
         path: a RUN_DIR or an export folder (``save_pretrained`` files + vocabulary + ``poetry_gpt.json``).
-        checkpoint: reserved for loading a chosen checkpoint of ``RUN_DIR/checkpoints`` (not yet supported).
+        checkpoint: load the weights of this checkpoint of ``RUN_DIR/checkpoints`` instead of the export:
+            ``latest``, a step number (``1200``) or a name (``ckpt-1200``); see ``load_checkpoint``.
 
     Raises:
         RunDirError: the folder is missing, holds no export, is not a GPT-2 export, or its vocabulary
@@ -104,8 +105,7 @@ def load_export(path: str | os.PathLike, checkpoint: str | None = None) -> Expor
     from .model import load_export as _load, resolve_export
 
     if checkpoint is not None:
-        raise RunDirError(f"--checkpoint {checkpoint}: choosing a checkpoint is not supported yet; "
-                          f"drop it to use {Path(path) / 'export'}")
+        return load_checkpoint(path, checkpoint)
     export = resolve_export(path)
     try:
         model_type = json.loads((export / "config.json").read_text(encoding="utf-8")).get("model_type")
@@ -156,6 +156,55 @@ def check_options(top_k: int = 10, top_p: float = 1.0, temperature: float = 1.0,
     for ok, option, message in checks:
         if not ok:
             raise OptionError(f"{option}: {message}")
+
+
+def load_checkpoint(path: str | os.PathLike, checkpoint: str) -> Export:
+    """Load the model weights of one training checkpoint of a RUN_DIR (not its export).
+
+    The model is built from the run's recorded configuration and vocabulary, then only the
+    model part of the checkpoint is restored (the optimizer state is skipped).
+
+    Args:
+        path: a RUN_DIR written by ``poetry-gpt train``.
+        checkpoint: ``latest``, a step number, or a checkpoint name such as ``ckpt-1200``.
+
+    Raises:
+        RunDirError: no run, no such checkpoint (the available ones are listed), or an unreadable one.
+    """
+    import tensorflow as tf
+
+    from .config import RunConfig
+    from .model import build_model
+    from .rundir import RunDir
+
+    run = RunDir(Path(path))
+    if not run.exists():
+        raise RunDirError(f"--checkpoint needs a RUN_DIR: {run.path} holds no run.json")
+    steps = sorted(int(p.name[5:-6]) for p in run.checkpoints.glob("ckpt-*.index") if p.name[5:-6].isdigit())
+    if not steps:
+        raise RunDirError(f"--checkpoint {checkpoint}: {run.checkpoints} holds no checkpoint yet")
+    name = str(checkpoint).strip()
+    if name == "latest":
+        step = steps[-1]
+    else:
+        digits = name[5:] if name.startswith("ckpt-") else name
+        if not digits.isdigit() or int(digits) not in steps:
+            raise RunDirError(f"--checkpoint {checkpoint}: no such checkpoint in {run.checkpoints}; "
+                              f"available: latest, {', '.join(str(s) for s in steps)}")
+        step = int(digits)
+    recorded = run.read_run()
+    config = RunConfig.from_dict(recorded["config"])
+    vocab = CharVocab.load(run.path)
+    model = build_model(config.model, vocab)
+    try:
+        tf.train.Checkpoint(model=model).restore(str(run.checkpoints / f"ckpt-{step}")).expect_partial() \
+            .assert_existing_objects_matched()
+    except Exception as exc:  # a damaged checkpoint raises several TensorFlow error types
+        raise RunDirError(f"--checkpoint ckpt-{step}: unreadable ({type(exc).__name__}); choose another "
+                          f"checkpoint ({', '.join(str(s) for s in steps)})") from None
+    meta = {"genre": recorded.get("data", {}).get("genre"), "genres": recorded.get("data", {}).get("genres", {}),
+            "n_ctx": config.model.n_ctx, "vocab_hash": vocab.hash, "global_step": step}
+    return Export(run.checkpoints / f"ckpt-{step}", model, vocab, meta)
 
 
 class PoemGenerator:

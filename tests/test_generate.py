@@ -364,3 +364,36 @@ def test_chat(cli_gen, run_dir):
 def test_chat_ends_on_eof(cli_gen, run_dir):
     result = _invoke(["chat", "--run", str(run_dir)], input="春眠\n")
     assert result.exit_code == 0 and result.output.rstrip().endswith("Bye.")
+
+
+def test_generate_from_a_chosen_checkpoint(tmp_path):
+    """--checkpoint loads the weights of that checkpoint (not the export); unknown ones list the available."""
+    import random
+
+    from click.testing import CliRunner
+
+    from poetry_gpt.cli import main
+    from poetry_gpt.config import DataConfig, config_from_preset
+    from poetry_gpt.generate import load_export
+    from poetry_gpt.prepare import prepare
+    from poetry_gpt.train import train
+
+    rng = random.Random(0)
+    chars = "春夏秋冬风花雪月山水云烟江湖日夜"
+    raw = tmp_path / "raw.txt"
+    raw.write_text("".join(f"题{i} 唐诗：【{''.join(rng.choice(chars) for _ in range(5))}，"
+                           f"{''.join(rng.choice(chars) for _ in range(5))}。】\n" for i in range(120)), encoding="utf-8")
+    prepare([raw], tmp_path / "d", DataConfig(valid_fraction=0.1), n_ctx=64)
+    cfg = config_from_preset("tiny").replace(train=dict(epochs=2, steps_per_epoch=3, samples_per_epoch=0,
+                                                        precision="fp32", keep_checkpoints=5))
+    train(tmp_path / "d", tmp_path / "r", cfg, echo=lambda s: None, verbose=0)
+    first = load_export(tmp_path / "r", checkpoint="3")
+    latest = load_export(tmp_path / "r", checkpoint="latest")
+    export = load_export(tmp_path / "r")
+    assert first.meta["global_step"] == 3 and latest.meta["global_step"] == 6
+    w = lambda e: e.model.transformer.wte.embeddings.numpy()  # noqa: E731
+    assert np.allclose(w(latest), w(export)) and not np.allclose(w(first), w(export))
+    result = CliRunner().invoke(main, ["generate", "--run", str(tmp_path / "r"), "--checkpoint", "ckpt-4", "春"])
+    assert result.exit_code == 1 and "available: latest, 3, 6" in result.output
+    result = CliRunner().invoke(main, ["generate", "--run", str(tmp_path / "r"), "--checkpoint", "3", "--seed", "1", "春"])
+    assert result.exit_code == 0, result.output

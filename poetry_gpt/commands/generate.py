@@ -19,6 +19,8 @@ def _sampling_options(f):
     opts = [
         click.option("--run", "run_dir", required=True, type=click.Path(path_type=str),
                      help="RUN_DIR written by `poetry-gpt train` (uses its export/), or an export folder."),
+        click.option("--checkpoint", default=None,
+                     help="Use this training checkpoint of RUN_DIR instead of export/: latest, a step, or ckpt-N."),
         click.option("--title", default=None, help="Title of the poem (for openings that are not a full prefix)."),
         click.option("--genre", default=None,
                      help="Genre word of the prompt, e.g. 唐诗  [default: the model's most common genre]"),
@@ -57,14 +59,14 @@ def _precheck(values: dict) -> None:
         get_form(values["form"])
 
 
-def _load(run_dir):
-    """The generator for ``--run``, without transformers' load-time chatter on stderr."""
+def _load(run_dir, checkpoint=None):
+    """The generator for ``--run`` (and ``--checkpoint``), without transformers' load-time chatter on stderr."""
     from transformers.utils import logging as hf_logging
 
     from ..generate import PoemGenerator
 
     hf_logging.set_verbosity_error()
-    return PoemGenerator(run_dir)
+    return PoemGenerator(run_dir, checkpoint=checkpoint)
 
 
 def format_line(sample) -> str:
@@ -88,7 +90,7 @@ def _options_record(values: dict) -> dict:
                    "(prompt, text, options, seed, closed, tokens, seconds).")
 @click.option("--eager", is_flag=True,
               help="Use transformers' eager model.generate instead of the compiled sampler (slow; for benchmarks).")
-def generate_cmd(openings, run_dir, out, fmt, eager, **values):
+def generate_cmd(openings, run_dir, checkpoint, out, fmt, eager, **values):
     """Write poems that start with each OPENING.
 
     \b
@@ -101,7 +103,7 @@ def generate_cmd(openings, run_dir, out, fmt, eager, **values):
     its closing 】 starts with [unclosed].
     """
     _precheck(values)
-    gen = _load(run_dir)
+    gen = _load(run_dir, checkpoint)
     t0 = time.perf_counter()
     samples = (gen.generate_eager if eager else gen.generate)(list(openings), **values)
     seconds = time.perf_counter() - t0
@@ -143,13 +145,13 @@ _NULLABLE = {"seed", "form", "acrostic", "genre"}  # settings that ":x off" rese
 
 @click.command("chat")
 @_sampling_options
-def chat_cmd(run_dir, **values):
+def chat_cmd(run_dir, checkpoint, **values):
     """Write poems interactively: type an opening line, get a poem; :help lists the commands."""
     from ..errors import OptionError, PoetryGPTError
     from ..generate import check_options
 
     _precheck(values)
-    gen = _load(run_dir)
+    gen = _load(run_dir, checkpoint)
     settings = dict(values)  # --title, if given, titles every poem unless :title says otherwise
     click.echo(f"Model {gen.export.path} (context {gen.n_ctx}, genre {gen.genre or '?'}). "
                "Type an opening line, :title T, or :help; :quit or Ctrl-D to leave.")
