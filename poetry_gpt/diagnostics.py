@@ -152,7 +152,11 @@ def format_report(report: dict) -> str:
     out.append(f"Longer than the context ({lc['n_ctx']}): {lc['poems']} poem(s), {lc['handling']}.")
     rf = report["regular_form"]
     by = ", ".join(f"{k} {v}" for k, v in rf["by_form"].items()) or "none"
-    out.append(f"Regular 绝句/律诗 form: {rf['poems']} ({rf['share']:.1%}): {by}.")
+    rhyme = f"; rhyme rate of the regular ones {rf['rhyme_rate']:.1%} (modern finals)" if rf.get("rhyme_rate") is not None else ""
+    out.append(f"Regular 绝句/律诗 form: {rf['poems']} ({rf['share']:.1%}): {by}{rhyme}.")
+    if "distinct" in report:
+        out.append(f"Distinct-1 / distinct-2 of the bodies: {report['distinct']['distinct_1']:.4f} / "
+                   f"{report['distinct']['distinct_2']:.4f}.")
     genres = ", ".join(f"{k} {v}" for k, v in list(report["genres"].items())[:5])
     out.append(f"Genres: {genres}.")
     if "not_in_vocab" in report:

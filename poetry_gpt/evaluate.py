@@ -30,8 +30,8 @@ from typing import Callable
 from . import __version__, poem_metrics
 from .corpus import parse_line, prompt_prefix
 from .errors import DataDirError, OptionError, RunDirError
-from .records import IGNORE_INDEX, Manifest, eval_dataset, load_manifest, read_poem_ids
-from .rundir import RUN_FILE, RunDir
+from .records import IGNORE_INDEX, Manifest, eval_dataset, read_poem_ids
+from .rundir import RUN_FILE, RunDir, data_manifest
 from .vocab import CharVocab
 
 DEFAULT_SAMPLES = 100
@@ -92,15 +92,7 @@ def resolve_data(run: RunDir, info: dict, data_dir: str | os.PathLike | None) ->
         DataDirError: the DATA_DIR is missing or incomplete.
         RunDirError: its vocabulary is not the run's.
     """
-    if data_dir is None:
-        recorded = info["data"].get("path")
-        try:
-            manifest = load_manifest(recorded)
-        except DataDirError as exc:
-            raise DataDirError(f"{exc} (the DATA_DIR recorded in {run.run_file}; pass --data to use another "
-                               "copy of the same data)") from None
-    else:
-        manifest = load_manifest(data_dir)
+    manifest = data_manifest(run, data_dir)
     run_hash = info["vocab"].get("hash")
     if manifest.vocab_hash != run_hash:
         raise RunDirError(f"--data {manifest.path}: its vocabulary ({manifest.vocab_size} tokens) is not the run's "

@@ -261,3 +261,25 @@ def resolve_config(path: str | os.PathLike, preset: str | None, model_overrides:
     else:
         base = config_from_preset(preset or "small")
     return base.replace(model=model_overrides, train=train_overrides)
+
+
+def data_manifest(run: RunDir, data_dir: str | os.PathLike | None = None):
+    """The DATA_DIR manifest to use with a run: ``data_dir`` if given, else the one recorded in ``run.json``.
+
+    Args:
+        run: the RUN_DIR.
+        data_dir: an explicit DATA_DIR (``--data``), or None.
+
+    Raises:
+        DataDirError: the DATA_DIR is missing or incomplete (naming run.json when it was the recorded one).
+    """
+    from .errors import DataDirError
+    from .records import load_manifest
+
+    if data_dir is not None:
+        return load_manifest(data_dir)
+    try:
+        return load_manifest(run.read_run()["data"]["path"])
+    except DataDirError as exc:
+        raise DataDirError(f"{exc} (the DATA_DIR recorded in {run.run_file}; pass --data to use another "
+                           "copy of the same data)") from None

@@ -22,11 +22,11 @@ from typing import Callable
 
 from .config import RunConfig
 from .envcheck import cpu_flags
-from .errors import DataDirError, PoetryGPTError, RunDirError
-from .records import batches_per_pass, eval_dataset, load_manifest, train_dataset
+from .errors import PoetryGPTError, RunDirError
+from .records import batches_per_pass, eval_dataset, train_dataset
 from .distribute import (check_global_batch, check_same_start, checkpoint_managers, distribute_options, is_chief,
                          make_strategy, open_as_worker)
-from .rundir import check_resume_compatible, open_for_training
+from .rundir import check_resume_compatible, data_manifest, open_for_training
 from .schedule import keras_schedule, lr_at
 from .vocab import CharVocab
 
@@ -212,14 +212,7 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
     if data_dir is None:
         if not resuming:
             raise RunDirError(f"--data: needed for a new run ({run.path} holds no run yet)")
-        data_dir = run.read_run()["data"]["path"]
-        try:
-            manifest = load_manifest(data_dir)
-        except DataDirError as exc:
-            raise DataDirError(f"{exc} (the DATA_DIR recorded in {run.run_file}; pass --data to use another "
-                               "copy of the same data)") from None
-    else:
-        manifest = load_manifest(data_dir)
+    manifest = data_manifest(run, data_dir)
     vocab = CharVocab.load(manifest.path)
     if vocab.hash != manifest.vocab_hash:
         raise RunDirError(f"{manifest.path}: vocab.txt does not match manifest.json; rerun prepare with --overwrite")

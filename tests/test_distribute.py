@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import cli, write_raw
 
 CHARS = "春花秋月山水风云天地人心江河日夜雪雨"
 CLUSTER_TIMEOUT = 180  # seconds for a whole two-worker run, start-up included
@@ -33,21 +34,8 @@ RUN_ENTRIES = {"run.json", "trainer_state.json", "checkpoints", "export", "logs"
                "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"}
 
 
-def write_raw(path: Path, n: int, seed: int = 0) -> Path:
-    """``n`` random regular 五绝 lines (no duplicates) over ``CHARS``."""
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(n):
-        title = "".join(rng.choice(CHARS) for _ in range(2))
-        body = "".join("".join(rng.choice(CHARS) for _ in range(5)) + "，。"[j % 2] for j in range(4))
-        lines.append(f"{title} 唐诗：【{body}】")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
-def cli() -> list[str]:
-    """The ``poetry-gpt`` command of the Python running the tests."""
-    return [sys.executable, "-c", "from poetry_gpt.cli import main; main()"]
 
 
 def child_env(**extra) -> dict:

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import cli, write_raw
 
 CHARS = "春花秋月山水风云天地人心江河日夜雪雨"
 STEPS = 10  # steps per epoch: an export every ~half second of training
@@ -38,19 +39,8 @@ START_TIMEOUT = 90  # seconds a process may take to reach its kill moment
 FINAL_TIMEOUT = 120
 
 
-def write_raw(path: Path, n: int, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(n):
-        title = "".join(rng.choice(CHARS) for _ in range(2))
-        body = "".join("".join(rng.choice(CHARS) for _ in range(5)) + "，。"[j % 2] for j in range(4))
-        lines.append(f"{title} 唐诗：【{body}】")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
-def cli() -> list[str]:
-    return [sys.executable, "-c", "from poetry_gpt.cli import main; main()"]
 
 
 def latest_checkpoint(run: Path) -> int | None:

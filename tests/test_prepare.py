@@ -405,3 +405,17 @@ def test_kill_9_during_prepare_never_leaves_a_half_data_dir(shared_corpus, tmp_p
     assert _assert_absent_or_complete(killed_fresh, reference, "rerun") == "complete"
     assert not list(work.glob(f".{killed_fresh.name}.*")), sorted(p.name for p in work.iterdir())
     print(states)
+
+
+def test_corpus_stats_has_rhyme_and_distinct_figures(tmp_path, tang4k):
+    from poetry_gpt import forms
+
+    result = invoke("corpus", "stats", tang4k, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    bodies = [p.body for p in read_corpus([tang4k]).poems]
+    checks = [forms.check(b) for b in bodies]
+    regular = [c for c in checks if c.regular]
+    assert report["regular_form"]["poems"] == len(regular) == 2555
+    assert report["regular_form"]["rhyme_rate"] == pytest.approx(sum(c.rhymes for c in regular) / len(regular))
+    assert 0 < report["distinct"]["distinct_2"] <= 1

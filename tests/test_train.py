@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import write_raw
 
 import poetry_gpt.train as train_mod
 from poetry_gpt.config import DataConfig, config_from_preset
@@ -37,16 +38,6 @@ STEPS = 10  # steps per epoch in most tests
 
 # --- corpora and configs ------------------------------------------------------------------------
 
-def write_raw(path: Path, n: int, seed: int = 0, chars: str = CHARS, genre: str = "唐诗") -> Path:
-    """``n`` regular 五绝 lines ``title 体裁：【body】`` over ``chars`` (random, so no duplicates)."""
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(n):
-        title = "".join(rng.choice(chars) for _ in range(2))
-        body = "".join("".join(rng.choice(chars) for _ in range(5)) + "，。"[j % 2] for j in range(4))
-        lines.append(f"{title} {genre}：【{body}】")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def make_data(folder: Path, n: int = 120, seed: int = 0, chars: str = CHARS, vocab_dir=None) -> Path:
