@@ -1,0 +1,1004 @@
+#!/usr/bin/env python
+"""poetry_gpt's benchmarks in one run: training, generation, data preparation and memory; prints one JSON document.
+
+    python scripts/bench.py                          # everything, full size (about 15-30 minutes on 2 cores)
+    python scripts/bench.py --quick                  # tiny shapes, few steps: checks that it all runs (~2-3 min)
+    python scripts/bench.py --only train,memory      # some sections (train, generate, prepare, memory)
+    python scripts/bench.py --run runs/small         # generation figures on a trained run instead of a random model
+    python scripts/bench.py --out bench.json         # also write the document to a file
+
+Sections (each measured in fresh subprocesses, back to back, so that memory and thread pools of one
+system do not affect another; a subprocess prints one JSON line that this parent collects):
+
+* ``train`` — useful (non-pad) tokens/s of the ``small`` preset shape (6 layers, width 384, 6 heads,
+  context 128, batch 16) on ``--corpus`` (tang-4k): (1) poetry_gpt's own training path —
+  ``build_lm_trainer`` + ``make_optimizer`` + ``fit`` on ``records.train_dataset`` (packed rows) at
+  the preset's default precision; (2) a seed-style baseline written here — one poem per row padded
+  to the context, loss masked with ``tf.boolean_mask``, ``tf_keras`` Adam 5e-5, fp32, ``fit`` of a
+  Keras wrapper around transformers' ``TFGPT2LMHeadModel`` (its own forward); (3) transformers'
+  PyTorch ``GPT2LMHeadModel`` on packed rows with bf16 autocast and AdamW, when torch is installed.
+  Steady state: the timed window starts after the warm-up steps (a Keras callback / a loop timer).
+  Model-FLOPs utilisation = useful tokens/s × (6·N + 12·L·T·D) / the matmul peak measured in this
+  run (2048×2048 ``tf.matmul``, fp32 and bf16). Each system runs ``--rounds`` times, alternating the
+  order; the best round is reported (a shared machine only ever slows a run down), every round is listed.
+* ``generate`` — ``poetry_gpt.generate.benchmark`` (compiled sampler vs eager ``model.generate`` vs
+  transformers' XLA ``generate``, 64 new tokens, batch 1 and 8, random model of the small shape), and
+  ``PoemGenerator`` itself on an export (random weights unless ``--run``) with and without
+  ``form='五绝'``, against its eager path.
+* ``prepare`` — ``scripts/bench_prepare.py`` (characters/s of ``prepare`` on tang-full repeated
+  1×, 4×, 16×, start-up excluded).
+* ``memory`` — peak RSS (``wait4`` of the subprocess: its ``ru_maxrss``) of a short real ``train``
+  run on 1× and 16× tang-full DATA_DIRs (it must stay flat: the reader streams), and of generation.
+
+Absolute numbers drift between machines and with the load of a shared machine (each section records
+the load average before and after); compare the ratios, which are measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).resolve()
+SHARED = ROOT.parent / "shared" / "corpus"
+DEFAULT_CORPUS = SHARED / "tang-4k.raw.txt"
+DEFAULT_FULL_CORPUS = SHARED / "tang-full.raw.txt"
+SECTIONS = ("train", "generate", "prepare", "memory")
+RESULT_TAG = "BENCH_RESULT "
+TORCH_SKIP = "torch not installed: pip install torch==2.13.0"
+
+# goals of ANCHORS.md / issue 6
+GOAL_VS_SEED = 4.0
+GOAL_VS_TORCH = 1.0
+GOAL_GEN_SPEEDUP = 40.0
+GOAL_FIRST_COMPILE_S = 10.0
+GOAL_PREPARE_CHARS_PER_S = 4_000_000
+GOAL_PREPARE_LINEAR = 0.8  # 16× throughput at least this share of 1× throughput
+GOAL_TRAIN_RSS_MB = 2000.0  # 2 GB (decimal megabytes throughout)
+GOAL_TRAIN_RSS_FLAT = 1.10  # large-corpus peak at most 10% above the small-corpus peak
+GOAL_GEN_RSS_MB = 1000.0
+
+SMALL_SHAPE = {"n_layer": 6, "n_embd": 384, "n_head": 6, "n_ctx": 128, "batch_size": 16}
+TINY_SHAPE = {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_ctx": 64, "batch_size": 8}
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ======================================================================================
+# facts about the machine and the software
+# ======================================================================================
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(f for f in line.split(":", 1)[1].split()
+                              if f.startswith("amx") or f in ("avx512f", "avx512_bf16", "avx512_vnni", "avx2"))
+    except OSError:
+        pass
+    return []
+
+
+def _mem_total_gb() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1e6, 1)
+    except OSError:
+        pass
+    return None
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine_facts() -> dict:
+    return {"cpu": _cpu_model(), "cores": os.cpu_count(),
+            "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "cpu_flags": _cpu_flags(), "memory_gb": _mem_total_gb(), "platform": platform.platform()}
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for dist in ("poetry_gpt", "tensorflow", "tf_keras", "transformers", "torch", "numpy", "tokenizers"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        out["git_commit"] = (commit + ("+local-changes" if dirty else "")) or None
+    except (OSError, subprocess.SubprocessError):
+        out["git_commit"] = None
+    return out
+
+
+def section_context(load_before: list[float], command: list[str]) -> dict:
+    """Machine facts, versions and the command line, recorded with every section."""
+    return {"machine": {**machine_facts(), "load_average_before": load_before, "load_average_after": load_average()},
+            "versions": versions(), "command": command}
+
+
+# ======================================================================================
+# running a measurement in its own process
+# ======================================================================================
+
+class ChildError(RuntimeError):
+    """A benchmark subprocess failed (its stderr tail is in the message)."""
+
+
+def run_process(cmd: list[str], work: Path, name: str, timeout: float, env_extra: dict | None = None) -> dict:
+    """Run ``cmd``; return its stdout, wall seconds and peak RSS (``ru_maxrss`` from ``wait4``)."""
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    env.setdefault("TF_USE_LEGACY_KERAS", "1")
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(env_extra or {})
+    out_path, err_path = work / f"{name}.stdout", work / f"{name}.stderr"
+    start = time.perf_counter()
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=str(ROOT))
+        deadline = start + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.1)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - start
+    stdout = out_path.read_text(encoding="utf-8", errors="replace")
+    if proc.returncode != 0:
+        tail = err_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
+        why = "timed out" if seconds >= timeout else f"exit code {proc.returncode}"
+        raise ChildError(f"{name}: {why} after {seconds:.0f} s: " + " | ".join(tail))
+    return {"stdout": stdout, "seconds": seconds, "peak_rss_mb": round(usage.ru_maxrss * 1024 / 1e6, 1)}
+
+
+def run_child(kind: str, args: dict, work: Path, timeout: float, name: str | None = None,
+              env_extra: dict | None = None) -> dict:
+    """Run one measurement (``bench.py --child KIND``) in a fresh process and return its JSON result,
+    with the process's wall time and peak RSS added."""
+    name = name or kind
+    log(f"{name} ...")
+    proc = run_process([sys.executable, str(SCRIPT), "--child", kind, "--child-args", json.dumps(args)],
+                       work, name, timeout, env_extra)
+    lines = [ln for ln in proc["stdout"].splitlines() if ln.startswith(RESULT_TAG)]
+    if not lines:
+        raise ChildError(f"{name}: printed no result line")
+    result = json.loads(lines[-1][len(RESULT_TAG):])
+    result["process_seconds"] = round(proc["seconds"], 1)
+    result["peak_rss_mb"] = proc["peak_rss_mb"]
+    log(f"{name} done in {proc['seconds']:.0f} s")
+    return result
+
+
+def run_many(jobs: list[tuple[str, dict, str]], work: Path, timeout: float, parallel: bool) -> list[dict]:
+    """``run_child`` for each ``(kind, args, name)``, one after the other or all at once."""
+    if not parallel:
+        return [run_child(kind, args, work, timeout, name=name) for kind, args, name in jobs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        futures = [pool.submit(run_child, kind, args, work, timeout, name) for kind, args, name in jobs]
+        return [f.result() for f in futures]
+
+
+def emit(result: dict) -> None:
+    """A child's one result line."""
+    print(RESULT_TAG + json.dumps(result, ensure_ascii=False), flush=True)
+
+
+def _vm_hwm_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) * 1024 / 1e6, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) * 1024 / 1e6, 1)
+    except OSError:
+        pass
+    return None
+
+
+# ======================================================================================
+# children (each runs in its own process)
+# ======================================================================================
+
+def _read_lines(raw: str) -> list[str]:
+    text = Path(raw).read_text(encoding="utf-8-sig")
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+def _encoded_poems(raw: str, data_dir: str):
+    """The corpus lines as id arrays (``[SEP]`` + characters), with the DATA_DIR's vocabulary (no TensorFlow)."""
+    import numpy as np
+
+    from poetry_gpt.vocab import CharVocab
+
+    vocab = CharVocab.load(data_dir)
+    flat, lengths = vocab.encode_lines(_read_lines(raw))
+    flat = np.asarray(flat, np.int64)
+    ends = np.cumsum(lengths)
+    poems = [np.concatenate([[vocab.sep_id], flat[e - n:e]]) for e, n in zip(ends, lengths)]
+    return vocab, poems
+
+
+def _steady(times: list[float], warmup: int) -> tuple[float, list[float]]:
+    """(seconds of the steps after ``warmup``, their individual durations) from step-end times
+    (``times[0]`` = the moment before the first step)."""
+    steps = [b - a for a, b in zip(times, times[1:])]
+    return times[-1] - times[warmup], steps[warmup:]
+
+
+def _timing_report(window: float, durations: list[float], tokens: int, useful: int, padded: int) -> dict:
+    import statistics
+
+    n = len(durations)
+    return {"measured_steps": n, "seconds": round(window, 3),
+            "tokens_per_s": round(tokens / window, 1), "useful_tokens_per_s": round(useful / window, 1),
+            "padding_fraction": round(padded / tokens, 4) if tokens else 0.0,
+            "ms_per_step": round(1000 * window / n, 1),
+            "median_ms_per_step": round(1000 * statistics.median(durations), 1)}
+
+
+def _keras_timer(first_time: list):
+    import tf_keras
+
+    class StepTimer(tf_keras.callbacks.Callback):
+        """Wall-clock time at the end of every training step (the loss is fetched, so the step is done)."""
+
+        def __init__(self):
+            super().__init__()
+            self.times = first_time
+
+        def on_train_begin(self, logs=None):
+            self.times[:] = [time.perf_counter()]
+
+        def on_train_batch_end(self, batch, logs=None):
+            float((logs or {}).get("loss", 0.0))
+            self.times.append(time.perf_counter())
+
+    return StepTimer()
+
+
+def child_peak(a: dict) -> dict:
+    """Matmul peak of TensorFlow on this CPU, fp32 and bf16 (GFLOP/s, best of a few timed runs)."""
+    import tensorflow as tf
+
+    n, reps, rounds = a["size"], a["reps"], a["rounds"]
+    out = {"size": n}
+    for name, dtype in (("fp32", tf.float32), ("bf16", tf.bfloat16)):
+        x = tf.cast(tf.random.normal([n, n]), dtype)
+        y = tf.cast(tf.random.normal([n, n]), dtype)
+        mm = tf.function(lambda p, q: tf.matmul(p, q))
+        for _ in range(3):
+            mm(x, y).numpy()
+        best = float("inf")
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for _ in range(reps):
+                z = mm(x, y)
+            z.numpy()
+            best = min(best, (time.perf_counter() - start) / reps)
+        out[f"{name}_gflops"] = round(2 * n ** 3 / best / 1e9, 1)
+    return out
+
+
+def child_setup(a: dict) -> dict:
+    """Prepare DATA_DIRs (optionally from a corpus repeated N times) and a random-weight export."""
+    import poetry_gpt  # noqa: F401
+    from poetry_gpt.config import DataConfig
+    from poetry_gpt.prepare import prepare
+
+    done = {}
+    for job in a["data"]:
+        raw = Path(job["raw"])
+        if job["copies"] > 1:
+            text = raw.read_text(encoding="utf-8-sig")
+            if not text.endswith("\n"):
+                text += "\n"
+            raw = Path(job["out"] + ".raw.txt")
+            raw.write_text(text * job["copies"], encoding="utf-8")
+        start = time.perf_counter()
+        config = DataConfig(keep_duplicates=job["keep_duplicates"], valid_fraction=job["valid_fraction"])
+        result = prepare([raw], job["out"], config)
+        if raw != Path(job["raw"]):
+            raw.unlink()
+        splits = result.manifest["splits"]
+        done[job["out"]] = {"seconds": round(time.perf_counter() - start, 2),
+                            "train_poems": splits["train"]["poems"], "train_tokens": splits["train"]["tokens"],
+                            "valid_poems": splits["valid"]["poems"], "vocab_size": result.manifest["vocab"]["size"]}
+    export = a.get("export")
+    if export:
+        from poetry_gpt.config import ModelConfig
+        from poetry_gpt.model import build_model, save_export
+        from poetry_gpt.records import load_manifest
+        from poetry_gpt.vocab import CharVocab
+
+        manifest = load_manifest(export["data_dir"])
+        vocab = CharVocab.load(manifest.path)
+        shape = export["shape"]
+        lm = build_model(ModelConfig(n_layer=shape["n_layer"], n_embd=shape["n_embd"], n_head=shape["n_head"],
+                                     n_ctx=shape["n_ctx"]), vocab, seed=0)
+        save_export(lm, vocab, export["out"], {"genre": manifest.genre, "genres": manifest.data.get("genres", {}),
+                                               "n_ctx": shape["n_ctx"], "random_init": True})
+    return {"data": done}
+
+
+def child_train_poetry(a: dict) -> dict:
+    """poetry_gpt's own training path: ``build_lm_trainer`` + ``make_optimizer`` + ``fit(train_dataset)``."""
+    import numpy as np
+
+    import poetry_gpt  # noqa: F401
+    import tf_keras
+    from poetry_gpt.config import config_from_preset
+    from poetry_gpt.distribute import distribute_options, make_strategy
+    from poetry_gpt.model import build_model, count_parameters
+    from poetry_gpt.records import load_manifest, train_dataset
+    from poetry_gpt.train import build_lm_trainer, make_optimizer, resolve_precision, set_precision
+    from poetry_gpt.vocab import CharVocab
+
+    config = config_from_preset(a["preset"])
+    t, m = config.train, config.model
+    manifest = load_manifest(a["data_dir"])
+    vocab = CharVocab.load(manifest.path)
+    precision = resolve_precision(t.precision)
+    set_precision(precision)
+    total = a["warmup"] + a["steps"]
+    strategy = make_strategy(t.strategy)
+    with strategy.scope():
+        lm = build_model(m, vocab, seed=t.seed)
+        trainer = build_lm_trainer(lm)
+        trainer.compile(optimizer=make_optimizer(config, total, precision))
+    data = distribute_options(train_dataset(manifest, t.batch_size, m.n_ctx, seed=t.seed, pad_id=vocab.pad_id,
+                                            sep_id=vocab.sep_id), strategy)
+    times: list[float] = []
+    history = trainer.fit(data, epochs=1, steps_per_epoch=total, callbacks=[_keras_timer(times)], verbose=0)
+    window, durations = _steady(times, a["warmup"])
+    # the batches of the timed window, read again from the same deterministic stream, to count padding
+    padded = 0
+    for k, batch in enumerate(train_dataset(manifest, t.batch_size, m.n_ctx, seed=t.seed, pad_id=vocab.pad_id,
+                                            sep_id=vocab.sep_id).take(total)):
+        if k >= a["warmup"]:
+            padded += int(np.sum(batch["input_ids"].numpy() == vocab.pad_id))
+    tokens = len(durations) * t.batch_size * m.n_ctx
+    n_params = count_parameters(lm)
+    return {"system": "poetry_gpt: build_lm_trainer + make_optimizer + fit(records.train_dataset), packed rows",
+            "preset": a["preset"], "precision": precision, "policy": tf_keras.mixed_precision.global_policy().name,
+            "shape": {"n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head, "n_ctx": m.n_ctx,
+                      "batch_size": t.batch_size, "vocab_size": vocab.size, "dropout": m.dropout},
+            "optimizer": f"AdamW (lr {t.learning_rate}, warm-up {t.warmup_steps}, {t.schedule}), clip {t.grad_clip}",
+            "params": n_params, "flops_per_token": 6 * n_params + 12 * m.n_layer * m.n_ctx * m.n_embd,
+            "warmup_steps": a["warmup"], "final_loss": round(float(history.history["loss"][-1]), 4),
+            "torch_imported": "torch" in sys.modules,
+            **_timing_report(window, durations, tokens, tokens - padded, padded)}
+
+
+def child_train_seed(a: dict) -> dict:
+    """The seed-style baseline: one poem per padded row, ``tf.boolean_mask`` loss, Adam 5e-5, fp32, ``fit``."""
+    import numpy as np
+
+    import poetry_gpt  # noqa: F401
+    import tensorflow as tf
+    import tf_keras
+    from transformers import GPT2Config, TFGPT2LMHeadModel
+
+    tf_keras.mixed_precision.set_global_policy("float32")
+    shape = a["shape"]
+    ctx, B = shape["n_ctx"], shape["batch_size"]
+    vocab, poems = _encoded_poems(a["raw"], a["data_dir"])
+    pad = vocab.pad_id
+    rows = np.full((len(poems), ctx), pad, np.int32)
+    for i, p in enumerate(poems):
+        p = p[:ctx]  # the seed truncates a longer poem
+        rows[i, :len(p)] = p
+    rows = rows[np.random.default_rng(0).permutation(len(rows))]
+    n_batches = len(rows) // B
+    data = tf.data.Dataset.from_tensor_slices(rows[:n_batches * B]).batch(B, drop_remainder=True).repeat()
+    data = data.prefetch(tf.data.AUTOTUNE)
+
+    tf_keras.utils.set_random_seed(0)
+    config = GPT2Config(vocab_size=vocab.size, n_positions=ctx, n_embd=shape["n_embd"], n_layer=shape["n_layer"],
+                        n_head=shape["n_head"], pad_token_id=pad)  # transformers' default dropout 0.1, as the seed
+    lm = TFGPT2LMHeadModel(config)
+    lm(tf.zeros([1, 2], tf.int32))
+
+    class SeedStyleLM(tf_keras.Model):
+        """The seed's training step: HF forward, shifted logits, pads dropped by ``tf.boolean_mask``."""
+
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+        def call(self, input_ids, training=False):
+            return self.lm(input_ids=input_ids, attention_mask=tf.cast(input_ids != pad, tf.int32),
+                           training=training).logits
+
+        def train_step(self, input_ids):
+            with tf.GradientTape() as tape:
+                logits = self(input_ids, training=True)[:, :-1]
+                labels = input_ids[:, 1:]
+                keep = labels != pad
+                loss = tf.reduce_mean(tf_keras.losses.sparse_categorical_crossentropy(
+                    tf.boolean_mask(labels, keep), tf.boolean_mask(logits, keep), from_logits=True))
+            variables = self.lm.trainable_variables
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return {"loss": loss}
+
+    model = SeedStyleLM(lm)
+    model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate=5e-5))
+    total = a["warmup"] + a["steps"]
+    times: list[float] = []
+    history = model.fit(data, epochs=1, steps_per_epoch=total, callbacks=[_keras_timer(times)], verbose=0)
+    window, durations = _steady(times, a["warmup"])
+    useful = sum(int(np.sum(rows[(k % n_batches) * B:(k % n_batches + 1) * B] != pad))
+                 for k in range(a["warmup"], total))
+    tokens = len(durations) * B * ctx
+    n_params = int(sum(np.prod(v.shape) for v in lm.trainable_variables))
+    return {"system": "seed-style: one poem per row padded (truncated) to the context, tf.boolean_mask loss, "
+                      "tf_keras Adam 5e-5, fp32, fit of a Keras wrapper around TFGPT2LMHeadModel",
+            "precision": "fp32", "shape": {**shape, "vocab_size": vocab.size, "dropout": config.resid_pdrop},
+            "params": n_params, "flops_per_token": 6 * n_params + 12 * shape["n_layer"] * ctx * shape["n_embd"],
+            "poems": len(rows), "poems_truncated": int(sum(len(p) > ctx for p in poems)),
+            "warmup_steps": a["warmup"], "final_loss": round(float(history.history["loss"][-1]), 4),
+            **_timing_report(window, durations, tokens, useful, tokens - useful)}
+
+
+def child_train_torch(a: dict) -> dict:
+    """transformers' PyTorch ``GPT2LMHeadModel``: packed rows, bf16 autocast, AdamW, 2 threads."""
+    try:
+        import torch
+    except ImportError:
+        return {"skipped": TORCH_SKIP}
+    import numpy as np
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    shape = a["shape"]
+    ctx, B = shape["n_ctx"], shape["batch_size"]
+    vocab, poems = _encoded_poems(a["raw"], a["data_dir"])
+    order = np.random.default_rng(0).permutation(len(poems))
+    stream = np.concatenate([poems[i] for i in order])
+    rows = stream[:len(stream) // ctx * ctx].reshape(-1, ctx)
+    n_batches = len(rows) // B
+    batches = torch.from_numpy(rows[:n_batches * B].reshape(n_batches, B, ctx).astype(np.int64))
+
+    config = GPT2Config(vocab_size=vocab.size, n_positions=ctx, n_embd=shape["n_embd"], n_layer=shape["n_layer"],
+                        n_head=shape["n_head"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(config)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    total = a["warmup"] + a["steps"]
+    times = [time.perf_counter()]
+    loss = None
+    for step in range(total):
+        x = batches[step % n_batches]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = float(loss)
+        times.append(time.perf_counter())
+    window, durations = _steady(times, a["warmup"])
+    tokens = len(durations) * B * ctx
+    padded = sum(int((batches[k % n_batches] == vocab.pad_id).sum()) for k in range(a["warmup"], total))
+    n_params = sum(p.numel() for p in model.parameters())
+
+    # torch's own matmul peak, for reference (the MFU uses TensorFlow's, the same hardware limit)
+    peak = {}
+    n = a.get("peak_size", 2048)
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        p, q = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        for _ in range(3):
+            torch.mm(p, q)
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(5):
+                torch.mm(p, q)
+            best = min(best, (time.perf_counter() - start) / 5)
+        peak[f"{name}_gflops"] = round(2 * n ** 3 / best / 1e9, 1)
+    return {"system": "transformers PyTorch GPT2LMHeadModel, packed rows, torch.autocast('cpu', bfloat16), "
+                      "AdamW 1e-3, clip 1.0, torch.set_num_threads(2)",
+            "precision": "bf16 autocast", "attention": getattr(config, "_attn_implementation", None),
+            "shape": {**shape, "vocab_size": vocab.size, "dropout": 0.0}, "params": n_params,
+            "flops_per_token": 6 * n_params + 12 * shape["n_layer"] * ctx * shape["n_embd"],
+            "warmup_steps": a["warmup"], "final_loss": round(loss_value, 4), "torch_matmul_peak": peak,
+            **_timing_report(window, durations, tokens, tokens - padded, padded)}
+
+
+def child_generate(a: dict) -> dict:
+    """``generate.benchmark`` (compiled sampler vs eager / XLA ``model.generate``) and ``PoemGenerator``
+    on an export, with and without a form."""
+    import statistics
+
+    import poetry_gpt  # noqa: F401
+    from poetry_gpt.generate import PoemGenerator, benchmark
+
+    b = a["benchmark"]
+    report = {"benchmark": benchmark(b["n_layer"], b["n_embd"], b["n_head"], b["n_ctx"], b["vocab_size"],
+                                     b["new_tokens"], b["top_k"], tuple(b["batches"]), b["repeats"],
+                                     b["eager_repeats"])}
+
+    gen = PoemGenerator(a["export"])
+    budget, repeats, title = a["max_new_tokens"], a["repeats"], "春晓"
+    forms = {}
+    for form in (None, "五绝"):
+        def timed(n, seed):
+            start = time.perf_counter()
+            samples = gen.generate(title=title, num_samples=n, batch_size=n, seed=seed, form=form,
+                                   max_new_tokens=budget, top_k=10)
+            return time.perf_counter() - start, samples
+
+        first1, _ = timed(1, 0)
+        runs1 = [timed(1, 100 + r) for r in range(repeats)]
+        first8, _ = timed(8, 0)
+        runs8 = [timed(8, 200 + 8 * r) for r in range(repeats)]
+        best1 = min(runs1, key=lambda r: r[0])
+        best8 = min(runs8, key=lambda r: r[0])
+        tokens1 = statistics.mean(s.tokens for _, ss in runs1 for s in ss)
+        tokens8 = statistics.mean(s.tokens for _, ss in runs8 for s in ss)
+        forms[form or "none"] = {
+            "first_call_seconds_batch_1": round(first1, 2), "first_call_seconds_batch_8": round(first8, 2),
+            "ms_per_poem_batch_1": round(1000 * best1[0], 1),
+            "median_ms_per_poem_batch_1": round(1000 * statistics.median(r[0] for r in runs1), 1),
+            "tokens_per_poem_batch_1": round(tokens1, 1),
+            "ms_per_token_batch_1": round(1000 * statistics.median(r[0] / max(1, r[1][0].tokens) for r in runs1), 2),
+            "poems_per_s_batch_8": round(8 / best8[0], 2), "tokens_per_poem_batch_8": round(tokens8, 1),
+            "closed_fraction": round(statistics.mean(s.closed for _, ss in runs1 + runs8 for s in ss), 3),
+        }
+    eager = []
+    for r in range(a["eager_repeats"]):
+        start = time.perf_counter()
+        samples = gen.generate_eager(title=title, num_samples=1, batch_size=1, seed=300 + r, max_new_tokens=budget,
+                                     top_k=10)
+        eager.append((time.perf_counter() - start, samples[0].tokens))
+    eager_ms_per_token = statistics.median(1000 * s / max(1, n) for s, n in eager)
+    free = forms["none"]
+    report["poem_generator"] = {
+        "export": a["export_note"], "title": title, "max_new_tokens": budget, "top_k": 10, "repeats": repeats,
+        "forms": forms,
+        "eager": {"ms_per_poem_batch_1": round(1000 * min(s for s, _ in eager), 1),
+                  "tokens_per_poem_batch_1": round(statistics.mean(n for _, n in eager), 1),
+                  "ms_per_token_batch_1": round(eager_ms_per_token, 2)},
+        "speedup_per_token_batch_1_vs_eager": round(eager_ms_per_token / free["ms_per_token_batch_1"], 1),
+        "programs_traced": dict(gen.sampler.traces),
+    }
+    return report
+
+
+def child_train_memory(a: dict) -> dict:
+    """A short real ``train`` run (validation, samples, checkpoint and export included)."""
+    import poetry_gpt  # noqa: F401
+    from poetry_gpt.config import config_from_preset
+    from poetry_gpt.train import train
+
+    import tensorflow  # noqa: F401  (imports first, to separate their memory from training's)
+    import transformers  # noqa: F401
+
+    after_imports = _rss_mb()
+    config = config_from_preset(a["preset"]).replace(
+        train={"steps_per_epoch": a["steps"], "epochs": 1, "checkpoint_every": 0})
+    result = train(a["data_dir"], a["run_dir"], config, echo=lambda line: print(line, file=sys.stderr), verbose=0)
+    return {"preset": a["preset"], "steps": result.global_step, "train_seconds": round(result.seconds, 1),
+            "tokens_per_s": round(result.tokens_per_second, 1), "rss_after_imports_mb": after_imports,
+            "vm_hwm_mb": _vm_hwm_mb(), "torch_imported": "torch" in sys.modules}
+
+
+def child_generate_memory(a: dict) -> dict:
+    """Load an export with ``PoemGenerator`` and write poems (batch 1 and 8, with and without a form)."""
+    import poetry_gpt  # noqa: F401
+    from poetry_gpt.generate import PoemGenerator
+
+    gen = PoemGenerator(a["export"])
+    poems = 0
+    for form in (None, "五绝"):
+        for n in (1, 8):
+            poems += len(gen.generate(title="春晓", num_samples=n, batch_size=n, seed=0, form=form,
+                                      max_new_tokens=a["max_new_tokens"]))
+    return {"poems": poems, "vm_hwm_mb": _vm_hwm_mb(), "torch_imported": "torch" in sys.modules}
+
+
+CHILDREN = {"peak": child_peak, "setup": child_setup, "train_poetry": child_train_poetry,
+            "train_seed": child_train_seed, "train_torch": child_train_torch, "generate": child_generate,
+            "train_memory": child_train_memory, "generate_memory": child_generate_memory}
+
+
+# ======================================================================================
+# the parent: sections
+# ======================================================================================
+
+class Bench:
+    """The run: options, a work folder, the prepared data it shares between sections."""
+
+    def __init__(self, args: argparse.Namespace, work: Path):
+        self.args, self.work = args, work
+        self.quick = args.quick
+        self.timeout = 600 if args.quick else 3600
+        self.command = [Path(sys.executable).name, *sys.argv]
+        self.shape = dict(TINY_SHAPE if self.quick else SMALL_SHAPE)
+        self.preset = "tiny" if self.quick else "small"
+        self.warmup = args.warmup if args.warmup is not None else (2 if self.quick else 5)
+        self.steps = args.steps if args.steps is not None else (3 if self.quick else 20)
+        self.rounds = args.rounds if args.rounds is not None else (1 if self.quick else 2)
+        self.setup_info: dict = {}
+
+    # -- shared data ----------------------------------------------------------------------
+    def train_data(self) -> Path:
+        return self.work / "data-train"
+
+    def export_dir(self) -> Path:
+        return self.work / "export"
+
+    def memory_copies(self) -> list[int]:
+        return [1, 4] if self.quick else [1, 16]
+
+    def memory_corpus(self) -> Path:
+        return self.args.corpus if self.quick else self.args.full_corpus
+
+    def memory_data(self, copies: int) -> Path:
+        return self.work / f"data-memory-x{copies}"
+
+    def setup(self, sections: list[str]) -> None:
+        """Prepare, in one subprocess, every DATA_DIR and the export the chosen sections need."""
+        jobs, export = [], None
+        need_train_data = "train" in sections or (("generate" in sections or "memory" in sections)
+                                                   and not self.args.run)
+        if need_train_data:
+            jobs.append({"raw": str(self.args.corpus), "copies": 1, "out": str(self.train_data()),
+                         "keep_duplicates": False, "valid_fraction": 0.02})
+        if "memory" in sections:
+            raw = self.memory_corpus()
+            lines = sum(1 for ln in raw.read_text(encoding="utf-8-sig").splitlines() if ln.strip())
+            for copies in self.memory_copies():
+                # every copy kept (duplicates too), about 100 validation poems whatever the size
+                jobs.append({"raw": str(raw), "copies": copies, "out": str(self.memory_data(copies)),
+                             "keep_duplicates": True, "valid_fraction": min(0.5, 100 / (lines * copies))})
+        if ("generate" in sections or "memory" in sections) and not self.args.run:
+            s = self.shape
+            export = {"data_dir": str(self.train_data()), "out": str(self.export_dir()),
+                      "shape": {k: s[k] for k in ("n_layer", "n_embd", "n_head", "n_ctx")}}
+        if jobs or export:
+            self.setup_info = run_child("setup", {"data": jobs, "export": export}, self.work, self.timeout)
+
+    def generation_export(self) -> tuple[str, str]:
+        if self.args.run:
+            return str(self.args.run), f"trained run {self.args.run}"
+        s = self.shape
+        return (str(self.export_dir()),
+                f"random-initialised weights (speed only, no poem quality), {s['n_layer']} layers, width "
+                f"{s['n_embd']}, {s['n_head']} heads, context {s['n_ctx']}, vocabulary of {self.args.corpus.name}")
+
+    # -- sections -------------------------------------------------------------------------
+    def section_train(self) -> dict:
+        load_before = load_average()
+        peak = run_child("peak", {"size": 1024 if self.quick else 2048, "reps": 3 if self.quick else 10,
+                                  "rounds": 2 if self.quick else 3}, self.work, self.timeout)
+        common = {"data_dir": str(self.train_data()), "raw": str(self.args.corpus), "warmup": self.warmup,
+                  "steps": self.steps, "shape": self.shape}
+        systems = {"poetry_gpt": ("train_poetry", {**common, "preset": self.preset}),
+                   "seed_style": ("train_seed", common),
+                   "torch_bf16": ("train_torch", {**common, "peak_size": 1024 if self.quick else 2048})}
+        have_torch = importlib.util.find_spec("torch") is not None
+        rounds: dict[str, list] = {name: [] for name in systems}
+        order = list(systems)
+        for r in range(self.rounds):
+            for name in (order if r % 2 == 0 else order[::-1]):
+                kind, child_args = systems[name]
+                if name == "torch_bf16" and not have_torch:
+                    continue
+                result = run_child(kind, child_args, self.work, self.timeout, name=f"{kind}-round{r + 1}")
+                result["load_average_after"] = load_average()
+                rounds[name].append(result)
+        out_systems = {}
+        for name, results in rounds.items():
+            ran = [x for x in results if "skipped" not in x]
+            if not ran:
+                out_systems[name] = {"skipped": results[0]["skipped"] if results else TORCH_SKIP}
+                continue
+            best = dict(max(ran, key=lambda x: x["useful_tokens_per_s"]))
+            precision_peak = peak["bf16_gflops"] if "bf16" in best["precision"] else peak["fp32_gflops"]
+            flops = best["useful_tokens_per_s"] * best["flops_per_token"]
+            best["model_gflops"] = round(flops / 1e9, 1)
+            best["mfu"] = round(flops / (precision_peak * 1e9), 4)
+            best["mfu_vs_bf16_peak"] = round(flops / (peak["bf16_gflops"] * 1e9), 4)
+            best["rounds_useful_tokens_per_s"] = [x["useful_tokens_per_s"] for x in ran]
+            best["rounds_peak_rss_mb"] = [x["peak_rss_mb"] for x in ran]
+            out_systems[name] = best
+        mine = out_systems["poetry_gpt"]["useful_tokens_per_s"]
+
+        def ratio(other):
+            o = out_systems[other]
+            return round(mine / o["useful_tokens_per_s"], 2) if "useful_tokens_per_s" in o else None
+
+        cores = os.cpu_count() or 1
+        busiest = max([load_before[0]] + [x.get("load_average_after", [0])[0] for r in rounds.values() for x in r])
+        warning = None
+        if busiest > 0.75 * cores:
+            warning = (f"the machine was busy (1-minute load average up to {busiest} on {cores} cores): absolute "
+                       "figures are low and the ratios are unreliable, PyTorch's OpenMP threads most of all "
+                       "(they spin-wait on each other when a core is taken); rerun on a quiet machine")
+        return {"what": "useful (non-pad) training tokens/s, steady state; best of the rounds",
+                "warning": warning,
+                "preset": self.preset, "shape": self.shape, "corpus": str(self.args.corpus),
+                "warmup_steps": self.warmup, "measured_steps": self.steps, "rounds": self.rounds,
+                "matmul_peak": {**peak, "note": "tf.matmul of two square matrices, best of timed runs"},
+                "mfu_formula": "useful tokens/s × (6·N + 12·L·T·D) / matmul peak of the system's compute precision",
+                "systems": out_systems,
+                "ratios": {"poetry_gpt_vs_seed_style": ratio("seed_style"),
+                           "poetry_gpt_vs_torch_bf16": ratio("torch_bf16")},
+                **section_context(load_before, self.command)}
+
+    def section_generate(self) -> dict:
+        load_before = load_average()
+        s = self.shape
+        if self.quick:
+            bench = {"n_layer": s["n_layer"], "n_embd": s["n_embd"], "n_head": s["n_head"], "n_ctx": s["n_ctx"],
+                     "vocab_size": 500, "new_tokens": 16, "top_k": 10, "batches": [1, 8], "repeats": 1,
+                     "eager_repeats": 1}
+        else:
+            bench = {"n_layer": 6, "n_embd": 384, "n_head": 6, "n_ctx": 128, "vocab_size": 5300, "new_tokens": 64,
+                     "top_k": 10, "batches": [1, 8], "repeats": 5, "eager_repeats": 2}
+        export, note = self.generation_export()
+        result = run_child("generate", {"benchmark": bench, "export": export, "export_note": note,
+                                        "max_new_tokens": 32 if self.quick else 64, "repeats": 1 if self.quick else 5,
+                                        "eager_repeats": 1}, self.work, self.timeout)
+        summary = summarise_generation(result["benchmark"])
+        # the first poem a user waits for: the slowest first call of the compiled paths at batch 1
+        forms = result["poem_generator"]["forms"]
+        summary["first_call_seconds_worst"] = max([summary.get("first_call_seconds") or 0.0]
+                                                  + [f["first_call_seconds_batch_1"] for f in forms.values()])
+        return {"what": "poem generation speed: compiled sampler (PoemGenerator) vs transformers' eager and XLA "
+                        "model.generate",
+                "summary": summary, "benchmark_model": "random-initialised, shape " + json.dumps(
+                    {k: bench[k] for k in ("n_layer", "n_embd", "n_head", "n_ctx", "vocab_size")}),
+                **result, **section_context(load_before, self.command)}
+
+    def section_prepare(self) -> dict:
+        load_before = load_average()
+        if self.quick:
+            cmd_args = ["--raw", str(self.args.corpus), "--copies", "1,4", "--repeats", "1"]
+        else:
+            cmd_args = ["--raw", str(self.args.full_corpus), "--copies", "1,4,16", "--repeats", "2"]
+        cmd = [sys.executable, str(ROOT / "scripts" / "bench_prepare.py"), *cmd_args, "--tmp", str(self.work)]
+        log("prepare (scripts/bench_prepare.py) ...")
+        proc = run_process(cmd, self.work, "bench_prepare", self.timeout)
+        log(f"prepare done in {proc['seconds']:.0f} s")
+        result = json.loads(proc["stdout"])
+        result["process_peak_rss_mb"] = proc["peak_rss_mb"]
+        result["script"] = "scripts/bench_prepare.py " + " ".join(cmd_args)
+        return {"what": "characters/s of prepare(): raw.txt -> vocabulary + TFRecords + manifest", **result,
+                **section_context(load_before, self.command)}
+
+    def section_memory(self) -> dict:
+        load_before = load_average()
+        steps = 5 if self.quick else 30
+        export, note = self.generation_export()
+        jobs = [("train_memory", {"data_dir": str(self.memory_data(c)), "run_dir": str(self.work / f"run-x{c}"),
+                                  "preset": self.preset, "steps": steps}, f"train_memory-x{c}")
+                for c in self.memory_copies()]
+        jobs.append(("generate_memory", {"export": export, "max_new_tokens": 32 if self.quick else 64},
+                     "generate_memory"))
+        # peak RSS does not depend on CPU contention: --quick runs these side by side to save time
+        results = run_many(jobs, self.work, self.timeout, parallel=self.quick)
+        runs = []
+        for copies, result in zip(self.memory_copies(), results):
+            info = self.setup_info.get("data", {}).get(str(self.memory_data(copies)), {})
+            runs.append({"copies": copies, "corpus": str(self.memory_corpus()),
+                         "train_poems": info.get("train_poems"), "train_tokens": info.get("train_tokens"), **result})
+        gen = results[-1]
+        first, last = runs[0], runs[-1]
+        return {"what": "peak resident memory (ru_maxrss of the process, decimal MB)",
+                "train": {"runs": runs, "what": f"a real `train` run of {steps} steps (preset {self.preset}, "
+                                                "validation, samples, checkpoint and export included)",
+                          "growth_mb": round(last["peak_rss_mb"] - first["peak_rss_mb"], 1),
+                          "growth_ratio": round(last["peak_rss_mb"] / first["peak_rss_mb"], 3)},
+                "generate": {"export": note, **gen},
+                "limits_mb": {"train": GOAL_TRAIN_RSS_MB, "generate": GOAL_GEN_RSS_MB},
+                **section_context(load_before, self.command)}
+
+
+def _path_stats(row: dict, name: str) -> dict:
+    """Seconds per call and first-call seconds of one path (compiled, eager, hf_xla) of a
+    ``generate.benchmark`` batch row (both its nested and its earlier flat layout)."""
+    if isinstance(row.get(name), dict):
+        return row[name]
+    first = row.get(f"{name}_first_call_seconds", row.get("first_call_seconds") if name == "compiled" else None)
+    return {"seconds": row[f"{name}_seconds"], "first_call_seconds": first}
+
+
+def summarise_generation(bench: dict) -> dict:
+    """Per-poem figures from ``generate.benchmark``'s report: ms a poem at batch 1, poems/s at batch 8."""
+    rows = bench["batches"]
+    summary = {"new_tokens": bench["new_tokens"]}
+    if "1" in rows:
+        row = rows["1"]
+        compiled, eager, xla = (_path_stats(row, k) for k in ("compiled", "eager", "hf_xla"))
+        summary.update({
+            "batch_1_ms_per_poem_compiled": round(1000 * compiled["seconds"], 1),
+            "batch_1_ms_per_poem_eager": round(1000 * eager["seconds"], 1),
+            "batch_1_ms_per_poem_hf_xla": round(1000 * xla["seconds"], 1),
+            "batch_1_speedup_vs_eager": round(eager["seconds"] / compiled["seconds"], 1),
+            "first_call_seconds": compiled["first_call_seconds"],
+            "hf_xla_first_call_seconds": xla["first_call_seconds"],
+            "recompiled_for_other_opening": row.get("recompiled_for_other_opening")})
+    if "8" in rows:
+        row = rows["8"]
+        compiled, eager, xla = (_path_stats(row, k) for k in ("compiled", "eager", "hf_xla"))
+        summary.update({
+            "batch_8_poems_per_s_compiled": round(8 / compiled["seconds"], 2),
+            "batch_8_poems_per_s_eager": round(8 / eager["seconds"], 2),
+            "batch_8_poems_per_s_hf_xla": round(8 / xla["seconds"], 2),
+            "batch_8_speedup_vs_eager": round(eager["seconds"] / compiled["seconds"], 1),
+            "batch_8_first_call_seconds": compiled["first_call_seconds"]})
+    return summary
+
+
+def goals(doc: dict) -> dict:
+    """Pass/fail of the ANCHORS.md goals (``pass`` is None when the section did not run or failed)."""
+
+    def goal(value, target: str, ok):
+        return {"value": value, "target": target, "pass": None if value is None else bool(ok(value))}
+
+    def get(*keys):
+        node = doc
+        for k in keys:
+            if not isinstance(node, dict) or k not in node:
+                return None
+            node = node[k]
+        return node
+
+    prep_runs = get("prepare", "runs") or []
+    prep_rates = [r["chars_per_s"] for r in prep_runs]
+    default_rate = get("prepare", "default_config_1x", "chars_per_s")
+    prep_min = min(prep_rates + ([default_rate] if default_rate else [])) if prep_rates else None
+    linear = round(prep_runs[-1]["chars_per_s"] / prep_runs[0]["chars_per_s"], 3) if len(prep_runs) > 1 else None
+    train_runs = get("memory", "train", "runs") or []
+    train_peak = max(r["peak_rss_mb"] for r in train_runs) if train_runs else None
+    out = {
+        "train_vs_seed_style": goal(get("train", "ratios", "poetry_gpt_vs_seed_style"), f">= {GOAL_VS_SEED}x",
+                                    lambda v: v >= GOAL_VS_SEED),
+        "train_vs_torch_bf16": goal(get("train", "ratios", "poetry_gpt_vs_torch_bf16"), f">= {GOAL_VS_TORCH}x",
+                                    lambda v: v >= GOAL_VS_TORCH),
+        "generate_batch_1_vs_eager": goal(get("generate", "summary", "batch_1_speedup_vs_eager"),
+                                          f">= {GOAL_GEN_SPEEDUP}x", lambda v: v >= GOAL_GEN_SPEEDUP),
+        "generate_first_compile": goal(get("generate", "summary", "first_call_seconds_worst"),
+                                       f"<= {GOAL_FIRST_COMPILE_S} s", lambda v: v <= GOAL_FIRST_COMPILE_S),
+        "generate_no_recompile_for_new_opening": goal(
+            get("generate", "summary", "recompiled_for_other_opening"), "false", lambda v: v is False),
+        "prepare_chars_per_s": goal(prep_min, f">= {GOAL_PREPARE_CHARS_PER_S} (slowest size)",
+                                    lambda v: v >= GOAL_PREPARE_CHARS_PER_S),
+        "prepare_linear": goal(linear, f"largest/smallest throughput >= {GOAL_PREPARE_LINEAR}",
+                               lambda v: v >= GOAL_PREPARE_LINEAR),
+        "train_peak_rss_mb": goal(train_peak, f"<= {GOAL_TRAIN_RSS_MB:.0f} MB", lambda v: v <= GOAL_TRAIN_RSS_MB),
+        "train_peak_rss_flat": goal(get("memory", "train", "growth_ratio"),
+                                    f"large/small corpus peak <= {GOAL_TRAIN_RSS_FLAT}",
+                                    lambda v: v <= GOAL_TRAIN_RSS_FLAT),
+        "generate_peak_rss_mb": goal(get("memory", "generate", "peak_rss_mb"), f"<= {GOAL_GEN_RSS_MB:.0f} MB",
+                                     lambda v: v <= GOAL_GEN_RSS_MB),
+    }
+    judged = [g["pass"] for g in out.values() if g["pass"] is not None]
+    out["all_judged_pass"] = all(judged) if judged else None
+    return out
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny shapes and few steps: checks that everything runs")
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="the training-speed corpus (tang-4k)")
+    p.add_argument("--full-corpus", type=Path, default=DEFAULT_FULL_CORPUS,
+                   help="the corpus that prepare and memory repeat (tang-full)")
+    p.add_argument("--run", type=Path, default=None, help="a trained RUN_DIR for the PoemGenerator figures")
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON document here")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 5; quick 2)")
+    p.add_argument("--steps", type=int, default=None, help="measured steps (default 20; quick 3)")
+    p.add_argument("--rounds", type=int, default=None, help="runs of each training system (default 2; quick 1)")
+    p.add_argument("--keep-work", action="store_true", help="keep the temporary work folder (logs of each process)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--child-args", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child is None:
+        only = [s.strip() for s in args.only.split(",") if s.strip()]
+        bad = [s for s in only if s not in SECTIONS]
+        if bad or not only:
+            p.error(f"--only: unknown section(s) {', '.join(bad) or '(none)'}; choose from {', '.join(SECTIONS)}")
+        args.sections = [s for s in SECTIONS if s in only]
+        if args.warmup is not None and args.warmup < 1 or args.steps is not None and args.steps < 1:
+            p.error("--warmup and --steps must be >= 1")
+        for path, option in ((args.corpus, "--corpus"), (args.full_corpus, "--full-corpus")):
+            needed = option == "--corpus" or {"prepare", "memory"} & set(args.sections) and not args.quick
+            if needed and not path.is_file():
+                p.error(f"{option}: no such file {path}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.child is not None:
+        emit(CHILDREN[args.child](json.loads(args.child_args)))
+        return 0
+
+    work = Path(tempfile.mkdtemp(prefix="poetry_gpt-bench-"))
+    bench = Bench(args, work)
+    started = time.time()
+    doc = {"benchmark": "poetry_gpt scripts/bench.py", "mode": "quick" if args.quick else "full",
+           "note": "ratios are measured back to back in this run; absolute figures drift with the machine and its "
+                   "load (see each section's load averages)" + ("; QUICK mode: tiny shapes and few steps, the "
+                                                               "figures are not representative" if args.quick else ""),
+           "command": bench.command, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+           "machine": {**machine_facts(), "load_average_start": load_average()}, "versions": versions()}
+    failed = False
+    try:
+        try:
+            bench.setup(args.sections)
+        except ChildError as exc:
+            doc["setup_error"] = str(exc)
+            failed = True
+        else:
+            for name in args.sections:
+                try:
+                    doc[name] = getattr(bench, f"section_{name}")()
+                except (ChildError, KeyError, ValueError) as exc:
+                    doc[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                    failed = True
+                    log(f"{name} failed: {exc}")
+        doc["goals"] = goals(doc)
+        doc["seconds"] = round(time.time() - started, 1)
+        doc["machine"]["load_average_end"] = load_average()
+    finally:
+        if args.keep_work:
+            log(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    text = json.dumps(doc, indent=2, ensure_ascii=False)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
