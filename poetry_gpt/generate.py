@@ -102,8 +102,10 @@ def load_export(path: str | os.PathLike, checkpoint: str | None = None) -> Expor
         RunDirError: the folder is missing, holds no export, is not a GPT-2 export, or its vocabulary
             does not match the model.
     """
+    from .envcheck import require_compatible
     from .model import load_export as _load, resolve_export
 
+    require_compatible()
     if checkpoint is not None:
         return load_checkpoint(path, checkpoint)
     export = resolve_export(path)
