@@ -304,7 +304,9 @@ def cli_gen(gen, run_dir, monkeypatch):
     from poetry_gpt.commands import generate as cmd
 
     real = cmd._load
-    monkeypatch.setattr(cmd, "_load", lambda path: gen if path == str(run_dir) else real(path))
+    monkeypatch.setattr(cmd, "_load",
+                        lambda path, checkpoint=None: gen if path == str(run_dir) and checkpoint is None
+                        else real(path, checkpoint))
     return gen
 
 
