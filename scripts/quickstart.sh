@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RAW="${1:-}"
 CONFIG="${QUICKSTART_CONFIG:-tiny}"
-STEPS="${QUICKSTART_STEPS:-300}"
+STEPS="${QUICKSTART_STEPS:-3000}"
 RUN="${QUICKSTART_RUN:-runs/quickstart}"
 VENV="${QUICKSTART_VENV:-.venv}"
 
