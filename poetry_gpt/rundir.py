@@ -220,18 +220,6 @@ def check_resume_compatible(run: RunDir, config: RunConfig, manifest) -> list[st
             for k in old_cfg.train.__dataclass_fields__ if getattr(old_cfg.train, k) != getattr(config.train, k)]
 
 
-def stored_config(path: str | os.PathLike) -> RunConfig:
-    """The ``RunConfig`` recorded in a RUN_DIR.
-
-    Args:
-        path: the RUN_DIR.
-    """
-    run = RunDir(Path(path))
-    if not run.exists():
-        raise RunDirError(f"{run.path}: no {RUN_FILE}; not a poetry_gpt RUN_DIR")
-    return RunConfig.from_dict(run.read_run()["config"])
-
-
 def resolve_config(path: str | os.PathLike, preset: str | None, model_overrides: dict, train_overrides: dict,
                    overwrite: bool = False) -> RunConfig:
     """The configuration a ``train`` call runs with.

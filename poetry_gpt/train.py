@@ -201,11 +201,9 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
     from .envcheck import require_compatible
 
     require_compatible()
-    import numpy as np
     import tensorflow as tf
-    import tf_keras
 
-    from .model import build_model
+    from .model import build_model, count_parameters
 
     chief = is_chief(config.train.strategy)  # a non-chief worker of a cluster only reads RUN_DIR (distribute.py)
     run, resuming = open_for_training(run_dir, overwrite, own_entries) if chief else open_as_worker(run_dir, overwrite)
@@ -294,7 +292,7 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
                             steps_per_epoch, history, meta, chief, echo, precision)
     val = distribute_options(eval_dataset(manifest, t.batch_size, n_ctx, pad_id=vocab.pad_id, sep_id=vocab.sep_id),
                              strategy)
-    params = sum(int(np.prod(v.shape)) for v in lm.trainable_variables)
+    params = count_parameters(lm)
     echo(f"Training {params / 1e6:.2f}M parameters ({config.model.n_layer} layers, width {config.model.n_embd}, "
          f"context {n_ctx}) on {manifest.poems('train')} poems: {t.epochs} epoch(s) × {steps_per_epoch} steps of "
          f"{t.batch_size}×{n_ctx} tokens, {precision}, {strategy.num_replicas_in_sync} replica(s).")
