@@ -98,9 +98,7 @@ def resolve_data(run: RunDir, info: dict, data_dir: str | os.PathLike | None) ->
         raise RunDirError(f"--data {manifest.path}: its vocabulary ({manifest.vocab_size} tokens) is not the run's "
                           f"({info['vocab'].get('size')} tokens, vocab hash differs); pass a DATA_DIR prepared "
                           f"with `poetry-gpt prepare ... --vocab {run.path}`")
-    vocab = CharVocab.load(manifest.path)
-    if vocab.hash != manifest.vocab_hash:
-        raise DataDirError(f"{manifest.path}: vocab.txt does not match manifest.json; rerun prepare with --overwrite")
+    vocab = manifest.load_vocab()
     return manifest, vocab
 
 

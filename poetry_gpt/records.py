@@ -241,6 +241,20 @@ class Manifest:
     def hash(self) -> str:
         return self.data["hash"]
 
+    def load_vocab(self):
+        """The DATA_DIR's ``CharVocab``, checked against the manifest's vocab hash.
+
+        Raises:
+            DataDirError: vocab.txt is not the vocabulary the shards were written with.
+        """
+        from .vocab import CharVocab
+
+        vocab = CharVocab.load(self.path)
+        if vocab.hash != self.vocab_hash:
+            raise DataDirError(f"{self.path}: vocab.txt does not match manifest.json; "
+                               f"rerun `poetry-gpt prepare RAW --out {self.path} --overwrite`")
+        return vocab
+
     @property
     def genre(self) -> str:
         genres = self.data.get("genres", {})

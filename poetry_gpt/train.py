@@ -211,9 +211,7 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
         if not resuming:
             raise RunDirError(f"--data: needed for a new run ({run.path} holds no run yet)")
     manifest = data_manifest(run, data_dir)
-    vocab = CharVocab.load(manifest.path)
-    if vocab.hash != manifest.vocab_hash:
-        raise RunDirError(f"{manifest.path}: vocab.txt does not match manifest.json; rerun prepare with --overwrite")
+    vocab = manifest.load_vocab()
     changes = check_resume_compatible(run, config, manifest) if resuming else []
     if chief:
         _check_disk_space(run.path, config)

@@ -266,3 +266,20 @@ def test_load_manifest_refuses_incomplete_dirs(tiny, tmp_path):
     (half / MANIFEST).write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(DataDirError, match="format version 99"):
         load_manifest(half)
+
+
+def test_manifest_load_vocab_refuses_a_swapped_vocabulary(tmp_path):
+    from poetry_gpt.config import DataConfig
+    from poetry_gpt.prepare import prepare
+
+    raw = tmp_path / "raw.txt"
+    raw.write_text("".join(f"题{i} 唐诗：【春风{i % 10}明月，秋水白云。】\n" for i in range(30)), encoding="utf-8")
+    prepare([raw], tmp_path / "d", DataConfig(valid_fraction=0.1), n_ctx=64)
+    manifest = load_manifest(tmp_path / "d")
+    assert manifest.load_vocab().hash == manifest.vocab_hash
+    vocab_txt = tmp_path / "d" / "vocab.txt"
+    lines = vocab_txt.read_text(encoding="utf-8").split("\n")
+    lines[3], lines[4] = lines[4], lines[3]
+    vocab_txt.write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(DataDirError, match="vocab.txt does not match manifest.json"):
+        manifest.load_vocab()
