@@ -84,6 +84,8 @@ FORMS: dict[str, Form] = {
     "五律": _form("五律", "五言律诗", 5, 8),
     "七律": _form("七律", "七言律诗", 7, 8),
 }
+#: rows of every padded constraint table: header, the longest body, close, done
+MAX_STATES = max(f.body_len for f in FORMS.values()) + 3
 _BY_SHAPE = {(f.clause_len, f.clauses): f for f in FORMS.values()}
 
 
@@ -239,7 +241,8 @@ class DecodeConstraint:
         allowed: bool [S, V]: tokens allowed in state s.
         next_state: int32 [S, V]: state after emitting token v in state s.
         rhyme_role: int32 [S]: 0 none, 1 this position sets the rhyme, 2 must match it.
-        token_final: int32 [V]: rhyme group id (index into ``GROUP_NAMES``) of each token, -1 if none.
+        token_final: int32 [V]: rhyme group id (index into ``GROUP_NAMES``) of each token, -1 if none
+            (all -1 when ``rhyme`` is off: no rhyme position reads it).
         done_state: the state after 】 (only [SEP] allowed).
         form: the form the tables encode.
         tokens: the vocabulary's tokens (for prompts and messages).
@@ -336,14 +339,23 @@ class DecodeConstraint:
                     f"in the prompt {prompt!r}; change the opening or drop --rhyme")
         return f"{option}: {where}: expected a Chinese character at clause {clause + 1}, got {ch!r}"
 
-    def as_tensors(self) -> dict:
-        """The tables as TensorFlow constants, the ``tables`` of ``apply_constraint_tf``/``advance_tf``."""
+    def as_tensors(self, states: int | None = None) -> dict:
+        """The tables as TensorFlow constants, the ``tables`` of ``apply_constraint_tf``/``advance_tf``.
+
+        Args:
+            states: pad the state axis to this many rows (default ``MAX_STATES``), so that every
+                form and the free constraint have the same table shapes and share one compiled
+                decode program. Padding rows are unreachable.
+        """
         import tensorflow as tf
 
+        S = len(self.allowed)
+        states = MAX_STATES if states is None else max(states, S)
+        pad = states - S
         return {
-            "allowed": tf.constant(self.allowed, tf.bool),
-            "next_state": tf.constant(self.next_state, tf.int32),
-            "rhyme_role": tf.constant(self.rhyme_role, tf.int32),
+            "allowed": tf.constant(np.pad(self.allowed, ((0, pad), (0, 0))), tf.bool),
+            "next_state": tf.constant(np.pad(self.next_state, ((0, pad), (0, 0))), tf.int32),
+            "rhyme_role": tf.constant(np.pad(self.rhyme_role, (0, pad)), tf.int32),
             "token_final": tf.constant(self.token_final, tf.int32),
         }
 
@@ -361,6 +373,21 @@ def token_finals(tokens: list[str]) -> np.ndarray:
         if g is not None:
             out[i] = gid[g]
     return out
+
+
+def free_constraint(vocab_size: int) -> DecodeConstraint:
+    """The constraint that allows every token in its single state: unconstrained sampling.
+
+    ``generate`` runs free sampling through the same compiled decode program as the forms
+    (tables padded to ``MAX_STATES``), so switching between free and form-constrained poems
+    compiles nothing new; the mask costs one gather and select over ``[batch, vocab]`` a step.
+
+    Args:
+        vocab_size: the model's vocabulary size.
+    """
+    return DecodeConstraint(allowed=np.ones((1, vocab_size), bool), next_state=np.zeros((1, vocab_size), np.int32),
+                            rhyme_role=np.zeros(1, np.int32), token_final=np.full(vocab_size, -1, np.int32),
+                            done_state=0)
 
 
 def build_constraint(form_name: str, vocab, acrostic: str | None = None, rhyme: bool = False) -> DecodeConstraint:
@@ -395,7 +422,8 @@ def build_constraint(form_name: str, vocab, acrostic: str | None = None, rhyme: 
     V = len(tokens)
     S = form.body_len + 3  # header, body positions, close, done
     close, done = S - 2, S - 1
-    finals = token_finals(tokens)
+    # rhyme groups only matter with rhyme on; without it pypinyin (about 55 MB) is never loaded
+    finals = token_finals(tokens) if rhyme else np.full(V, -1, np.int32)
     hanzi = np.array([i >= 3 and is_hanzi(t) for i, t in enumerate(tokens)])
     allowed = np.zeros((S, V), bool)
     next_state = np.zeros((S, V), np.int32)

@@ -31,11 +31,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from . import forms
 from .corpus import CLOSE, OPEN, prompt_prefix
 from .errors import OptionError, RunDirError
+from .memory import release_freed_memory
 from .vocab import PAD_ID, SEP_ID, UNK_ID, CharVocab
 
-FORM_NAMES = ("五绝", "七绝", "五律", "七律")
+FORM_NAMES = tuple(forms.FORMS)
 UNPENALISED = set("，。？！；：、【】 ")  # a poem repeats its punctuation by design: no repetition penalty
 
 
@@ -88,6 +90,19 @@ class Export:
     @property
     def genre(self) -> str | None:
         return self.meta.get("genre")
+
+
+def batch_rows(rows: int, batch_size: int) -> int:
+    """Rows of each compiled batch: the next power of two ≥ ``rows``, at most ``batch_size``.
+
+    Rounding up (the extra rows are inactive padding) keeps the number of compiled programs,
+    and so the compile time and memory, small when ``-n`` varies, e.g. in ``chat``.
+
+    Args:
+        rows: samples asked for.
+        batch_size: the most rows run together.
+    """
+    return min(batch_size, 1 << max(rows - 1, 0).bit_length())
 
 
 def load_export(path: str | os.PathLike, checkpoint: str | None = None) -> Export:
@@ -212,8 +227,9 @@ def load_checkpoint(path: str | os.PathLike, checkpoint: str) -> Export:
 class PoemGenerator:
     """Load a model once and sample poems from it with the compiled sampler.
 
-    Programs are compiled on first use, one per batch size for the decode loop (plus one per
-    top-k cap and per poem form) and one per (batch size, prompt bucket of 16) for the prompt.
+    Programs are compiled on first use: the decode loop once per batch size (a power of two,
+    see ``batch_rows``) and top-k cap (16, 64, all), shared by free sampling and every form;
+    the prompt pass once per (batch size, prompt bucket of 16 tokens).
 
     Args:
         path: a RUN_DIR or export folder.
@@ -233,6 +249,8 @@ class PoemGenerator:
         punctuation = [i for i, t in enumerate(self.vocab.tokens) if t in UNPENALISED]
         self.sampler = Sampler(CachedGPT2(self.model, getattr(tf, compute_dtype)), stop_id=self.close_id,
                                banned_ids=(PAD_ID, UNK_ID, SEP_ID), unpenalised_ids=punctuation)
+        self._free = forms.free_constraint(self.vocab.size)
+        release_freed_memory()  # the load's temporary buffers
 
     @property
     def n_ctx(self) -> int:
@@ -339,9 +357,10 @@ class PoemGenerator:
         base_seed = secrets.randbelow(2**31 - 1) if seed is None else int(seed)
         rows = [(prompt, base_seed + i * num_samples + j)
                 for i, prompt in enumerate(prompts) for j in range(num_samples)]
-        states = [constraint.initial_state(p, option="opening") if constraint else None for p, _ in rows]
-        B = min(batch_size, len(rows))
-        samples = []
+        states = [constraint.initial_state(p, option="opening") if constraint else (0, -1) for p, _ in rows]
+        B = batch_rows(len(rows), batch_size)
+        tables = (constraint or self._free).as_tensors()
+        samples, traces = [], dict(self.sampler.traces)
         for start in range(0, len(rows), B):
             chunk = rows[start:start + B]
             pad = B - len(chunk)
@@ -353,10 +372,12 @@ class PoemGenerator:
                 max_new_tokens=budget, top_k=min(top_k, self.vocab.size), top_p=top_p,
                 temperature=max(temperature, 1e-6), repetition_penalty=repetition_penalty,
                 active=[True] * (B - pad) + [False] * pad,
-                **self._constraint_args(constraint, chunk_states))
+                constraint=forms, constraint_state=self._constraint_state(chunk_states, tables))
             seconds = time.perf_counter() - t0
             for (prompt, row_seed), ids in zip(chunk[:B - pad], result.tokens[:B - pad]):
                 samples.append(self._sample(prompt, ids.tolist(), row_seed, seconds))
+        if self.sampler.traces != traces:
+            release_freed_memory()  # a new program was compiled: drop the compiler's scratch memory
         return samples
 
     def _sample(self, prompt: str, ids: list[int], seed: int, seconds: float) -> Sample:
@@ -374,24 +395,16 @@ class PoemGenerator:
             if acrostic or rhyme:
                 raise OptionError(f"{'--acrostic' if acrostic else '--rhyme'}: needs --form ({', '.join(FORM_NAMES)})")
             return None
-        try:
-            from . import forms
-        except ImportError:
-            raise OptionError("--form: poem forms are not available in this installation (poetry_gpt.forms)") from None
         return forms.build_constraint(form, self.vocab, acrostic=acrostic, rhyme=rhyme)
 
     @staticmethod
-    def _constraint_args(constraint, states) -> dict:
-        if constraint is None:
-            return {}
+    def _constraint_state(states, tables) -> tuple:
         import numpy as np
         import tensorflow as tf
 
-        from . import forms
-
         state = tf.constant(np.array([s for s, _ in states], np.int32))
         group = tf.constant(np.array([g for _, g in states], np.int32))
-        return {"constraint": forms, "constraint_state": (state, group, constraint.as_tensors())}
+        return state, group, tables
 
     # the slow reference path ---------------------------------------------------------------
     def generate_eager(self, openings=None, *, title=None, genre=None, num_samples=1, top_k=10, top_p=1.0,

@@ -627,17 +627,20 @@ def child_train_memory(a: dict) -> dict:
 
 
 def child_generate_memory(a: dict) -> dict:
-    """Load an export with ``PoemGenerator`` and write poems (batch 1 and 8, with and without a form)."""
+    """Load an export with ``PoemGenerator`` and write poems (batch 1 and 8; free, a form, a form
+    with rhyme), in a process set up as ``poetry-gpt generate`` sets itself up (``USE_TF=1``)."""
+    os.environ.setdefault("USE_TF", "1")  # as poetry_gpt.cli: transformers leaves torch alone
     import poetry_gpt  # noqa: F401
     from poetry_gpt.generate import PoemGenerator
 
     gen = PoemGenerator(a["export"])
     poems = 0
-    for form in (None, "五绝"):
+    for options in ({}, {"form": "五绝"}, {"form": "七律", "rhyme": True}):
         for n in (1, 8):
-            poems += len(gen.generate(title="春晓", num_samples=n, batch_size=n, seed=0, form=form,
-                                      max_new_tokens=a["max_new_tokens"]))
-    return {"poems": poems, "vm_hwm_mb": _vm_hwm_mb(), "torch_imported": "torch" in sys.modules}
+            poems += len(gen.generate(title="春晓", num_samples=n, batch_size=n, seed=0,
+                                      max_new_tokens=a["max_new_tokens"], **options))
+    return {"poems": poems, "vm_hwm_mb": _vm_hwm_mb(), "torch_imported": "torch" in sys.modules,
+            "programs_traced": dict(gen.sampler.traces)}
 
 
 CHILDREN = {"peak": child_peak, "setup": child_setup, "train_poetry": child_train_poetry,

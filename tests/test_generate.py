@@ -236,6 +236,51 @@ def test_no_recompile_for_new_openings_or_sampling_options(gen):
     assert gen.sampler.traces == {"prefill": traces["prefill"] + 1, "decode": traces["decode"]}
 
 
+def test_free_and_every_form_share_one_decode_program(gen):
+    gen.generate("春眠", seed=1, num_samples=2, batch_size=2)
+    traces = dict(gen.sampler.traces)
+    for form in ("五绝", "七律"):
+        gen.generate("春眠", seed=1, num_samples=2, batch_size=2, form=form)
+    gen.generate("春眠", seed=1, num_samples=2, batch_size=2, form="五律", acrostic="春", rhyme=True)
+    assert gen.sampler.traces["decode"] == traces["decode"]
+
+
+def test_batches_round_up_to_a_power_of_two():
+    from poetry_gpt.generate import batch_rows
+
+    assert [batch_rows(n, 8) for n in range(1, 11)] == [1, 2, 4, 4, 8, 8, 8, 8, 8, 8]
+    assert batch_rows(5, 6) == 6 and batch_rows(3, 1) == 1
+
+
+def test_padded_rows_do_not_change_poems_or_count(gen):
+    three = gen.generate("春眠", seed=5, num_samples=3, batch_size=8)  # run as a batch of 4
+    traces = dict(gen.sampler.traces)
+    four = gen.generate("春眠", seed=5, num_samples=4, batch_size=8)
+    assert gen.sampler.traces == traces
+    assert len(three) == 3 and [s.text for s in three] == [s.text for s in four[:3]]
+
+
+def test_memory_is_released_after_a_compile_only(gen, monkeypatch):
+    import poetry_gpt.generate as generate_module
+
+    calls = []
+    monkeypatch.setattr(generate_module, "release_freed_memory", lambda: calls.append(1))
+    gen.generate("春眠", seed=1, num_samples=1, batch_size=1, top_k=100)  # top-k cap 64+ : a new program
+    assert calls == [1]
+    gen.generate("春眠", seed=2, num_samples=1, batch_size=1, top_k=90)
+    assert calls == [1]
+
+
+def test_cli_keeps_transformers_away_from_torch(monkeypatch):
+    from click.testing import CliRunner
+
+    from poetry_gpt.cli import main
+
+    monkeypatch.delenv("USE_TF", raising=False)
+    CliRunner().invoke(main, ["corpus", "--help"])
+    assert __import__("os").environ.get("USE_TF") == "1"
+
+
 def test_form_constraint(gen):
     from poetry_gpt.forms import check
 
