@@ -13,7 +13,9 @@ Definitions:
 * rhyme rate: among regular bodies, the share whose rhyme clauses rhyme
   (modern-final approximation, see ``poetry_gpt.forms``).
 * distinct-n: distinct character n-grams / all n-grams, pooled over bodies; n-grams are
-  taken inside clauses (punctuation removed, never across a clause mark).
+  taken inside clauses (punctuation removed, never across a clause mark). It falls as the
+  text grows, so a corpus is compared with samples at the samples' size
+  (``distinct_n_at_size``).
 * copy rate: share of generated clauses of at least ``min_len`` characters that occur
   verbatim as a clause of a training poem, and share of bodies equal to a training body.
 """
@@ -100,10 +102,66 @@ def distinct_n(texts: Iterable[str], n: int) -> float | None:
         texts: poem bodies.
         n: the n-gram length (1 or 2 in reports).
     """
-    text = "\n".join(texts).translate(_MARKS_TO_NEWLINE)  # one line per clause
-    grams = Counter(map("".join, zip(*(text[i:] for i in range(n)))))
-    kept = {g: k for g, k in grams.items() if "\n" not in g}
+    kept = _ngrams(texts, n)
     return _share(len(kept), sum(kept.values()))
+
+
+def _ngrams(texts: Iterable[str], n: int) -> Counter:
+    """Character n-grams inside clauses (never across a clause mark or a poem), counted."""
+    return Counter(_gram_list("\n".join(texts), n))
+
+
+def _gram_list(text: str, n: int) -> list[str]:
+    """The n-grams of ``text`` in order, inside clauses only."""
+    text = text.translate(_MARKS_TO_NEWLINE)  # one line per clause
+    return [g for g in map("".join, zip(*(text[i:] for i in range(n)))) if "\n" not in g]
+
+
+def distinct_n_at_size(bodies: Sequence[str], n: int, grams: int, draws: int = 20,
+                       seed: int = 0) -> float | None:
+    """distinct-n of ``bodies`` measured on random subsets holding ``grams`` n-grams, averaged.
+
+    distinct-n falls as a text grows (more n-grams, more repeats), so the distinct-n of 100
+    short samples cannot be compared with that of 5,000 corpus poems. This takes whole
+    poems in a random order until ``grams`` n-grams are pooled (the last poem cut to fit),
+    ``draws`` times, and averages: the corpus's figure at the samples' size.
+
+    Args:
+        bodies: poem bodies to draw from (e.g. the training poems).
+        n: the n-gram length.
+        grams: n-grams per subset (e.g. ``ngram_count`` of the samples).
+        draws: subsets averaged.
+        seed: the draws' seed.
+
+    Returns:
+        The mean distinct-n, or None when ``grams`` ≤ 0 or the bodies hold fewer n-grams.
+    """
+    import random
+
+    if grams <= 0:
+        return None
+    rng = random.Random(seed)
+    values = []
+    for _ in range(draws):
+        pooled: list[str] = []
+        for i in rng.sample(range(len(bodies)), len(bodies)):
+            pooled += _gram_list(bodies[i], n)
+            if len(pooled) >= grams:
+                break
+        else:
+            return None  # all the bodies together hold fewer n-grams
+        values.append(len(set(pooled[:grams])) / grams)
+    return sum(values) / len(values)
+
+
+def ngram_count(texts: Iterable[str], n: int) -> int:
+    """How many character n-grams (inside clauses) ``texts`` hold: the size ``distinct_n`` divides by.
+
+    Args:
+        texts: poem bodies.
+        n: the n-gram length.
+    """
+    return sum(_ngrams(texts, n).values())
 
 
 class CopyIndex:

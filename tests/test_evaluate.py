@@ -190,8 +190,13 @@ def test_sample_figures_match_the_examples_and_the_prompts(cli_report, data_dir,
     drawn = generator.generate(prompts, num_samples=1, top_k=10, seed=3, batch_size=16,
                                max_new_tokens=cli_report["samples"]["max_new_tokens"])
     assert [s.text for s in drawn[:5]] == [e["text"] for e in cli_report["examples"]]
-    expected = poem_metrics.sample_figures([(s.text, s.closed) for s in drawn], split_bodies(data_dir, "train"))
+    train = split_bodies(data_dir, "train")
+    expected = poem_metrics.sample_figures([(s.text, s.closed) for s in drawn], train)
     assert {k: cli_report["samples"][k] for k in expected} == pytest.approx(expected)
+    for n in (1, 2):  # the corpus's distinct-n at the samples' size: as many n-grams as the samples hold
+        grams = poem_metrics.ngram_count([s.body for s in drawn], n)
+        assert cli_report["corpus"][f"distinct_{n}_at_sample_size"] == pytest.approx(
+            poem_metrics.distinct_n_at_size(train, n, grams))
 
 
 @pytest.mark.slow

@@ -45,6 +45,29 @@ def test_distinct_n():
     assert pm.distinct_n([], 1) is None
 
 
+def test_ngram_count_is_what_distinct_n_divides_by():
+    assert pm.ngram_count(["明月光，明月霜。", "ab"], 2) == 5
+    assert pm.ngram_count(["明月光，明月霜。"], 1) == 6
+
+
+def test_distinct_n_at_size_matches_the_size():
+    a, b = "春眠不觉晓，处处闻啼鸟。", "白日依山尽，黄河入海流。"
+    # every single poem has 8 distinct bigrams: at that size the pool is always all distinct
+    assert pm.distinct_n_at_size([a, b] * 50, 2, 8) == 1.0
+    # 16 bigrams: two poems drawn without replacement from 50 + 50 copies; the same text twice
+    # (probability 49/99) halves distinct-2, so the mean is near 1 - 0.5 * 49/99
+    got = pm.distinct_n_at_size([a, b] * 50, 2, 16, draws=400)
+    assert 0.70 < got < 0.80
+    # smaller samples of a repetitive corpus look more diverse than the whole corpus does
+    assert pm.distinct_n_at_size([a, b] * 50, 2, 8) > pm.distinct_n([a, b] * 50, 2)
+    # a poem cut to fit: 12 bigrams = one poem and half of another
+    assert pm.distinct_n_at_size([a], 2, 4) == 1.0
+    assert pm.distinct_n_at_size([a], 2, 9) is None  # more than the bodies hold
+    assert pm.distinct_n_at_size([a], 2, 0) is None
+    # deterministic for a seed
+    assert pm.distinct_n_at_size([a, b] * 5, 2, 16, seed=3) == pm.distinct_n_at_size([a, b] * 5, 2, 16, seed=3)
+
+
 def test_copy_rate():
     generated = [JINGYESI, "床前明月光，疑是天上霜。举头望明月，低头思故乡。", "春风，春风。"]
     result = pm.copy_rate(generated, [JINGYESI, SONGXIONG])
