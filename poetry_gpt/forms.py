@@ -477,10 +477,15 @@ def apply_constraint_tf(logits, state, rhyme_group, tables):
     rhyme_group = tf.cast(rhyme_group, tf.int32)
     allowed = tf.gather(tables["allowed"], state)
     role = tf.gather(tables["rhyme_role"], state)
-    match = tf.logical_and(allowed, tf.equal(tables["token_final"][None, :], rhyme_group[:, None]))
-    use_match = (tf.equal(role, ROLE_MATCH) & tf.greater_equal(rhyme_group, 0)
-                 & tf.reduce_any(match, axis=1))
-    mask = tf.where(use_match[:, None], match, allowed)
+    wants_match = tf.equal(role, ROLE_MATCH) & tf.greater_equal(rhyme_group, 0)
+
+    def rhyme_mask():
+        match = tf.logical_and(allowed, tf.equal(tables["token_final"][None, :], rhyme_group[:, None]))
+        use_match = wants_match & tf.reduce_any(match, axis=1)
+        return tf.where(use_match[:, None], match, allowed)
+
+    # the rhyme test reads the whole vocabulary: only at the few steps where a row needs it
+    mask = tf.cond(tf.reduce_any(wants_match), rhyme_mask, lambda: allowed)
     neg = tf.constant(max(-1e9, float(logits.dtype.min)), dtype=logits.dtype)
     return tf.where(mask, logits, neg)
 

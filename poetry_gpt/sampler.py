@@ -40,6 +40,9 @@ import numpy as np
 import tensorflow as tf
 
 BUCKET = 16
+#: batch-1 decode-step matmuls run as this many row-block dots (see ``CachedGPT2._linear``): 1.5x
+#: faster decode on 2 cores, where XLA's matrix-vector dot leaves one core idle (4 blocks: no better)
+SPLIT = 2
 NEG = -1e9  # "impossible" logit; finite so that softmax never sees inf - inf
 
 
@@ -90,9 +93,10 @@ class CachedGPT2:
     Args:
         model: a built ``TFGPT2LMHeadModel``.
         compute_dtype: ``tf.float32`` or ``tf.bfloat16`` for the matmuls (logits stay float32).
+        split: row blocks per decode-step matmul (1 = plain dots).
     """
 
-    def __init__(self, model, compute_dtype=tf.float32):
+    def __init__(self, model, compute_dtype=tf.float32, split: int = SPLIT):
         from transformers.activations_tf import get_tf_activation
 
         cfg = model.config
@@ -103,6 +107,7 @@ class CachedGPT2:
         self.eps = cfg.layer_norm_epsilon
         self.act = get_tf_activation(cfg.activation_function)
         self.dtype = compute_dtype
+        self.split = split
         t = model.transformer
         self._vars = {
             "wte": t.wte.embeddings, "wpe": t.wpe.embeddings,
@@ -126,15 +131,27 @@ class CachedGPT2:
         y = (x32 - mean) * tf.math.rsqrt(var + self.eps)
         return tf.cast(y, self.dtype) * gb[0] + gb[1]
 
-    @staticmethod
-    def _linear(x, wb):
-        return tf.matmul(x, wb[0]) + wb[1][0]
+    def _linear(self, x, wb):
+        W, b = wb
+        K, P = W.shape[0], self.split
+        if x.shape.rank == 2 and x.shape[0] == 1 and P > 1 and K % P == 0:
+            # a batch-1 decode step ([1, K] @ [K, N]) only streams W, and XLA runs the matrix-vector
+            # dot on one core; as P dots over row blocks of W (a free reshape) it uses P cores.
+            # (From batch 2 on XLA takes its matrix-matrix path, which the split slows down.)
+            xs = tf.transpose(tf.reshape(x, [-1, P, K // P]), [1, 0, 2])  # [P, B, K/P]
+            return tf.reduce_sum(tf.matmul(xs, tf.reshape(W, [P, K // P, -1])), axis=0) + b[0]
+        return tf.matmul(x, W) + b[0]
 
     def _heads(self, x):  # [..., D] -> [..., H, Dh]
         return tf.reshape(x, tf.concat([tf.shape(x)[:-1], [self.n_head, self.head_dim]], 0))
 
     def _logits(self, w, x):
         x = self._ln(x, w["ln_f"])
+        V, P = self.vocab_size, self.split
+        if x.shape[0] == 1 and P > 1 and V % P == 0:  # row blocks of the embedding, as in _linear
+            blocks = tf.matmul(tf.broadcast_to(x[None], [P, *x.shape]), tf.reshape(w["wte"], [P, V // P, -1]),
+                               transpose_b=True)  # [P, B, V/P]
+            return tf.cast(tf.reshape(tf.transpose(blocks, [1, 0, 2]), [-1, V]), tf.float32)
         return tf.cast(tf.matmul(x, w["wte"], transpose_b=True), tf.float32)
 
     def _mlp(self, layer, x):

@@ -77,6 +77,30 @@ def test_cached_forward_matches_transformers(gen):
     np.testing.assert_allclose(logits.numpy(), ref[[0, 1], [16, 11]], atol=1e-4)
 
 
+@pytest.mark.parametrize("vocab_size", [40, 41])  # 41: the logits cannot split into 2 or 4 blocks
+def test_batch_1_split_matmuls_match_transformers(vocab_size):
+    """Batch-1 decode steps run their matmuls as row-block dots (sampler.SPLIT); same logits."""
+    import tensorflow as tf
+    from transformers import GPT2Config, TFGPT2LMHeadModel
+
+    from poetry_gpt.sampler import SPLIT, CachedGPT2
+
+    assert SPLIT > 1
+    tf.keras.utils.set_random_seed(1)
+    model = TFGPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=32, n_embd=32, n_layer=2, n_head=2))
+    ids = np.random.default_rng(1).integers(0, vocab_size, size=(1, 12)).astype(np.int32)
+    ref = model(tf.constant(ids)).logits.numpy()[0]
+    for split in (1, 2, 4):
+        net = CachedGPT2(model, split=split)
+        w = net.weights()
+        logits, cache = net.prefill(w, tf.constant(ids[:, :8]), tf.constant([8]))
+        got = [logits.numpy()[0]]
+        for t in range(8, 12):
+            logits, cache = net.step(w, tf.constant(ids[:, t]), tf.constant([t]), cache)
+            got.append(logits.numpy()[0])
+        np.testing.assert_allclose(np.stack(got), ref[7:12], atol=1e-4, err_msg=f"split {split}")
+
+
 def test_greedy_equals_argmax_loop_without_cache(gen):
     """top_k=1 through the compiled loop = argmax of the full forward, one character at a time."""
     import tensorflow as tf
