@@ -41,6 +41,7 @@ DEFAULT_SAMPLES = 300
 DEFAULT_TOP_K = 10
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_SEED = 0
+PROMPT_ORDER_SEED = 0  # which held-out titles prompt the samples (fixed: independent of --seed)
 DEFAULT_CORPUS_POEMS = 5000
 DEFAULT_EXAMPLES = 5
 CORPUS_SAMPLE_SEED = 0  # the corpus sample does not change with --seed
@@ -51,8 +52,9 @@ MAX_PERPLEXITY_LOSS = 80.0  # exp() overflow guard (as in train.py)
 
 def check_eval_options(samples: int = DEFAULT_SAMPLES, top_k: int = DEFAULT_TOP_K,
                        batch_size: int = DEFAULT_BATCH_SIZE, corpus_poems: int = DEFAULT_CORPUS_POEMS,
-                       examples: int = DEFAULT_EXAMPLES) -> None:
-    """Check the numeric options of ``evaluate``.
+                       examples: int = DEFAULT_EXAMPLES, top_p: float = 1.0, temperature: float = 1.0,
+                       repetition_penalty: float = 1.0) -> None:
+    """Check the numeric options of ``evaluate`` (the sampling ones as ``generate`` does).
 
     Raises:
         OptionError: naming the first bad option and its valid range.
@@ -67,6 +69,9 @@ def check_eval_options(samples: int = DEFAULT_SAMPLES, top_k: int = DEFAULT_TOP_
     for ok, option, message in checks:
         if not ok:
             raise OptionError(f"{option}: {message}")
+    from .generate import check_options
+
+    check_options(top_k=top_k, top_p=top_p, temperature=temperature, repetition_penalty=repetition_penalty)
 
 
 # --- the run and its data --------------------------------------------------------------------
@@ -171,8 +176,11 @@ def validation_loss(lm, manifest: Manifest, vocab: CharVocab, batch_size: int, n
 # --- prompts ---------------------------------------------------------------------------------
 
 def held_out_prompts(poems: list[tuple[str, str, str]], n: int, n_ctx: int) -> tuple[list[str], list[str], dict]:
-    """``n`` corpus-style prompts ``title 体裁：【`` from held-out poems, in file order, cycled.
+    """``n`` corpus-style prompts ``title 体裁：【`` from held-out poems, in a fixed random order, cycled.
 
+    The order (``prompt_order``) is random so that the prompts represent the whole split, not
+    its first poems (a corpus in collection order starts with one kind of poem: 全唐诗 with
+    emperors' poems and ritual hymns), and fixed so that runs and seeds see the same prompts.
     A poem is skipped as a prompt when its title or genre holds a character the vocabulary lacks
     (decoded as U+FFFD) or when its prompt would take more than a quarter of the context.
 
@@ -201,9 +209,22 @@ def held_out_prompts(poems: list[tuple[str, str, str]], n: int, n_ctx: int) -> t
         raise DataDirError(f"no validation poem gives a usable prompt ({len(poems)} poems; skipped: "
                            f"{skipped['unknown_chars']} with unknown characters, {skipped['too_long']} with a "
                            f"title longer than a quarter of the {n_ctx}-token context)")
-    chosen = [usable[i % len(usable)] for i in range(n)]
+    chosen = [usable[i] for i in prompt_order(len(usable), n)]
     info = {"usable": len(usable), "skipped": skipped, "cycled": n > len(usable)}
     return [p for p, _ in chosen], [b for _, b in chosen], info
+
+
+def prompt_order(usable: int, n: int, seed: int = PROMPT_ORDER_SEED) -> list[int]:
+    """Indices of the ``n`` prompts among ``usable`` ones: a seeded shuffle, cycled when n > usable.
+
+    Args:
+        usable: how many usable prompts there are (≥ 1).
+        n: how many to take.
+        seed: the shuffle's seed.
+    """
+    order = list(range(usable))
+    random.Random(seed).shuffle(order)
+    return [order[i % usable] for i in range(n)]
 
 
 def corpus_sample(bodies: list[str], limit: int, seed: int = CORPUS_SAMPLE_SEED) -> tuple[list[str], bool]:
@@ -233,6 +254,7 @@ def _clean(value):
 
 def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
              samples: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED, top_k: int = DEFAULT_TOP_K,
+             top_p: float = 1.0, temperature: float = 1.0, repetition_penalty: float = 1.0,
              batch_size: int = DEFAULT_BATCH_SIZE, corpus_poems: int = DEFAULT_CORPUS_POEMS,
              examples: int = DEFAULT_EXAMPLES, echo: Callable[[str], None] | None = None,
              generator=None) -> dict:
@@ -244,6 +266,9 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
         samples: how many poems to sample (≥ 1).
         seed: seed of the first sample (sample i uses seed + i).
         top_k: sampling among the k most likely characters.
+        top_p: nucleus mass kept among them (1 = off).
+        temperature: logits divided by it.
+        repetition_penalty: > 1 discourages characters already in the poem (1 = off).
         batch_size: rows per batch, for the validation loss and for sampling.
         corpus_poems: training poems for the ``corpus`` figures (0 = all; else a fixed random sample).
         examples: how many samples to include verbatim.
@@ -257,7 +282,7 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
         OptionError, RunDirError, DataDirError: one-line explanations.
     """
     say = echo or (lambda _s: None)
-    check_eval_options(samples, top_k, batch_size, corpus_poems, examples)
+    check_eval_options(samples, top_k, batch_size, corpus_poems, examples, top_p, temperature, repetition_penalty)
     started = time.perf_counter()
     run, info = open_run(run_dir)
     manifest, vocab = resolve_data(run, info, data_dir)
@@ -288,7 +313,8 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     say(f"Sampling {samples} poems (top-k {top_k}, seed {seed}) …")
     max_new = n_ctx - 1 - max(len(p) for p in prompts)
     t0 = time.perf_counter()
-    drawn = generator.generate(prompts, num_samples=1, top_k=top_k, seed=seed, batch_size=batch_size,
+    drawn = generator.generate(prompts, num_samples=1, top_k=top_k, top_p=top_p, temperature=temperature,
+                               repetition_penalty=repetition_penalty, seed=seed, batch_size=batch_size,
                                max_new_tokens=max_new)
     sample_seconds = time.perf_counter() - t0
     tokens = sum(s.tokens for s in drawn)
@@ -335,7 +361,8 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
             "train_poems": manifest.poems("train"),
             "valid_poems": manifest.poems("valid"),
         },
-        "options": {"samples": samples, "seed": seed, "top_k": top_k, "batch_size": batch_size,
+        "options": {"samples": samples, "seed": seed, "top_k": top_k, "top_p": top_p, "temperature": temperature,
+                    "repetition_penalty": repetition_penalty, "batch_size": batch_size,
                     "corpus_poems": corpus_poems, "min_clause_len": MIN_CLAUSE_LEN, "examples": examples},
         "validation": validation,
         "samples": sample_block,

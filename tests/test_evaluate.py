@@ -18,7 +18,7 @@ import poetry_gpt  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loa
 from poetry_gpt import poem_metrics
 from poetry_gpt.config import DataConfig, config_from_preset
 from poetry_gpt.errors import DataDirError, OptionError, RunDirError
-from poetry_gpt.evaluate import corpus_sample, held_out_prompts, perplexity
+from poetry_gpt.evaluate import corpus_sample, held_out_prompts, perplexity, prompt_order
 
 CHARS = "春花秋月山水风云天地人心江河日夜雪雨"
 OTHER_CHARS = "东西南北金木火土竹松梅兰草石"
@@ -115,7 +115,8 @@ def test_report_has_every_block(cli_report, run_dir, data_dir):
     assert r["global_step"] == 5 and r["export_step"] == 5 and r["epoch"] == 1
     assert r["data"]["path"] == str(data_dir.resolve()) and r["data"]["recorded_in_run"]
     assert r["data"]["same_data_as_run"]
-    assert r["options"] == {"samples": N_SAMPLES, "seed": 3, "top_k": 10, "batch_size": 16, "corpus_poems": 5000,
+    assert r["options"] == {"samples": N_SAMPLES, "seed": 3, "top_k": 10, "top_p": 1.0, "temperature": 1.0,
+                            "repetition_penalty": 1.0, "batch_size": 16, "corpus_poems": 5000,
                             "min_clause_len": 5, "examples": 5}
     v = r["validation"]
     assert {"loss", "perplexity", "tokens", "rows", "poems", "dtype"} <= set(v) and v["dtype"] == "float32"
@@ -173,7 +174,7 @@ def test_corpus_and_held_out_figures_are_poem_metrics_of_the_splits(cli_report, 
     assert {k: corpus[k] for k in expected} == pytest.approx(expected)
     assert corpus["train_poems"] == len(train) and corpus["sampled"] is False
     valid = split_bodies(data_dir, "valid")
-    refs = [valid[i % len(valid)] for i in range(N_SAMPLES)]
+    refs = [valid[i] for i in prompt_order(len(valid), N_SAMPLES)]
     expected = poem_metrics.sample_figures([("【" + b + "】", True) for b in refs], train)
     assert {k: cli_report["held_out"][k] for k in expected} == pytest.approx(expected)
 
@@ -186,7 +187,7 @@ def test_sample_figures_match_the_examples_and_the_prompts(cli_report, data_dir,
     vocab = generator.vocab
     lines = [vocab.decode(ids) for ids in read_poem_ids(load_manifest(data_dir), "valid")]
     prompts = [line.partition("【")[0] + "【" for line in lines]
-    prompts = [prompts[i % len(prompts)] for i in range(N_SAMPLES)]
+    prompts = [prompts[i] for i in prompt_order(len(prompts), N_SAMPLES)]
     drawn = generator.generate(prompts, num_samples=1, top_k=10, seed=3, batch_size=16,
                                max_new_tokens=cli_report["samples"]["max_new_tokens"])
     assert [s.text for s in drawn[:5]] == [e["text"] for e in cli_report["examples"]]
@@ -214,6 +215,12 @@ def test_same_seed_same_report_and_data_override(cli_report, run_dir, data_dir, 
     other = evaluate(run_dir, samples=N_SAMPLES, seed=4, generator=generator)
     assert [e["seed"] for e in other["examples"]] == [4, 5, 6, 7, 8]
     assert [e["text"] for e in other["examples"]] != [e["text"] for e in cli_report["examples"]]
+    # the sampling options reach the sampler: greedy with a strong repetition penalty is its own poem set
+    greedy = evaluate(run_dir, samples=N_SAMPLES, seed=3, top_k=1, repetition_penalty=3.0, generator=generator)
+    assert greedy["options"]["top_k"] == 1 and greedy["options"]["repetition_penalty"] == 3.0
+    expected = generator.generate([e["text"].partition("【")[0] + "【" for e in greedy["examples"]], top_k=1,
+                                  repetition_penalty=3.0, seed=3, max_new_tokens=greedy["samples"]["max_new_tokens"])
+    assert [e["text"] for e in greedy["examples"]] == [x.text for x in expected]
     # --data: other poems with the run's vocabulary
     other_data = make_data(tmp_path / "same-vocab", n=60, seed=7, vocab_dir=data_dir)
     moved = evaluate(run_dir, other_data, samples=N_SAMPLES, seed=3, generator=generator)
@@ -243,6 +250,9 @@ def test_refuses_data_with_another_vocabulary(run_dir, tmp_path):
     (["--top-k", "0"], "--top-k"),
     (["--batch-size", "0"], "--batch-size"),
     (["--corpus-poems", "-1"], "--corpus-poems"),
+    (["--temperature", "0"], "--temperature"),
+    (["--top-p", "1.5"], "--top-p"),
+    (["--repetition-penalty", "-1"], "--repetition-penalty"),
 ])
 def test_bad_options_are_one_line(tmp_path, args, needle):
     result = invoke(["eval", "--run", str(tmp_path), *args])
@@ -280,11 +290,20 @@ def test_missing_recorded_data_dir(tmp_path):
 def test_held_out_prompts_cycle_and_skip():
     poems = [("春晓", "唐诗", "a"), ("\ufffd月", "唐诗", "b"), ("长" * 30, "唐诗", "c"), ("", "宋词", "d")]
     prompts, bodies, info = held_out_prompts(poems, 5, n_ctx=64)
-    assert prompts == ["春晓 唐诗：【", "宋词：【", "春晓 唐诗：【", "宋词：【", "春晓 唐诗：【"]
-    assert bodies == ["a", "d", "a", "d", "a"]
+    first = prompts[0]
+    assert sorted(prompts[:2]) == ["宋词：【", "春晓 唐诗：【"] and prompts[2:] == prompts[:2] + [first]  # cycled
+    assert bodies == [{"春晓 唐诗：【": "a", "宋词：【": "d"}[p] for p in prompts]
     assert info == {"usable": 2, "skipped": {"unknown_chars": 1, "too_long": 1}, "cycled": True}
     with pytest.raises(DataDirError):
         held_out_prompts(poems[1:3], 1, n_ctx=64)
+
+
+def test_prompt_order_is_a_fixed_shuffle_of_the_whole_split():
+    order = prompt_order(1000, 100)
+    assert order == prompt_order(1000, 100) and len(set(order)) == 100
+    assert max(order) > 500  # drawn from the whole split, not its first poems
+    assert order != list(range(100)) and prompt_order(1000, 100, seed=1) != order
+    assert sorted(prompt_order(7, 7)) == list(range(7)) and prompt_order(7, 9)[7:] == prompt_order(7, 9)[:2]
 
 
 def test_corpus_sample_is_fixed_and_ordered():

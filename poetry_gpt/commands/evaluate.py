@@ -25,6 +25,11 @@ from ..evaluate import (DEFAULT_BATCH_SIZE, DEFAULT_CORPUS_POEMS, DEFAULT_EXAMPL
               help="Seed of the first sample (sample i uses seed+i).")
 @click.option("--top-k", type=int, default=DEFAULT_TOP_K, show_default=True,
               help="Sample among the k most likely characters (≥ 1).")
+@click.option("--top-p", type=float, default=1.0, show_default=True,
+              help="Nucleus: keep the most likely characters up to this probability mass, in (0, 1].")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="> 0; divides the logits.")
+@click.option("--repetition-penalty", type=float, default=1.0, show_default=True,
+              help="> 0; above 1 discourages characters already in the poem (1 = off).")
 @click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True,
               help="Rows per batch for the validation loss and the sampling (≥ 1).")
 @click.option("--corpus-poems", type=int, default=DEFAULT_CORPUS_POEMS, show_default=True,
@@ -33,7 +38,8 @@ from ..evaluate import (DEFAULT_BATCH_SIZE, DEFAULT_CORPUS_POEMS, DEFAULT_EXAMPL
               help="Samples shown verbatim in the report.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Also write the report to this file.")
-def eval_cmd(run_dir, data_dir, samples, seed, top_k, batch_size, corpus_poems, examples, out):
+def eval_cmd(run_dir, data_dir, samples, seed, top_k, top_p, temperature, repetition_penalty, batch_size, corpus_poems,
+             examples, out):
     """Validation loss and poem-quality figures of a run, next to its corpus's own, as one JSON report.
 
     \b
@@ -46,10 +52,12 @@ def eval_cmd(run_dir, data_dir, samples, seed, top_k, batch_size, corpus_poems, 
     from ..evaluate import check_eval_options, evaluate
     from ..fsutil import atomic_write_text
 
-    check_eval_options(samples, top_k, batch_size, corpus_poems, examples)  # before TensorFlow loads
+    check_eval_options(samples, top_k, batch_size, corpus_poems, examples, top_p, temperature,
+                       repetition_penalty)  # before TensorFlow loads
     if out and not Path(out).resolve().parent.is_dir():
         raise click.ClickException(f"--out {out}: the folder {Path(out).resolve().parent} does not exist; create it first")
-    report = evaluate(run_dir, data_dir, samples=samples, seed=seed, top_k=top_k, batch_size=batch_size,
+    report = evaluate(run_dir, data_dir, samples=samples, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
+                      repetition_penalty=repetition_penalty, batch_size=batch_size,
                       corpus_poems=corpus_poems, examples=examples, echo=lambda s: click.echo(s, err=True))
     text = json.dumps(report, ensure_ascii=False, indent=2)
     if out:
