@@ -53,7 +53,7 @@ MAX_PERPLEXITY_LOSS = 80.0  # exp() overflow guard (as in train.py)
 def check_eval_options(samples: int = DEFAULT_SAMPLES, top_k: int = DEFAULT_TOP_K,
                        batch_size: int = DEFAULT_BATCH_SIZE, corpus_poems: int = DEFAULT_CORPUS_POEMS,
                        examples: int = DEFAULT_EXAMPLES, top_p: float = 1.0, temperature: float = 1.0,
-                       repetition_penalty: float = 1.0) -> None:
+                       repetition_penalty: float = 1.0, min_p: float = 0.0) -> None:
     """Check the numeric options of ``evaluate`` (the sampling ones as ``generate`` does).
 
     Raises:
@@ -71,7 +71,8 @@ def check_eval_options(samples: int = DEFAULT_SAMPLES, top_k: int = DEFAULT_TOP_
             raise OptionError(f"{option}: {message}")
     from .generate import check_options
 
-    check_options(top_k=top_k, top_p=top_p, temperature=temperature, repetition_penalty=repetition_penalty)
+    check_options(top_k=top_k, top_p=top_p, temperature=temperature, repetition_penalty=repetition_penalty,
+                  min_p=min_p)
 
 
 # --- the run and its data --------------------------------------------------------------------
@@ -254,7 +255,7 @@ def _clean(value):
 
 def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
              samples: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED, top_k: int = DEFAULT_TOP_K,
-             top_p: float = 1.0, temperature: float = 1.0, repetition_penalty: float = 1.0,
+             top_p: float = 1.0, temperature: float = 1.0, repetition_penalty: float = 1.0, min_p: float = 0.0,
              batch_size: int = DEFAULT_BATCH_SIZE, corpus_poems: int = DEFAULT_CORPUS_POEMS,
              examples: int = DEFAULT_EXAMPLES, echo: Callable[[str], None] | None = None,
              generator=None) -> dict:
@@ -269,6 +270,7 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
         top_p: nucleus mass kept among them (1 = off).
         temperature: logits divided by it.
         repetition_penalty: > 1 discourages characters already in the poem (1 = off).
+        min_p: drop characters below this fraction of the most likely one's probability (0 = off).
         batch_size: rows per batch, for the validation loss and for sampling.
         corpus_poems: training poems for the ``corpus`` figures (0 = all; else a fixed random sample).
         examples: how many samples to include verbatim.
@@ -282,7 +284,8 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
         OptionError, RunDirError, DataDirError: one-line explanations.
     """
     say = echo or (lambda _s: None)
-    check_eval_options(samples, top_k, batch_size, corpus_poems, examples, top_p, temperature, repetition_penalty)
+    check_eval_options(samples, top_k, batch_size, corpus_poems, examples, top_p, temperature, repetition_penalty,
+                       min_p)
     started = time.perf_counter()
     run, info = open_run(run_dir)
     manifest, vocab = resolve_data(run, info, data_dir)
@@ -314,7 +317,7 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     max_new = n_ctx - 1 - max(len(p) for p in prompts)
     t0 = time.perf_counter()
     drawn = generator.generate(prompts, num_samples=1, top_k=top_k, top_p=top_p, temperature=temperature,
-                               repetition_penalty=repetition_penalty, seed=seed, batch_size=batch_size,
+                               repetition_penalty=repetition_penalty, min_p=min_p, seed=seed, batch_size=batch_size,
                                max_new_tokens=max_new)
     sample_seconds = time.perf_counter() - t0
     tokens = sum(s.tokens for s in drawn)
@@ -362,7 +365,7 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
             "valid_poems": manifest.poems("valid"),
         },
         "options": {"samples": samples, "seed": seed, "top_k": top_k, "top_p": top_p, "temperature": temperature,
-                    "repetition_penalty": repetition_penalty, "batch_size": batch_size,
+                    "repetition_penalty": repetition_penalty, "min_p": min_p, "batch_size": batch_size,
                     "corpus_poems": corpus_poems, "min_clause_len": MIN_CLAUSE_LEN, "examples": examples},
         "validation": validation,
         "samples": sample_block,

@@ -15,7 +15,7 @@ step. Two ``tf.function(jit_compile=True)`` programs do the work:
   ``length + i`` of its own row, and runs one step. Every shape is fixed by
   ``(batch, n_ctx, top-k cap, constraint tables)``, so a new opening never
   recompiles it;
-  ``top_k``, ``top_p``, temperature, repetition penalty, ``max_new_tokens`` and
+  ``top_k``, ``top_p``, ``min_p``, temperature, repetition penalty, ``max_new_tokens`` and
   the per-row seeds are tensors. It exits early when every row has emitted the
   stop token (】).
 
@@ -23,7 +23,8 @@ Sampling per step: the optional constraint (a mask from ``poetry_gpt.forms``,
 its per-row state advanced after the draw), repetition penalty (as in
 transformers: divide positive logits of already-seen tokens by the penalty,
 multiply negative ones), banned ids (``[PAD]``/``[UNK]``/``[SEP]``), top-k over the
-``kcap`` best candidates, temperature, top-p (nucleus over the top-k), then a
+``kcap`` best candidates, temperature, top-p (nucleus over the top-k) and min-p (drop candidates below
+min_p times the best one's probability), then a
 Gumbel-max draw whose noise hashes ``(row seed, step, candidate)``
 (``stateless_gumbel``): a row's poem depends only on its own seed and the
 options, not on its batch mates, and the batch is never unrolled.
@@ -252,7 +253,7 @@ def stateless_gumbel(seeds, step, n):
     return -tf.math.log(-tf.math.log(u))
 
 
-def sample_tokens(logits, seen, seeds, step, *, top_k, top_p, temperature, penalty, kcap, banned_bias):
+def sample_tokens(logits, seen, seeds, step, *, top_k, top_p, temperature, penalty, kcap, banned_bias, min_p=0.0):
     """Draw one token per row (the sampling half of a decode step).
 
     Args:
@@ -262,6 +263,8 @@ def sample_tokens(logits, seen, seeds, step, *, top_k, top_p, temperature, penal
         step: scalar int32, the decode step (second half of each row's seed).
         top_k: scalar int32 ≥ 1 (1 = greedy).
         top_p: scalar float32 in (0, 1].
+        min_p: scalar float32 in [0, 1): drop candidates less likely than ``min_p`` times the most
+            likely one (0 = off).
         temperature: scalar float32 > 0.
         penalty: scalar float32 > 0 (1 = off).
         kcap: Python int, how many candidates to keep (≥ top_k).
@@ -277,7 +280,8 @@ def sample_tokens(logits, seen, seeds, step, *, top_k, top_p, temperature, penal
     vals = tf.where(rank < top_k, vals / temperature, NEG)
     probs = CachedGPT2._softmax(vals)
     before = tf.cumsum(probs, axis=-1, exclusive=True)
-    vals = tf.where((before < top_p) | (rank == 0), vals, NEG)
+    keep = (before < top_p) & (probs >= min_p * probs[:, :1])
+    vals = tf.where(keep | (rank == 0), vals, NEG)
     picks = tf.argmax(vals + stateless_gumbel(seeds, step, kcap), axis=-1, output_type=tf.int32)  # Gumbel-max
     choice = tf.where(top_k == 1, 0, picks)
     return tf.gather(idx, choice, batch_dims=1)
@@ -325,6 +329,7 @@ class Sampler:
         w = self.net.weights()
         top_k, top_p, temperature, penalty, max_new = options["top_k"], options["top_p"], \
             options["temperature"], options["penalty"], options["max_new"]
+        min_p = options["min_p"]
         B, n_ctx = logits.shape[0], self.n_ctx
         out = tf.zeros([B, n_ctx], tf.int32)
         state, rhyme, tables = constraint_in if constraint is not None else (tf.zeros([B]), tf.zeros([B]), ())
@@ -335,7 +340,7 @@ class Sampler:
         def body(i, logits, cache, out, seen, done, state, rhyme):
             if constraint is not None:
                 logits = constraint.apply_constraint_tf(logits, state, rhyme, tables)
-            token = sample_tokens(logits, seen, seeds, i, top_k=top_k, top_p=top_p, temperature=temperature,
+            token = sample_tokens(logits, seen, seeds, i, top_k=top_k, top_p=top_p, min_p=min_p, temperature=temperature,
                                   penalty=penalty, kcap=kcap, banned_bias=self.banned_bias)
             token = tf.where(done, 0, token)
             if constraint is not None:
@@ -356,6 +361,7 @@ class Sampler:
     # driver ---------------------------------------------------------------------------
     def run(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], *, max_new_tokens: int,
             top_k: int = 10, top_p: float = 1.0, temperature: float = 1.0, repetition_penalty: float = 1.0,
+            min_p: float = 0.0,
             active: Sequence[bool] | None = None, constraint: Any = None, constraint_state=None) -> DecodeResult:
         """Sample continuations of a batch of prompts (validated by the caller).
 
@@ -365,6 +371,7 @@ class Sampler:
             max_new_tokens: decode steps at most.
             top_k: keep the k most likely tokens (1 = greedy).
             top_p: nucleus mass kept among them.
+            min_p: keep only those at least this fraction as likely as the most likely (0 = off).
             temperature: logits are divided by it.
             repetition_penalty: > 1 discourages tokens already in the row.
             active: rows that matter; inactive rows (batch padding) start finished.
@@ -387,6 +394,7 @@ class Sampler:
         done = np.zeros(B, bool) if active is None else ~np.asarray(active, bool)
         options = {
             "top_k": tf.constant(top_k, tf.int32), "top_p": tf.constant(top_p, tf.float32),
+            "min_p": tf.constant(min_p, tf.float32),
             "temperature": tf.constant(temperature, tf.float32), "penalty": tf.constant(repetition_penalty, tf.float32),
             "max_new": tf.constant(max_new_tokens, tf.int32),
         }

@@ -116,7 +116,7 @@ def test_report_has_every_block(cli_report, run_dir, data_dir):
     assert r["data"]["path"] == str(data_dir.resolve()) and r["data"]["recorded_in_run"]
     assert r["data"]["same_data_as_run"]
     assert r["options"] == {"samples": N_SAMPLES, "seed": 3, "top_k": 10, "top_p": 1.0, "temperature": 1.0,
-                            "repetition_penalty": 1.0, "batch_size": 16, "corpus_poems": 5000,
+                            "repetition_penalty": 1.0, "min_p": 0.0, "batch_size": 16, "corpus_poems": 5000,
                             "min_clause_len": 5, "examples": 5}
     v = r["validation"]
     assert {"loss", "perplexity", "tokens", "rows", "poems", "dtype"} <= set(v) and v["dtype"] == "float32"
@@ -253,6 +253,7 @@ def test_refuses_data_with_another_vocabulary(run_dir, tmp_path):
     (["--temperature", "0"], "--temperature"),
     (["--top-p", "1.5"], "--top-p"),
     (["--repetition-penalty", "-1"], "--repetition-penalty"),
+    (["--min-p", "1"], "--min-p"),
 ])
 def test_bad_options_are_one_line(tmp_path, args, needle):
     result = invoke(["eval", "--run", str(tmp_path), *args])

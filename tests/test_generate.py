@@ -196,6 +196,9 @@ def test_top_p_and_temperature_limit_the_candidates():
     assert set(cold.ravel()) == {3}
     hot = sampler.run([[2, 3]] * 40, seeds, max_new_tokens=3, top_k=3).tokens
     assert set(hot.ravel()) == {3, 4, 5}
+    # min-p 0.3: 0.24 ≥ 0.3 × 0.67 stays, 0.09 does not; min-p 0.5 leaves the best alone
+    assert set(sampler.run([[2, 3]] * 40, seeds, max_new_tokens=3, top_k=3, min_p=0.3).tokens.ravel()) == {3, 4}
+    assert set(sampler.run([[2, 3]] * 40, seeds, max_new_tokens=3, top_k=3, min_p=0.5).tokens.ravel()) == {3}
 
 
 def test_sampled_rows_depend_on_own_seed_only(gen):
@@ -321,6 +324,8 @@ def test_form_constraint(gen):
     ({"top_k": 0}, "--top-k"),
     ({"top_p": 1.5}, "--top-p"),
     ({"top_p": 0.0}, "--top-p"),
+    ({"min_p": 1.0}, "--min-p"),
+    ({"min_p": -0.1}, "--min-p"),
     ({"temperature": 0}, "--temperature"),
     ({"repetition_penalty": 0}, "--repetition-penalty"),
     ({"num_samples": 0}, "--num-samples"),
@@ -419,7 +424,7 @@ def test_cli_eager_reference_path(cli_gen, run_dir):
 
 def test_chat(cli_gen, run_dir):
     script = "\n".join(["春眠", ":k 1", ":n 3", ":title 春晓", ":k 0", ":form 六绝", ":form 五绝", "床前",
-                        ":form off", ":seed 4", ":bogus", ":help", ":quit", "never read"]) + "\n"
+                        ":form off", ":m 2", ":m 0.05", ":show", ":seed 4", ":bogus", ":help", ":quit", "never read"]) + "\n"
     result = _invoke(["chat", "--run", str(run_dir), "--seed", "1"], input=script)
     assert result.exit_code == 0, result.output
     out = result.output
@@ -428,6 +433,7 @@ def test_chat(cli_gen, run_dir):
     assert sum(p.startswith("春晓 唐诗：【") for p in poems) == 3  # :n 3 took effect
     assert sum(p.startswith("唐诗：【床前") and p.endswith("】") for p in poems) == 3  # with :form 五绝
     assert "Error: --top-k" in out and "Error: --form" in out and "Unknown command :bogus" in out
+    assert "Error: --min-p" in out and "min_p=0.05" in out  # a bad :m is refused, a good one shown by :show
     assert ":title T" in out and out.rstrip().endswith("Bye.")
     assert "never read" not in out
 

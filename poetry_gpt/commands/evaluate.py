@@ -27,6 +27,8 @@ from ..evaluate import (DEFAULT_BATCH_SIZE, DEFAULT_CORPUS_POEMS, DEFAULT_EXAMPL
               help="Sample among the k most likely characters (≥ 1).")
 @click.option("--top-p", type=float, default=1.0, show_default=True,
               help="Nucleus: keep the most likely characters up to this probability mass, in (0, 1].")
+@click.option("--min-p", type=float, default=0.0, show_default=True,
+              help="Drop characters less likely than this fraction of the most likely one, in [0, 1) (0 = off).")
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="> 0; divides the logits.")
 @click.option("--repetition-penalty", type=float, default=1.0, show_default=True,
               help="> 0; above 1 discourages characters already in the poem (1 = off).")
@@ -38,8 +40,8 @@ from ..evaluate import (DEFAULT_BATCH_SIZE, DEFAULT_CORPUS_POEMS, DEFAULT_EXAMPL
               help="Samples shown verbatim in the report.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Also write the report to this file.")
-def eval_cmd(run_dir, data_dir, samples, seed, top_k, top_p, temperature, repetition_penalty, batch_size, corpus_poems,
-             examples, out):
+def eval_cmd(run_dir, data_dir, samples, seed, top_k, top_p, min_p, temperature, repetition_penalty, batch_size,
+             corpus_poems, examples, out):
     """Validation loss and poem-quality figures of a run, next to its corpus's own, as one JSON report.
 
     \b
@@ -53,11 +55,11 @@ def eval_cmd(run_dir, data_dir, samples, seed, top_k, top_p, temperature, repeti
     from ..fsutil import atomic_write_text
 
     check_eval_options(samples, top_k, batch_size, corpus_poems, examples, top_p, temperature,
-                       repetition_penalty)  # before TensorFlow loads
+                       repetition_penalty, min_p)  # before TensorFlow loads
     if out and not Path(out).resolve().parent.is_dir():
         raise click.ClickException(f"--out {out}: the folder {Path(out).resolve().parent} does not exist; create it first")
     report = evaluate(run_dir, data_dir, samples=samples, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
-                      repetition_penalty=repetition_penalty, batch_size=batch_size,
+                      repetition_penalty=repetition_penalty, min_p=min_p, batch_size=batch_size,
                       corpus_poems=corpus_poems, examples=examples, echo=lambda s: click.echo(s, err=True))
     text = json.dumps(report, ensure_ascii=False, indent=2)
     if out:

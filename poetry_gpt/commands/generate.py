@@ -28,6 +28,9 @@ def _sampling_options(f):
                      help="Sample among the k most likely characters (≥ 1; 1 = greedy)."),
         click.option("--top-p", type=float, default=1.0, show_default=True,
                      help="Nucleus: keep the most likely characters up to this probability mass, in (0, 1]."),
+        click.option("--min-p", type=float, default=0.0, show_default=True,
+                     help="Drop characters less likely than this fraction of the most likely one, in [0, 1) "
+                          "(0 = off); e.g. --top-k 64 --min-p 0.05 for varied poems that keep their form."),
         click.option("--temperature", type=float, default=1.0, show_default=True,
                      help="> 0; below 1 is more conservative, above 1 more adventurous."),
         click.option("--repetition-penalty", type=float, default=1.0, show_default=True,
@@ -75,7 +78,7 @@ def format_line(sample) -> str:
 
 
 def _options_record(values: dict) -> dict:
-    keys = ("title", "genre", "top_k", "top_p", "temperature", "repetition_penalty", "max_new_tokens",
+    keys = ("title", "genre", "top_k", "top_p", "min_p", "temperature", "repetition_penalty", "max_new_tokens",
             "num_samples", "batch_size", "seed", "form", "acrostic", "rhyme")
     return {k: values.get(k) for k in keys}
 
@@ -127,6 +130,7 @@ Commands:
   :new         a poem from nothing (the model writes the title too)
   :k N         top-k (1 = greedy)          :p X      top-p in (0, 1]
   :t X         temperature > 0             :r X      repetition penalty > 0
+  :m X         min-p in [0, 1) (0 = off)
   :n N         poems per request           :seed S   fixed seed (:seed off = random)
   :form F      五绝/七绝/五律/七律 (:form off)   :acrostic 字字字字 (:acrostic off)
   :rhyme on|off   rhyme clauses (with :form)   :genre G   genre word of prompts
@@ -135,7 +139,7 @@ Commands:
 
 # chat command -> (generate keyword, parser)
 _SETTINGS = {
-    ":k": ("top_k", int), ":p": ("top_p", float), ":t": ("temperature", float), ":r": ("repetition_penalty", float),
+    ":k": ("top_k", int), ":p": ("top_p", float), ":m": ("min_p", float), ":t": ("temperature", float), ":r": ("repetition_penalty", float),
     ":n": ("num_samples", int), ":seed": ("seed", int), ":form": ("form", str), ":acrostic": ("acrostic", str),
     ":genre": ("genre", str), ":rhyme": ("rhyme", lambda v: v.lower() in ("on", "1", "yes", "true")),
 }
