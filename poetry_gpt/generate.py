@@ -38,6 +38,7 @@ from .memory import release_freed_memory
 from .vocab import PAD_ID, SEP_ID, UNK_ID, CharVocab
 
 FORM_NAMES = tuple(forms.FORMS)
+TABLE_CACHE = 8  # constraint tables kept per generator (free sampling and the last forms used)
 UNPENALISED = set("，。？！；：、【】 ")  # a poem repeats its punctuation by design: no repetition penalty
 
 
@@ -253,6 +254,7 @@ class PoemGenerator:
         self.sampler = Sampler(CachedGPT2(self.model, getattr(tf, compute_dtype)), stop_id=self.close_id,
                                banned_ids=(PAD_ID, UNK_ID, SEP_ID), unpenalised_ids=punctuation)
         self._free = forms.free_constraint(self.vocab.size)
+        self._table_cache: dict = {}
         release_freed_memory()  # the load's temporary buffers
 
     @property
@@ -355,7 +357,7 @@ class PoemGenerator:
         """
         check_options(top_k, top_p, temperature, repetition_penalty, num_samples, batch_size, max_new_tokens, min_p)
         prompts = self.build_prompts(openings, title, genre)
-        constraint = self._constraint(form, acrostic, rhyme)
+        constraint, tables = self._constraint(form, acrostic, rhyme)
         room = self.n_ctx - 1 - max(len(p) for p in prompts)
         if max_new_tokens is not None and max_new_tokens > room:
             raise OptionError(f"--max-new-tokens: at most {room} fit the {self.n_ctx}-token context after the "
@@ -366,7 +368,6 @@ class PoemGenerator:
                 for i, prompt in enumerate(prompts) for j in range(num_samples)]
         states = [constraint.initial_state(p, option="opening") if constraint else (0, -1) for p, _ in rows]
         B = batch_rows(len(rows), batch_size)
-        tables = (constraint or self._free).as_tensors()
         samples, traces = [], dict(self.sampler.traces)
         for start in range(0, len(rows), B):
             chunk = rows[start:start + B]
@@ -397,12 +398,19 @@ class PoemGenerator:
         return Sample(prompt, text, split_body(text), closed, len(ids), seed, round(seconds, 4))
 
     # constraints ------------------------------------------------------------------------
-    def _constraint(self, form, acrostic, rhyme):
-        if form is None:
-            if acrostic or rhyme:
-                raise OptionError(f"{'--acrostic' if acrostic else '--rhyme'}: needs --form ({', '.join(FORM_NAMES)})")
-            return None
-        return forms.build_constraint(form, self.vocab, acrostic=acrostic, rhyme=rhyme)
+    def _constraint(self, form, acrostic, rhyme) -> tuple:
+        """``(DecodeConstraint or None for free sampling, its tables as tensors)``, kept for the last
+        ``TABLE_CACHE`` settings: building them costs a few ms, a few percent of a short poem."""
+        if form is None and (acrostic or rhyme):
+            raise OptionError(f"{'--acrostic' if acrostic else '--rhyme'}: needs --form ({', '.join(FORM_NAMES)})")
+        key = (form, acrostic or "", bool(rhyme))
+        if key not in self._table_cache:
+            constraint = None if form is None else forms.build_constraint(form, self.vocab, acrostic=acrostic,
+                                                                          rhyme=rhyme)
+            if len(self._table_cache) >= TABLE_CACHE:
+                self._table_cache.pop(next(iter(self._table_cache)))
+            self._table_cache[key] = (constraint, (constraint or self._free).as_tensors())
+        return self._table_cache[key]
 
     @staticmethod
     def _constraint_state(states, tables) -> tuple:

@@ -308,6 +308,19 @@ def test_cli_keeps_transformers_away_from_torch(monkeypatch):
     assert __import__("os").environ.get("USE_TF") == "1"
 
 
+def test_constraint_tables_are_built_once_per_setting_and_bounded(gen):
+    from poetry_gpt.generate import TABLE_CACHE
+
+    first = gen._constraint("五绝", "春", False)
+    assert gen._constraint("五绝", "春", False) is first and gen._constraint(None, None, False)[0] is None
+    chars = [t for t in gen.vocab.tokens[3:] if "\u4e00" <= t <= "\u9fff"][:TABLE_CACHE + 2]
+    assert len(chars) == TABLE_CACHE + 2
+    for ch in chars:
+        [s] = gen.generate(None, title="相思", form="五绝", acrostic=ch, seed=1)
+        assert s.body.startswith(ch)  # an evicted or fresh entry still holds its own acrostic
+    assert len(gen._table_cache) <= TABLE_CACHE
+
+
 def test_form_constraint(gen):
     from poetry_gpt.forms import check
 
