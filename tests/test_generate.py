@@ -321,6 +321,22 @@ def test_constraint_tables_are_built_once_per_setting_and_bounded(gen):
     assert len(gen._table_cache) <= TABLE_CACHE
 
 
+@pytest.mark.slow
+def test_cli_stderr_has_no_tensorflow_start_up_chatter(run_dir):
+    """TensorFlow's absl/oneDNN/CUDA lines at import are hidden; our own summary line is not."""
+    import subprocess
+    import sys
+
+    code = "import sys; from poetry_gpt.cli import main; sys.argv[0] = 'poetry-gpt'; main()"
+    proc = subprocess.run([sys.executable, "-c", code, "generate", "--run", str(run_dir), "春眠", "--seed", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("唐诗：【春眠")
+    assert "poem(s) in" in proc.stderr
+    for noise in ("absl::InitializeLog", "oneDNN custom operations", "cudart_stub"):
+        assert noise not in proc.stderr, proc.stderr
+
+
 def test_form_constraint(gen):
     from poetry_gpt.forms import check
 
