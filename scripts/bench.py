@@ -218,24 +218,23 @@ def emit(result: dict) -> None:
     print(RESULT_TAG + json.dumps(result, ensure_ascii=False), flush=True)
 
 
-def _vm_hwm_mb() -> float | None:
+def _proc_status_mb(field: str) -> float | None:
+    """A memory line of /proc/self/status (e.g. ``VmHWM``, ``VmRSS``) in decimal MB; None off Linux."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return round(int(line.split()[1]) * 1024 / 1e6, 1)
     except OSError:
         pass
     return None
+
+
+def _vm_hwm_mb() -> float | None:
+    return _proc_status_mb("VmHWM")
 
 
 def _rss_mb() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) * 1024 / 1e6, 1)
-    except OSError:
-        pass
-    return None
+    return _proc_status_mb("VmRSS")
 
 
 # ======================================================================================
