@@ -32,13 +32,13 @@ from typing import Callable
 from . import __version__, poem_metrics
 from .corpus import parse_line, prompt_prefix
 from .errors import DataDirError, OptionError, RunDirError
+from .generate import DEFAULT_MIN_P, DEFAULT_TOP_K
 from .records import IGNORE_INDEX, Manifest, eval_dataset, read_poem_ids
 from .rundir import RUN_FILE, RunDir, data_manifest
 from .vocab import CharVocab
 
 # a share from 300 samples has a standard error of at most 2.9 points (100: 5); ~20 s for `small`
 DEFAULT_SAMPLES = 300
-DEFAULT_TOP_K = 10
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_SEED = 0
 PROMPT_ORDER_SEED = 0  # which held-out titles prompt the samples (fixed: independent of --seed)
@@ -53,7 +53,7 @@ MAX_PERPLEXITY_LOSS = 80.0  # exp() overflow guard (as in train.py)
 def check_eval_options(samples: int = DEFAULT_SAMPLES, top_k: int = DEFAULT_TOP_K,
                        batch_size: int = DEFAULT_BATCH_SIZE, corpus_poems: int = DEFAULT_CORPUS_POEMS,
                        examples: int = DEFAULT_EXAMPLES, top_p: float = 1.0, temperature: float = 1.0,
-                       repetition_penalty: float = 1.0, min_p: float = 0.0) -> None:
+                       repetition_penalty: float = 1.0, min_p: float = DEFAULT_MIN_P) -> None:
     """Check the numeric options of ``evaluate`` (the sampling ones as ``generate`` does).
 
     Raises:
@@ -255,7 +255,8 @@ def _clean(value):
 
 def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
              samples: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED, top_k: int = DEFAULT_TOP_K,
-             top_p: float = 1.0, temperature: float = 1.0, repetition_penalty: float = 1.0, min_p: float = 0.0,
+             top_p: float = 1.0, temperature: float = 1.0, repetition_penalty: float = 1.0,
+             min_p: float = DEFAULT_MIN_P,
              batch_size: int = DEFAULT_BATCH_SIZE, corpus_poems: int = DEFAULT_CORPUS_POEMS,
              examples: int = DEFAULT_EXAMPLES, echo: Callable[[str], None] | None = None,
              generator=None) -> dict:

@@ -260,6 +260,15 @@ class DecodeConstraint:
     acrostic: str = ""
     rhyme: bool = False
 
+    def tokens_to_finish(self, state: int) -> int:
+        """Tokens still to write from ``state`` up to and including 】 (from the header state:
+        【, the body and 】; the rest of the header, written freely, is not counted).
+
+        Args:
+            state: a state, e.g. from ``initial_state``.
+        """
+        return self.done_state - state
+
     # numpy mirror of the TF functions (one sample) ---------------------------------
     def allowed_tokens(self, state: int, rhyme_group: int) -> np.ndarray:
         """Bool [V] of the tokens a sampler may pick (the rhyme fallback included).

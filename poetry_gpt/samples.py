@@ -10,11 +10,12 @@ from typing import Sequence
 import numpy as np
 
 from .corpus import CLOSE, prompt_prefix
+from .generate import DEFAULT_MIN_P, DEFAULT_TOP_K
 from .vocab import CharVocab
 
 
 def sample_poems(lm, vocab: CharVocab, titles: Sequence[str], genre: str, n_ctx: int, seed: int = 0,
-                 top_k: int = 10) -> list[str]:
+                 top_k: int = DEFAULT_TOP_K, min_p: float = DEFAULT_MIN_P) -> list[str]:
     """Sample one poem per title (an empty title lets the model write one).
 
     Args:
@@ -25,6 +26,7 @@ def sample_poems(lm, vocab: CharVocab, titles: Sequence[str], genre: str, n_ctx:
         n_ctx: the model context.
         seed: sampling seed.
         top_k: sample among the k most likely characters.
+        min_p: of those, drop the ones less likely than ``min_p`` times the most likely one.
 
     Returns:
         Corpus-style lines; one that ran out of context without 】 is prefixed ``[unclosed] ``.
@@ -53,8 +55,10 @@ def sample_poems(lm, vocab: CharVocab, titles: Sequence[str], genre: str, n_ctx:
             if lengths[i] >= n_ctx:
                 done[i] = True
                 continue
-            top = np.argpartition(-logits[i], top_k)[:top_k]
+            k = min(top_k, logits.shape[1] - 1)
+            top = np.argpartition(-logits[i], k)[:k]
             p = np.exp(logits[i, top] - logits[i, top].max())
+            p[p < min_p] = 0.0  # p is relative to the most likely candidate (1.0): min-p
             token = int(rng.choice(top, p=p / p.sum()))
             batch[i, lengths[i]] = token
             lengths[i] += 1

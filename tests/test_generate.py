@@ -266,7 +266,7 @@ def test_no_recompile_for_new_openings_or_sampling_options(gen):
 def test_free_and_every_form_share_one_decode_program(gen):
     gen.generate("春眠", seed=1, num_samples=2, batch_size=2)
     traces = dict(gen.sampler.traces)
-    for form in ("五绝", "七律"):
+    for form in ("五绝", "七绝"):  # (a 七律 does not fit this model's 64-token context)
         gen.generate("春眠", seed=1, num_samples=2, batch_size=2, form=form)
     gen.generate("春眠", seed=1, num_samples=2, batch_size=2, form="五律", acrostic="春", rhyme=True)
     assert gen.sampler.traces["decode"] == traces["decode"]
@@ -349,6 +349,14 @@ def test_form_constraint(gen):
         assert check(s.body).form == "五绝" and clauses[0][0] == "春" and clauses[1][0] == "花", s.text
 
 
+def test_a_form_that_just_fits_the_budget_closes(gen):
+    # "春眠" leaves 22 body characters and 】 of a 五绝: 23 tokens are enough, 22 are not
+    samples = gen.generate("春眠", form="五绝", max_new_tokens=23, num_samples=2, seed=5)
+    assert all(s.closed and s.tokens == 23 for s in samples)
+    with pytest.raises(OptionError, match="needs 23 more tokens"):
+        gen.generate("春眠", form="五绝", max_new_tokens=22)
+
+
 @pytest.mark.parametrize("kwargs, option", [
     ({"top_k": 0}, "--top-k"),
     ({"top_p": 1.5}, "--top-p"),
@@ -362,6 +370,8 @@ def test_form_constraint(gen):
     ({"max_new_tokens": 0}, "--max-new-tokens"),
     ({"max_new_tokens": 500}, "--max-new-tokens"),
     ({"form": "六绝"}, "--form"),
+    ({"form": "七律", "title": "春晓"}, "--form 七律: the poem needs 63 more tokens"),
+    ({"form": "五律", "max_new_tokens": 30}, "--max-new-tokens: a 五律 needs 47"),
     ({"acrostic": "春"}, "--acrostic"),
     ({"title": "X光"}, "--title"),
     ({"openings": "春眠Z"}, "opening"),
@@ -425,6 +435,7 @@ def test_cli_generate_text_and_jsonl(cli_gen, run_dir, tmp_path):
     records = [json.loads(l) for l in out.read_text(encoding="utf-8").splitlines()]
     assert [r["seed"] for r in records] == [1, 2, 3]
     assert records[0]["options"]["max_new_tokens"] == 4 and records[0]["options"]["genre"] == "唐诗"
+    assert records[0]["options"]["top_k"] == 64 and records[0]["options"]["min_p"] == 0.05  # the defaults
     assert {"prompt", "text", "body", "closed", "tokens", "seconds"} <= set(records[0])
     unclosed = [r for r in records if not r["closed"]]
     assert all(f"[unclosed] {r['text']}" in result.stdout for r in unclosed)
@@ -446,14 +457,19 @@ def test_cli_missing_run(tmp_path):
 
 
 def test_cli_eager_reference_path(cli_gen, run_dir):
-    result = _invoke(["generate", "--run", str(run_dir), "春眠", "--eager", "--seed", "1", "--max-new-tokens", "5"])
+    result = _invoke(["generate", "--run", str(run_dir), "春眠", "--eager", "--seed", "1", "--max-new-tokens", "5",
+                      "--format", "jsonl"])
     assert result.exit_code == 0, result.output
-    assert "唐诗：【春眠" in result.stdout
+    record = json.loads(result.stdout.splitlines()[0])
+    assert "唐诗：【春眠" in record["text"] and record["eager"]
+    assert record["options"]["min_p"] == 0.0  # eager has no min-p: off by default
+    result = _invoke(["generate", "--run", str(run_dir), "春眠", "--eager", "--min-p", "0.1"])
+    assert result.exit_code == 1 and "--eager" in result.output  # asked for explicitly: refused, not ignored
 
 
 def test_chat(cli_gen, run_dir):
     script = "\n".join(["春眠", ":k 1", ":n 3", ":title 春晓", ":k 0", ":form 六绝", ":form 五绝", "床前",
-                        ":form off", ":m 2", ":m 0.05", ":show", ":seed 4", ":bogus", ":help", ":quit", "never read"]) + "\n"
+                        ":form off", ":m 2", ":m 0.1", ":show", ":seed 4", ":bogus", ":help", ":quit", "never read"]) + "\n"
     result = _invoke(["chat", "--run", str(run_dir), "--seed", "1"], input=script)
     assert result.exit_code == 0, result.output
     out = result.output
@@ -462,7 +478,7 @@ def test_chat(cli_gen, run_dir):
     assert sum(p.startswith("春晓 唐诗：【") for p in poems) == 3  # :n 3 took effect
     assert sum(p.startswith("唐诗：【床前") and p.endswith("】") for p in poems) == 3  # with :form 五绝
     assert "Error: --top-k" in out and "Error: --form" in out and "Unknown command :bogus" in out
-    assert "Error: --min-p" in out and "min_p=0.05" in out  # a bad :m is refused, a good one shown by :show
+    assert "Error: --min-p" in out and "min_p=0.1" in out  # a bad :m is refused, a good one shown by :show
     assert ":title T" in out and out.rstrip().endswith("Bye.")
     assert "never read" not in out
 

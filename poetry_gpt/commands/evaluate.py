@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from ..evaluate import (DEFAULT_BATCH_SIZE, DEFAULT_CORPUS_POEMS, DEFAULT_EXAMPLES, DEFAULT_SAMPLES, DEFAULT_SEED,
-                        DEFAULT_TOP_K)
+from ..evaluate import DEFAULT_BATCH_SIZE, DEFAULT_CORPUS_POEMS, DEFAULT_EXAMPLES, DEFAULT_SAMPLES, DEFAULT_SEED
+from ..generate import DEFAULT_MIN_P, DEFAULT_TOP_K
 
 
 @click.command("eval")
@@ -27,7 +27,7 @@ from ..evaluate import (DEFAULT_BATCH_SIZE, DEFAULT_CORPUS_POEMS, DEFAULT_EXAMPL
               help="Sample among the k most likely characters (≥ 1).")
 @click.option("--top-p", type=float, default=1.0, show_default=True,
               help="Nucleus: keep the most likely characters up to this probability mass, in (0, 1].")
-@click.option("--min-p", type=float, default=0.0, show_default=True,
+@click.option("--min-p", type=float, default=DEFAULT_MIN_P, show_default=True,
               help="Drop characters less likely than this fraction of the most likely one, in [0, 1) (0 = off).")
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="> 0; divides the logits.")
 @click.option("--repetition-penalty", type=float, default=1.0, show_default=True,

@@ -11,6 +11,8 @@ import time
 
 import click
 
+from ..generate import DEFAULT_MIN_P, DEFAULT_TOP_K
+
 FORMS_METAVAR = "[五绝|七绝|五律|七律]"
 
 
@@ -24,13 +26,14 @@ def _sampling_options(f):
         click.option("--title", default=None, help="Title of the poem (for openings that are not a full prefix)."),
         click.option("--genre", default=None,
                      help="Genre word of the prompt, e.g. 唐诗  [default: the model's most common genre]"),
-        click.option("--top-k", type=int, default=10, show_default=True,
+        click.option("--top-k", type=int, default=DEFAULT_TOP_K, show_default=True,
                      help="Sample among the k most likely characters (≥ 1; 1 = greedy)."),
         click.option("--top-p", type=float, default=1.0, show_default=True,
                      help="Nucleus: keep the most likely characters up to this probability mass, in (0, 1]."),
-        click.option("--min-p", type=float, default=0.0, show_default=True,
+        click.option("--min-p", type=float, default=None,
                      help="Drop characters less likely than this fraction of the most likely one, in [0, 1) "
-                          "(0 = off); e.g. --top-k 64 --min-p 0.05 for varied poems that keep their form."),
+                          f"(0 = off; top-k 10 with min-p 0 is the old, more repetitive default)  "
+                          f"[default: {DEFAULT_MIN_P}; 0 with --eager]"),
         click.option("--temperature", type=float, default=1.0, show_default=True,
                      help="> 0; below 1 is more conservative, above 1 more adventurous."),
         click.option("--repetition-penalty", type=float, default=1.0, show_default=True,
@@ -51,10 +54,13 @@ def _sampling_options(f):
     return f
 
 
-def _precheck(values: dict) -> None:
-    """Refuse bad option values before the (slow) model load; the library checks them again."""
+def _precheck(values: dict, eager: bool = False) -> None:
+    """Fill in the default min-p (none for the eager path, which has no min-p) and refuse bad option
+    values before the (slow) model load; the library checks them again."""
     from ..generate import check_options
 
+    if values.get("min_p") is None:
+        values["min_p"] = 0.0 if eager else DEFAULT_MIN_P
     check_options(**values)
     if values.get("form"):
         from ..forms import get_form
@@ -105,7 +111,7 @@ def generate_cmd(openings, run_dir, checkpoint, out, fmt, eager, **values):
     Poems go to stdout one per line in corpus style; one that ran out of characters before
     its closing 】 starts with [unclosed].
     """
-    _precheck(values)
+    _precheck(values, eager)
     gen = _load(run_dir, checkpoint)
     t0 = time.perf_counter()
     samples = (gen.generate_eager if eager else gen.generate)(list(openings), **values)
