@@ -38,10 +38,11 @@ from .memory import release_freed_memory
 from .vocab import PAD_ID, SEP_ID, UNK_ID, CharVocab
 
 FORM_NAMES = tuple(forms.FORMS)
-# Default sampling: top-k 64 with min-p 0.05. On tang-full `small` runs it keeps as many free samples in a
-# regular form as top-k 10 did (80–84%) with much more varied wording (distinct-2 0.70–0.74 against 0.53–0.64
-# over 500 samples; README "Sampling settings"). 64 is one of the sampler's compile caps (``top_k_cap``), so it
-# costs what top-k 10 costs. transformers' TF generate has no min-p: the eager path samples without it.
+# Default sampling: top-k 64 with min-p 0.05. On tang-full `small` runs it keeps at least as many free samples
+# in a regular form as top-k 10 did (80–84% against 76–83%) with much more varied wording (distinct-2 0.70–0.74
+# against 0.53–0.64 over 500 samples; README "Form against variety"). 64 is one of the sampler's compile caps
+# (``top_k_cap``), so it costs what top-k 10 costs. transformers' TF generate has no min-p: the eager path
+# samples without it.
 DEFAULT_TOP_K = 64
 DEFAULT_MIN_P = 0.05
 TABLE_CACHE = 8  # constraint tables kept per generator (free sampling and the last forms used)

@@ -32,7 +32,7 @@ def _sampling_options(f):
                      help="Nucleus: keep the most likely characters up to this probability mass, in (0, 1]."),
         click.option("--min-p", type=float, default=None,
                      help="Drop characters less likely than this fraction of the most likely one, in [0, 1) "
-                          f"(0 = off; top-k 10 with min-p 0 is the old, more repetitive default)  "
+                          "(0 = off; top-k 10 with min-p 0 is the old, more repetitive default)  "
                           f"[default: {DEFAULT_MIN_P}; 0 with --eager]"),
         click.option("--temperature", type=float, default=1.0, show_default=True,
                      help="> 0; below 1 is more conservative, above 1 more adventurous."),
