@@ -87,21 +87,25 @@ FORMS: dict[str, Form] = {
 #: rows of every padded constraint table: header, the longest body, close, done
 MAX_STATES = max(f.body_len for f in FORMS.values()) + 3
 _BY_SHAPE = {(f.clause_len, f.clauses): f for f in FORMS.values()}
+_BY_FULL_NAME = {f.full_name: f for f in FORMS.values()}
 
 
 def get_form(name: str) -> Form:
     """The form called ``name``.
 
     Args:
-        name: one of ``FORMS`` (五绝, 七绝, 五律, 七律).
+        name: one of ``FORMS`` (五绝, 七绝, 五律, 七律) or a full name (五言绝句, …); surrounding
+            spaces are ignored.
 
     Raises:
         OptionError: unknown name (the message lists the valid ones).
     """
-    try:
-        return FORMS[name]
-    except KeyError:
-        raise OptionError(f"--form: unknown form {name!r}; choose one of {', '.join(FORMS)}") from None
+    name = name.strip()
+    form = FORMS.get(name) or _BY_FULL_NAME.get(name)
+    if form is None:
+        raise OptionError(f"--form: unknown form {name!r}; choose one of {', '.join(FORMS)} "
+                          f"(or {', '.join(_BY_FULL_NAME)})")
+    return form
 
 
 # ---------------------------------------------------------------------------------- rhyme
@@ -403,10 +407,10 @@ def build_constraint(form_name: str, vocab, acrostic: str | None = None, rhyme: 
     """Build the decoding automaton for a form.
 
     Args:
-        form_name: one of ``FORMS``.
+        form_name: one of ``FORMS`` or a full name (see ``get_form``).
         vocab: a ``CharVocab``.
         acrostic: characters that start clauses 1, 2, … (藏头, per clause); at most the
-            form's clause count.
+            form's clause count; spaces between them are ignored (``春 夏 秋 冬``).
         rhyme: constrain the last characters of clauses 4, 6, 8 to clause 2's rhyme group.
 
     Raises:
@@ -415,7 +419,7 @@ def build_constraint(form_name: str, vocab, acrostic: str | None = None, rhyme: 
     form = get_form(form_name)
     tokens = list(vocab.tokens)
     index = {t: i for i, t in enumerate(tokens)}
-    acrostic = acrostic or ""
+    acrostic = "".join((acrostic or "").split())
     if len(acrostic) > form.clauses:
         raise OptionError(f"--acrostic: {len(acrostic)} characters but a {form.name} has {form.clauses} "
                           f"clauses; give at most {form.clauses}")

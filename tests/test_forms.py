@@ -97,7 +97,9 @@ def test_rhyme_final(char, group):
 def test_get_form():
     assert forms.get_form("七律").clauses == 8
     assert forms.get_form("五绝").rhyme_clauses == (2, 4)
-    with pytest.raises(OptionError, match="五绝, 七绝, 五律, 七律"):
+    assert forms.get_form("七言律诗") is forms.get_form(" 七律 ") is forms.FORMS["七律"]  # full names, spaces
+    assert forms.get_form("五言绝句").name == "五绝"
+    with pytest.raises(OptionError, match="五绝, 七绝, 五律, 七律 .or 五言绝句"):
         forms.get_form("宋词")
 
 
@@ -121,6 +123,9 @@ def test_build_constraint_errors(vocab):
     with pytest.raises(OptionError, match="--acrostic.*at most 4"):
         forms.build_constraint("五绝", vocab, acrostic="春夏秋冬月")
     forms.build_constraint("五律", vocab, acrostic="春夏秋冬月")  # 8 clauses: fine
+    spaced = forms.build_constraint("五绝", vocab, acrostic=" 春 夏\t秋 冬 ")  # spaces between them are ignored
+    assert spaced.acrostic == "春夏秋冬"
+    assert (spaced.allowed == forms.build_constraint("五绝", vocab, acrostic="春夏秋冬").allowed).all()
     with pytest.raises(OptionError, match="--acrostic.*龘"):
         forms.build_constraint("五绝", vocab, acrostic="春龘")
     with pytest.raises(OptionError, match="--acrostic.*'a'"):

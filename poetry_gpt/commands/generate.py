@@ -45,7 +45,7 @@ def _sampling_options(f):
         click.option("--seed", type=int, default=None,
                      help="Seed of the first poem (poem i uses seed+i)  [default: random, reported on stderr]"),
         click.option("--form", default=None, metavar=FORMS_METAVAR,
-                     help="Constrain the body to a regulated form: 五绝, 七绝, 五律 or 七律."),
+                     help="Constrain the body to a regulated form: 五绝, 七绝, 五律 or 七律 (or 五言绝句 … 七言律诗)."),
         click.option("--acrostic", default=None, help="Characters that begin the clauses (藏头; needs --form)."),
         click.option("--rhyme", is_flag=True, help="Make the rhyme clauses rhyme (needs --form)."),
     ]
