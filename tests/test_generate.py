@@ -201,6 +201,28 @@ def test_top_p_and_temperature_limit_the_candidates():
     assert set(sampler.run([[2, 3]] * 40, seeds, max_new_tokens=3, top_k=3, min_p=0.5).tokens.ravel()) == {3}
 
 
+@pytest.mark.parametrize("min_p, temperature, support", [
+    (0.0, 1.0, range(3, 11)), (0.3, 1.0, range(3, 6)), (0.3, 2.0, range(3, 8))])
+def test_whole_vocabulary_draw_needs_no_sort_and_keeps_the_distribution(min_p, temperature, support):
+    """top-k ≥ the vocabulary (top-p off) takes the sort-free path; top-k 11 of 12 the sorted one: both
+    draw from the same distribution (the softmax over the min-p survivors), within 4 standard errors."""
+    from poetry_gpt.sampler import Sampler
+
+    row = np.full(12, -5.0)
+    row[3:11] = [2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -2.0]
+    sampler = Sampler(FakeNet({}, row), stop_id=None, banned_ids=[0, 1, 2, 11])
+    n = 4000
+    expected = np.zeros(12)
+    expected[list(support)] = np.exp(row[list(support)] / temperature)
+    expected /= expected.sum()
+    for top_k in (12, 11):  # sort-free, then sorted (8 allowed tokens: top-11 truncates nothing)
+        drawn = sampler.run([[2, 3]] * n, list(range(n)), max_new_tokens=1, top_k=top_k, min_p=min_p,
+                            temperature=temperature).tokens[:, 0]
+        assert set(drawn.tolist()) == set(support)
+        freq = np.bincount(drawn, minlength=12) / n
+        assert (np.abs(freq - expected) <= 4 * np.sqrt(expected * (1 - expected) / n) + 1e-9).all(), (top_k, freq)
+
+
 def test_sampled_rows_depend_on_own_seed_only(gen):
     alone = gen.generate("春眠", seed=11)[0].text
     batch = gen.generate("春眠", seed=10, num_samples=3, batch_size=3)
