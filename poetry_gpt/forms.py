@@ -88,20 +88,22 @@ FORMS: dict[str, Form] = {
 MAX_STATES = max(f.body_len for f in FORMS.values()) + 3
 _BY_SHAPE = {(f.clause_len, f.clauses): f for f in FORMS.values()}
 _BY_FULL_NAME = {f.full_name: f for f in FORMS.values()}
+_TRADITIONAL_NAMES = str.maketrans("絕詩", "绝诗")  # 五絕, 七言律詩 … name the same forms
 
 
 def get_form(name: str) -> Form:
     """The form called ``name``.
 
     Args:
-        name: one of ``FORMS`` (五绝, 七绝, 五律, 七律) or a full name (五言绝句, …); surrounding
-            spaces are ignored.
+        name: one of ``FORMS`` (五绝, 七绝, 五律, 七律) or a full name (五言绝句, …), in simplified
+            or traditional characters (五絕, 七言律詩); surrounding spaces are ignored.
 
     Raises:
         OptionError: unknown name (the message lists the valid ones).
     """
     name = name.strip()
-    form = FORMS.get(name) or _BY_FULL_NAME.get(name)
+    key = name.translate(_TRADITIONAL_NAMES)
+    form = FORMS.get(key) or _BY_FULL_NAME.get(key)
     if form is None:
         raise OptionError(f"--form: unknown form {name!r}; choose one of {', '.join(FORMS)} "
                           f"(or {', '.join(_BY_FULL_NAME)})")

@@ -99,6 +99,7 @@ def test_get_form():
     assert forms.get_form("五绝").rhyme_clauses == (2, 4)
     assert forms.get_form("七言律诗") is forms.get_form(" 七律 ") is forms.FORMS["七律"]  # full names, spaces
     assert forms.get_form("五言绝句").name == "五绝"
+    assert forms.get_form("五絕") is forms.FORMS["五绝"] and forms.get_form("七言律詩") is forms.FORMS["七律"]
     with pytest.raises(OptionError, match="五绝, 七绝, 五律, 七律 .or 五言绝句"):
         forms.get_form("宋词")
 
