@@ -405,6 +405,25 @@ def free_constraint(vocab_size: int) -> DecodeConstraint:
                             done_state=0)
 
 
+def _other_script_hint(ch: str, index) -> str:
+    """``"its simplified form 东 is; "`` when the other script's form of ``ch`` is in ``index`` (a corpus
+    kept traditional, or converted to simplified), else ``""``.
+
+    Args:
+        ch: a character missing from the vocabulary.
+        index: the vocabulary's tokens (anything supporting ``in``).
+    """
+    try:
+        import opencc  # only on this error path
+    except ImportError:
+        return ""
+    for config, script in (("t2s", "simplified"), ("s2t", "traditional")):
+        other = opencc.OpenCC(config).convert(ch)
+        if other != ch and other in index:
+            return f"its {script} form {other!r} is; "
+    return ""
+
+
 def build_constraint(form_name: str, vocab, acrostic: str | None = None, rhyme: bool = False) -> DecodeConstraint:
     """Build the decoding automaton for a form.
 
@@ -429,7 +448,8 @@ def build_constraint(form_name: str, vocab, acrostic: str | None = None, rhyme: 
         if not is_hanzi(ch):
             raise OptionError(f"--acrostic: {ch!r} is not a Chinese character")
         if ch not in index:
-            raise OptionError(f"--acrostic: character {ch!r} is not in the vocabulary; choose another")
+            raise OptionError(f"--acrostic: character {ch!r} is not in the vocabulary; "
+                              f"{_other_script_hint(ch, index)}choose another")
     for mark in (OPEN, CLOSE, COMMA, STOP):
         if mark not in index:
             raise OptionError(f"--form: the vocabulary has no {mark!r}, so it cannot write a {form.name}")

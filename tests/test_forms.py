@@ -131,6 +131,9 @@ def test_build_constraint_errors(vocab):
         forms.build_constraint("五绝", vocab, acrostic="春龘")
     with pytest.raises(OptionError, match="--acrostic.*'a'"):
         forms.build_constraint("五绝", vocab, acrostic="a")
+    assert "国" in vocab.tokens and "國" not in vocab.tokens
+    with pytest.raises(OptionError, match="'國' is not in the vocabulary; its simplified form '国' is; choose"):
+        forms.build_constraint("五绝", vocab, acrostic="春國")
 
 
 @pytest.mark.parametrize("form, acrostic, rhyme, prompt, match", [
