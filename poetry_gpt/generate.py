@@ -187,26 +187,25 @@ def check_options(top_k: int = DEFAULT_TOP_K, top_p: float = 1.0, temperature: f
             raise OptionError(f"{option}: {message}")
 
 
-def _check_form_fits(constraint, states, budget: int, max_new_tokens: int | None, n_ctx: int) -> None:
-    """Raise ``OptionError`` when the constrained poem cannot be finished within ``budget`` tokens.
+def _check_form_fits(constraint, states, room: int, max_new_tokens: int | None, n_ctx: int) -> None:
+    """Raise ``OptionError`` when the constrained poem cannot be finished in the tokens it may write.
 
     Args:
         constraint: the form's ``DecodeConstraint``.
         states: ``(state, rhyme_group)`` of each row after its prompt.
-        budget: tokens each row may still write.
-        max_new_tokens: the caller's limit (None: the budget is what the context leaves).
+        room: tokens the context leaves after the longest prompt.
+        max_new_tokens: the caller's limit, or None.
         n_ctx: the model's context.
     """
     need = max(constraint.tokens_to_finish(state) for state, _ in states)
-    if need <= budget:
-        return
     name = constraint.form.name
-    if max_new_tokens is not None:
-        raise OptionError(f"--max-new-tokens: a {name} needs {need} more tokens after the prompt, got {budget}; "
-                          f"raise it or leave it out")
-    raise OptionError(f"--form {name}: the poem needs {need} more tokens after the prompt but the model's "
-                      f"{n_ctx}-token context leaves {budget}; shorten the title/opening, choose a shorter form, "
-                      f"or train a model with a longer context (the small preset has 128)")
+    if need > room:
+        raise OptionError(f"--form {name}: the poem needs {need} more tokens after the prompt but the model's "
+                          f"{n_ctx}-token context leaves {room}; shorten the title/opening, choose a shorter form, "
+                          f"or train a model with a longer context (the small preset has 128)")
+    if max_new_tokens is not None and need > max_new_tokens:
+        raise OptionError(f"--max-new-tokens: a {name} needs {need} more tokens after the prompt, "
+                          f"got {max_new_tokens}; raise it or leave it out")
 
 
 def load_checkpoint(path: str | os.PathLike, checkpoint: str) -> Export:
@@ -399,7 +398,7 @@ class PoemGenerator:
                 for i, prompt in enumerate(prompts) for j in range(num_samples)]
         states = [constraint.initial_state(p, option="opening") if constraint else (0, -1) for p, _ in rows]
         if constraint:
-            _check_form_fits(constraint, states, budget, max_new_tokens, self.n_ctx)
+            _check_form_fits(constraint, states, room, max_new_tokens, self.n_ctx)
         B = batch_rows(len(rows), batch_size)
         samples, traces = [], dict(self.sampler.traces)
         for start in range(0, len(rows), B):

@@ -394,6 +394,7 @@ def test_a_form_that_just_fits_the_budget_closes(gen):
     ({"form": "六绝"}, "--form"),
     ({"form": "七律", "title": "春晓"}, "--form 七律: the poem needs 63 more tokens"),
     ({"form": "五律", "max_new_tokens": 30}, "--max-new-tokens: a 五律 needs 47"),
+    ({"form": "七律", "title": "春晓", "max_new_tokens": 40}, "--form 七律: the poem needs 63"),  # not the limit's fault
     ({"acrostic": "春"}, "--acrostic"),
     ({"title": "X光"}, "--title"),
     ({"openings": "春眠Z"}, "opening"),
