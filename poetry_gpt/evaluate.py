@@ -32,7 +32,7 @@ from typing import Callable
 from . import __version__, poem_metrics
 from .corpus import parse_line, prompt_prefix
 from .errors import DataDirError, OptionError, RunDirError
-from .generate import DEFAULT_MIN_P, DEFAULT_TOP_K
+from .generate import DEFAULT_MIN_P, DEFAULT_TOP_K, PoemGenerator, check_options
 from .records import IGNORE_INDEX, Manifest, eval_dataset, read_poem_ids
 from .rundir import RUN_FILE, RunDir, data_manifest
 from .vocab import CharVocab
@@ -61,18 +61,14 @@ def check_eval_options(samples: int = DEFAULT_SAMPLES, top_k: int = DEFAULT_TOP_
     """
     checks = [
         (samples >= 1, "--samples", f"must be ≥ 1, got {samples}"),
-        (top_k >= 1, "--top-k", f"must be ≥ 1 (1 = greedy), got {top_k}"),
-        (batch_size >= 1, "--batch-size", f"must be ≥ 1, got {batch_size}"),
         (corpus_poems >= 0, "--corpus-poems", f"must be ≥ 0 (0 = all training poems), got {corpus_poems}"),
         (examples >= 0, "--examples", f"must be ≥ 0, got {examples}"),
     ]
     for ok, option, message in checks:
         if not ok:
             raise OptionError(f"{option}: {message}")
-    from .generate import check_options
-
     check_options(top_k=top_k, top_p=top_p, temperature=temperature, repetition_penalty=repetition_penalty,
-                  min_p=min_p)
+                  batch_size=batch_size, min_p=min_p)
 
 
 # --- the run and its data --------------------------------------------------------------------
@@ -294,8 +290,6 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
 
     if generator is None:
         from transformers.utils import logging as hf_logging
-
-        from .generate import PoemGenerator
 
         hf_logging.set_verbosity_error()
         say(f"Loading {run.export} …")

@@ -413,10 +413,8 @@ def _other_script_hint(ch: str, index) -> str:
         ch: a character missing from the vocabulary.
         index: the vocabulary's tokens (anything supporting ``in``).
     """
-    try:
-        import opencc  # only on this error path
-    except ImportError:
-        return ""
+    import opencc  # a dependency (corpus import uses it); imported only on this error path
+
     for config, script in (("t2s", "simplified"), ("s2t", "traditional")):
         other = opencc.OpenCC(config).convert(ch)
         if other != ch and other in index:
