@@ -320,14 +320,41 @@ def test_memory_is_released_after_a_compile_only(gen, monkeypatch):
     assert calls == [1]
 
 
-def test_cli_keeps_transformers_away_from_torch(monkeypatch):
-    from click.testing import CliRunner
+FAKE_TORCH = """import os, traceback
+with open(os.environ["FAKE_TORCH_MARKER"], "a") as f:
+    f.write("".join(traceback.format_stack()))
+raise ImportError("fake torch: poetry_gpt must not import torch")
+"""
 
-    from poetry_gpt.cli import main
 
-    monkeypatch.delenv("USE_TF", raising=False)
-    CliRunner().invoke(main, ["corpus", "--help"])
-    assert __import__("os").environ.get("USE_TF") == "1"
+@pytest.mark.slow
+def test_cli_generate_does_not_import_an_installed_torch(run_dir, tmp_path):
+    """With torch installed (a fake one that records being imported), `generate` never imports it.
+
+    The control run (USE_TF=0 given explicitly, which the CLI leaves alone) shows that transformers
+    would import this fake, so the check can fail.
+    """
+    import subprocess
+
+    from helpers import cli, env_with_fake_packages
+
+    site = tmp_path / "site"
+    (site / "torch").mkdir(parents=True)
+    (site / "torch" / "__init__.py").write_text(FAKE_TORCH)
+    (site / "torch-2.9.0.dist-info").mkdir()
+    (site / "torch-2.9.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.9.0\n")
+    marker = tmp_path / "torch-imported"
+    env = env_with_fake_packages(site, FAKE_TORCH_MARKER=str(marker))
+    env.pop("USE_TF", None)
+    command = cli() + ["generate", "--run", str(run_dir), "春眠", "--seed", "1"]
+
+    control = subprocess.run(command, env={**env, "USE_TF": "0"}, capture_output=True, text=True, timeout=300)
+    assert control.returncode != 0 and marker.exists(), control.stderr  # transformers imported the fake torch
+    marker.unlink()
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("唐诗：【春眠")
+    assert not marker.exists(), marker.read_text()
 
 
 def test_constraint_tables_are_built_once_per_setting_and_bounded(gen):
