@@ -371,19 +371,28 @@ def test_constraint_tables_are_built_once_per_setting_and_bounded(gen):
 
 
 @pytest.mark.slow
-def test_cli_stderr_has_no_tensorflow_start_up_chatter(run_dir):
-    """TensorFlow's absl/oneDNN/CUDA lines at import are hidden; our own summary line is not."""
+@pytest.mark.parametrize("log_level, opening", [(None, "春眠"), ("2", "龙")])
+def test_cli_stderr_has_no_tensorflow_start_up_chatter(run_dir, log_level, opening):
+    """TensorFlow's absl/oneDNN lines at import, and its CUDA probe's cuInit error at the first device use
+    (which a TF_CPP_MIN_LOG_LEVEL of 2 lets through), are hidden; our own summary or Error line is not."""
+    import os
     import subprocess
     import sys
 
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if log_level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = log_level
     code = "import sys; from poetry_gpt.cli import main; sys.argv[0] = 'poetry-gpt'; main()"
-    proc = subprocess.run([sys.executable, "-c", code, "generate", "--run", str(run_dir), "春眠", "--seed", "1"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("唐诗：【春眠")
-    assert "poem(s) in" in proc.stderr
-    for noise in ("absl::InitializeLog", "oneDNN custom operations", "cudart_stub"):
+    proc = subprocess.run([sys.executable, "-c", code, "generate", "--run", str(run_dir), opening, "--seed", "1"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    for noise in ("absl::InitializeLog", "oneDNN custom operations", "cudart_stub", "cuInit", "E0000"):
         assert noise not in proc.stderr, proc.stderr
+    if opening == "龙":  # not in the vocabulary: refused after the model loaded
+        assert proc.returncode == 1 and proc.stderr.startswith("Error: opening:") and proc.stderr.count("\n") == 1
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("唐诗：【春眠")
+        assert "poem(s) in" in proc.stderr
 
 
 def test_form_constraint(gen):
