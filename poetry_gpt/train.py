@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from .config import RunConfig
 from .envcheck import cpu_flags
@@ -26,7 +26,7 @@ from .errors import PoetryGPTError, RunDirError
 from .records import batches_per_pass, eval_dataset, train_dataset
 from .distribute import (check_global_batch, check_same_start, checkpoint_managers, distribute_options, is_chief,
                          make_strategy, open_as_worker)
-from .rundir import check_resume_compatible, data_manifest, open_for_training
+from .rundir import RunDir, check_resume_compatible, data_manifest, open_for_training
 from .schedule import keras_schedule, lr_at
 from .vocab import CharVocab
 
@@ -185,7 +185,8 @@ def perplexity(loss: float) -> float:
 
 def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config: RunConfig,
           overwrite: bool = False, init_from: str | os.PathLike | None = None,
-          echo: Callable[[str], None] = print, verbose: int = 1, own_entries: tuple[str, ...] = ()) -> TrainResult:
+          echo: Callable[[str], None] = print, verbose: int = 1, own_entries: tuple[str, ...] = (),
+          inputs: Sequence[tuple[str, str | os.PathLike]] = ()) -> TrainResult:
     """Train (or resume training) a poem model.
 
     Args:
@@ -197,6 +198,8 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
         echo: where progress lines go.
         verbose: Keras progress-bar verbosity (0 silent, 1 bar, 2 one line per epoch).
         own_entries: entries of a new RUN_DIR that are not foreign (``pipeline``'s ``data/``).
+        inputs: more ``(option, path)`` inputs (``pipeline``'s RAW files) that ``--overwrite`` keeps in
+            place like ``data_dir`` and ``init_from`` when they lie inside RUN_DIR.
     """
     from .envcheck import require_compatible
 
@@ -206,12 +209,16 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
     from .model import build_model, count_parameters
 
     chief = is_chief(config.train.strategy)  # a non-chief worker of a cluster only reads RUN_DIR (distribute.py)
-    run, resuming = open_for_training(run_dir, overwrite, own_entries) if chief else open_as_worker(run_dir, overwrite)
-    if data_dir is None:
-        if not resuming:
-            raise RunDirError(f"--data: needed for a new run ({run.path} holds no run yet)")
-    manifest = data_manifest(run, data_dir)
+    # everything is read before --overwrite empties RUN_DIR (which keeps inputs that lie inside it)
+    if data_dir is None and (overwrite or not RunDir(Path(run_dir)).exists()):
+        raise RunDirError(f"--data: needed for a new run ({run_dir} holds no run yet"
+                          f"{', and --overwrite starts one' if overwrite else ''})")
+    manifest = data_manifest(RunDir(Path(run_dir)), data_dir)
     vocab = manifest.load_vocab()
+    given = [("--data", data_dir), ("--init-from", init_from), *inputs]
+    inputs = [(option, path) for option, path in given if path is not None]
+    run, resuming = (open_for_training(run_dir, overwrite, own_entries, inputs) if chief
+                     else open_as_worker(run_dir, overwrite))
     changes = check_resume_compatible(run, config, manifest) if resuming else []
     if chief:
         _check_disk_space(run.path, config)
