@@ -151,7 +151,7 @@ def open_for_training(path: str | os.PathLike, overwrite: bool, own_entries: tup
 
 
 # what a run writes at the top of its RUN_DIR: an input there would be replaced by the new run
-_RUN_ENTRIES = (RUN_FILE, STATE_FILE, "checkpoints", "export", "logs", "samples", "tokenizer.json", "vocab.txt",
+RUN_ENTRIES = (RUN_FILE, STATE_FILE, "checkpoints", "export", "logs", "samples", "tokenizer.json", "vocab.txt",
                 "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -185,7 +185,7 @@ def check_run_target(path: str | os.PathLike, overwrite: bool, own_entries: tupl
         if not is_within(given, run.path):
             continue
         top = Path(given).resolve().relative_to(run.path.resolve()).parts[0]
-        if overwrite and top in _RUN_ENTRIES:
+        if overwrite and top in RUN_ENTRIES:
             raise RunDirError(f"{option} {given}: it is inside --run {run.path}, whose {top} --overwrite replaces; "
                               f"copy it out of the run first, or choose another --run")
         keep.append(top)
