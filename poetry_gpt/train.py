@@ -359,9 +359,15 @@ def _export_step(run) -> int | None:
 
 
 def _restore(ckpt, paths, directory, optimizer, echo) -> tuple[int, str]:
-    """Restore the newest readable checkpoint of ``paths`` (oldest first); return ``(step, path)``."""
+    """Restore the newest checkpoint of ``paths`` (oldest first); return ``(step, path)``.
+
+    A checkpoint that fails to restore is skipped (for an older one) only when its files are
+    damaged. An intact one that does not fit this model (another version of the code, another
+    shape or set of variables) stops the search: restoring an older one would lose its progress,
+    and the next saves would delete it.
+    """
     inner = optimizer.inner_optimizer if hasattr(optimizer, "inner_optimizer") else optimizer
-    errors = []
+    damaged = []
     for path in reversed(paths):
         try:
             status = ckpt.restore(path)
@@ -370,13 +376,41 @@ def _restore(ckpt, paths, directory, optimizer, echo) -> tuple[int, str]:
             expected = int(path.rsplit("-", 1)[-1])
             if step != expected:
                 raise ValueError(f"optimizer step {step} != checkpoint number {expected}")
-            if errors:
-                echo(f"Skipped unreadable checkpoint(s): {'; '.join(errors)}")
-            return step, path
         except Exception as exc:  # a damaged file raises OpError, IndexError, ValueError, …
-            errors.append(f"{Path(path).name}: {type(exc).__name__}")
-    raise RunDirError(f"{directory}: no readable checkpoint ({'; '.join(errors)}); "
-                      "start over with --overwrite")
+            name, reason = Path(path).name, _first_line(exc)
+            problem = _checkpoint_damage(path)
+            if problem is None:
+                raise RunDirError(f"{directory}: {name} is intact but does not fit this model ({reason}); it was "
+                                  "written by another version of poetry_gpt or TensorFlow, or for a model of another "
+                                  "shape or set of variables: resume with the version and --config that wrote it, "
+                                  "or train in another --run (this run's checkpoints are fine; keep them)") from None
+            damaged.append(f"{name}: {problem}")
+            continue
+        if damaged:
+            echo(f"Skipped unreadable checkpoint(s): {'; '.join(damaged)}")
+        return step, path
+    raise RunDirError(f"{directory}: no readable checkpoint, the files are damaged ({'; '.join(damaged)}); "
+                      "put back checkpoints/ from a copy, or start over with --overwrite")
+
+
+def _first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters of it)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def _checkpoint_damage(path: str) -> str | None:
+    """Why a checkpoint's files are damaged (each tensor is read, so its checksum is checked), or
+    None when they all read back intact."""
+    import tensorflow as tf
+
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for key in reader.get_variable_to_shape_map():
+            reader.get_tensor(key)
+    except Exception as exc:  # OpError, IndexError, … for truncated or garbled files
+        return _first_line(exc)
+    return None
 
 
 def _load_init(init_from, vocab: CharVocab, config: RunConfig):

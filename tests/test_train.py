@@ -544,6 +544,28 @@ def test_no_readable_checkpoint_is_an_error_not_a_restart(tmp_path, straight_cos
         quiet_train(None, run, tiny(epochs=3, checkpoint_every=3))
     text = one_line(exc)
     assert "no readable checkpoint" in text and "ckpt-20" in text and "--overwrite" in text
+    # the real reason, told as damage (issue 12.5)
+    assert "the files are damaged" in text and re.search(r"ckpt-20: \w+(Error|Exception): \S", text), text
+
+
+def test_an_intact_checkpoint_of_another_shape_is_not_called_damaged(tmp_path, trained_run, tiny_data_dir):
+    """Issue 12.5: a checkpoint written for another model (shape or variable set) is intact: the message gives
+    the reason, does not advise deleting the run, and no older checkpoint is restored in its place."""
+    import tensorflow as tf
+
+    from poetry_gpt.model import build_model
+
+    run = copy_run(trained_run, tmp_path / "run")  # holds ckpt-20
+    other = build_model(config_from_preset("tiny").replace(model={"n_embd": 32}).model, CharVocab.load(tiny_data_dir))
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=other), str(run / "checkpoints"), max_to_keep=5).save(
+        checkpoint_number=21)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(RunDirError) as exc:
+        quiet_train(None, run, tiny(epochs=2, steps_per_epoch=20))
+    text = one_line(exc)
+    assert "ckpt-21 is intact but does not fit this model (ValueError: " in text and "shape" in text, text
+    assert "another version" in text and "--overwrite" not in text and "damaged" not in text, text
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
 def test_lost_checkpoint_state_file(tmp_path, straight_cosine):
