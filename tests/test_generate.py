@@ -500,6 +500,37 @@ def test_cli_generate_text_and_jsonl(cli_gen, run_dir, tmp_path):
     assert all(f"[unclosed] {r['text']}" in result.stdout for r in unclosed)
 
 
+def test_cli_out_is_never_replaced_without_overwrite_and_never_a_model_file(cli_gen, run_dir, tmp_path, monkeypatch):
+    """Issue 12.3: --out overwrote an existing file, in place."""
+    import poetry_gpt.fsutil as fsutil
+
+    out = tmp_path / "poems.txt"
+    out.write_text("my poems\n", encoding="utf-8")
+    args = ["generate", "--run", str(run_dir), "床前", "-n", "2", "--seed", "1", "--max-new-tokens", "4", "--out", str(out)]
+    result = _invoke(args)
+    assert result.exit_code == 1 and result.output.startswith(f"Error: --out {out}: the file already exists"), result.output
+    assert "--overwrite" in result.output and out.read_text(encoding="utf-8") == "my poems\n"
+    # with --overwrite the file is replaced through a temporary file and a rename: a failed write leaves it whole
+    monkeypatch.setattr(fsutil.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    result = _invoke(args + ["--overwrite"])
+    assert result.exit_code == 1 and "No space left on device" in result.output, result.output
+    assert out.read_text(encoding="utf-8") == "my poems\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["poems.txt"]
+    monkeypatch.undo()
+    result = _invoke(args + ["--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["poems.txt"]
+    # the model's own files are inputs: never an --out, with --overwrite neither
+    for inside in (run_dir / "export" / "config.json", run_dir / "export" / "new.txt"):
+        before = sorted(p.name for p in (run_dir / "export").iterdir())
+        result = _invoke(["generate", "--run", str(run_dir / "export"), "床前", "--out", str(inside), "--overwrite"])
+        assert result.exit_code == 1 and "part of the model --run reads" in result.output, result.output
+        result = _invoke(["generate", "--run", str(run_dir), "床前", "--out", str(inside), "--overwrite"])
+        assert result.exit_code == 1 and "part of the model --run reads" in result.output, result.output
+        assert sorted(p.name for p in (run_dir / "export").iterdir()) == before
+
+
 @pytest.mark.parametrize("args, option", [
     (["--top-k", "0"], "--top-k"), (["--top-p", "1.5"], "--top-p"), (["--temperature", "0"], "--temperature"),
     (["-n", "-2"], "--num-samples"), (["--form", "六绝"], "--form"), (["--max-new-tokens", "-1"], "--max-new-tokens"),
