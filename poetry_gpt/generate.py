@@ -463,7 +463,7 @@ class PoemGenerator:
         TensorFlow generate has none, so this path samples without it); rows of one prompt run
         together in batches. Sampling streams differ from the compiled path (same seed ≠ same poem).
         The free-sampling rule (no 】 before 【, no second 【 after it) holds here too
-        (``FreeRuleProcessor``).
+        (``FreeRuleProcessor``). Each batch resets TensorFlow's global random seed to its seed.
         """
         import tensorflow as tf
         from transformers import TFLogitsProcessorList
@@ -485,10 +485,14 @@ class PoemGenerator:
                 n = min(batch_size, num_samples - start)
                 row_seed = base_seed + i * num_samples + start
                 t0 = time.perf_counter()
+                # transformers' TF sampling reuses a ``seed`` argument at every step (the same noise for each
+                # token: a flat distribution repeats one character); unseeded, it draws each step's seed from
+                # TensorFlow's global generator, seeded here so that the batch stays reproducible
+                tf.random.set_seed(row_seed)
                 out = self.model.generate(
                     tf.constant([ids] * n), attention_mask=tf.ones([n, len(ids)], tf.int32),
                     do_sample=top_k > 1, top_k=top_k, top_p=top_p, temperature=temperature,
-                    repetition_penalty=repetition_penalty, max_new_tokens=budget, seed=[row_seed, 0],
+                    repetition_penalty=repetition_penalty, max_new_tokens=budget,
                     eos_token_id=self.close_id, pad_token_id=PAD_ID, suppress_tokens=[PAD_ID, UNK_ID, SEP_ID],
                     logits_processor=rule)
                 seconds = time.perf_counter() - t0

@@ -302,6 +302,15 @@ def test_free_samples_write_one_header_on_every_path(brackets_first):
     assert sum(t.count("【") == 1 and t.endswith("】") for t in texts) > len(texts) // 2  # the rule was exercised
 
 
+def test_eager_path_draws_new_noise_each_step_and_repeats_with_its_seed(brackets_first):
+    """transformers' TF sampling reuses its ``seed`` argument at every step: with logits that do not change,
+    a body was one character repeated. The eager path now draws each step afresh, reproducibly per seed."""
+    gen = brackets_first
+    first = [s.text for s in gen.generate_eager("春", num_samples=4, max_new_tokens=30, seed=1)]
+    assert [s.text for s in gen.generate_eager("春", num_samples=4, max_new_tokens=30, seed=1)] == first
+    assert any(len(set(text.partition("【")[2].rstrip("】"))) >= 3 for text in first), first
+
+
 def test_a_second_open_bracket_in_the_opening_is_refused(gen):
     for generate in (gen.generate, gen.generate_eager):
         with pytest.raises(OptionError, match="opening: the prompt '唐诗：【春【眠' has a second '【'"):
