@@ -513,6 +513,10 @@ class PoemGenerator:
     def _stream(on_tokens, first_row: int, rows: Sequence[Row], tokens) -> None:
         on_tokens(first_row, [ids[:row.budget].tolist() for row, ids in zip(rows, tokens)])
 
+    def text_of(self, prompt: str, ids: list[int]) -> str:
+        """The corpus-style text of a row so far: ``prompt`` + its ids, cut after 】 (streaming)."""
+        return self._sample(prompt, ids, 0, 0.0).text
+
     def _sample(self, prompt: str, ids: list[int], seed: int, seconds: float) -> Sample:
         closed = self.close_id is not None and self.close_id in ids
         if closed:
