@@ -175,8 +175,10 @@ def test_a_request_gets_the_same_poems_alone_and_batched(serve_url):
     target = {"openings": ["春花"], "title": "江夜", "n": 2, "seed": 21, "max_new_tokens": 30}
     status, alone = call(serve_url, "/api/generate", target)
     assert status == 200
-    # batch mates with other prompts, seeds and budgets, sent at the same moment
-    others = [{"openings": ["秋"], "n": 1, "seed": 900}, {"title": "山水", "n": 1, "seed": 901}]
+    # batch mates with other prompts, seeds and budgets, sent at the same moment; one with other sampling
+    # options, which must not share the target's batch (the sampler takes those options once per batch)
+    others = [{"openings": ["秋"], "n": 1, "seed": 900}, {"title": "山水", "n": 1, "seed": 901},
+              {"title": "山水", "n": 1, "seed": 902, "temperature": 0.5, "top_k": 3}]
     requests = [target, *others]
     barrier = threading.Barrier(len(requests))
 
