@@ -320,14 +320,41 @@ def test_memory_is_released_after_a_compile_only(gen, monkeypatch):
     assert calls == [1]
 
 
-def test_cli_keeps_transformers_away_from_torch(monkeypatch):
-    from click.testing import CliRunner
+FAKE_TORCH = """import os, traceback
+with open(os.environ["FAKE_TORCH_MARKER"], "a") as f:
+    f.write("".join(traceback.format_stack()))
+raise ImportError("fake torch: poetry_gpt must not import torch")
+"""
 
-    from poetry_gpt.cli import main
 
-    monkeypatch.delenv("USE_TF", raising=False)
-    CliRunner().invoke(main, ["corpus", "--help"])
-    assert __import__("os").environ.get("USE_TF") == "1"
+@pytest.mark.slow
+def test_cli_generate_does_not_import_an_installed_torch(run_dir, tmp_path):
+    """With torch installed (a fake one that records being imported), `generate` never imports it.
+
+    The control run (USE_TF=0 given explicitly, which the CLI leaves alone) shows that transformers
+    would import this fake, so the check can fail.
+    """
+    import subprocess
+
+    from helpers import cli, env_with_fake_packages
+
+    site = tmp_path / "site"
+    (site / "torch").mkdir(parents=True)
+    (site / "torch" / "__init__.py").write_text(FAKE_TORCH)
+    (site / "torch-2.9.0.dist-info").mkdir()
+    (site / "torch-2.9.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.9.0\n")
+    marker = tmp_path / "torch-imported"
+    env = env_with_fake_packages(site, FAKE_TORCH_MARKER=str(marker))
+    env.pop("USE_TF", None)
+    command = cli() + ["generate", "--run", str(run_dir), "春眠", "--seed", "1"]
+
+    control = subprocess.run(command, env={**env, "USE_TF": "0"}, capture_output=True, text=True, timeout=300)
+    assert control.returncode != 0 and marker.exists(), control.stderr  # transformers imported the fake torch
+    marker.unlink()
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("唐诗：【春眠")
+    assert not marker.exists(), marker.read_text()
 
 
 def test_constraint_tables_are_built_once_per_setting_and_bounded(gen):
@@ -344,19 +371,28 @@ def test_constraint_tables_are_built_once_per_setting_and_bounded(gen):
 
 
 @pytest.mark.slow
-def test_cli_stderr_has_no_tensorflow_start_up_chatter(run_dir):
-    """TensorFlow's absl/oneDNN/CUDA lines at import are hidden; our own summary line is not."""
+@pytest.mark.parametrize("log_level, opening", [(None, "春眠"), ("2", "龙")])
+def test_cli_stderr_has_no_tensorflow_start_up_chatter(run_dir, log_level, opening):
+    """TensorFlow's absl/oneDNN lines at import, and its CUDA probe's cuInit error at the first device use
+    (which a TF_CPP_MIN_LOG_LEVEL of 2 lets through), are hidden; our own summary or Error line is not."""
+    import os
     import subprocess
     import sys
 
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if log_level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = log_level
     code = "import sys; from poetry_gpt.cli import main; sys.argv[0] = 'poetry-gpt'; main()"
-    proc = subprocess.run([sys.executable, "-c", code, "generate", "--run", str(run_dir), "春眠", "--seed", "1"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("唐诗：【春眠")
-    assert "poem(s) in" in proc.stderr
-    for noise in ("absl::InitializeLog", "oneDNN custom operations", "cudart_stub"):
+    proc = subprocess.run([sys.executable, "-c", code, "generate", "--run", str(run_dir), opening, "--seed", "1"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    for noise in ("absl::InitializeLog", "oneDNN custom operations", "cudart_stub", "cuInit", "E0000"):
         assert noise not in proc.stderr, proc.stderr
+    if opening == "龙":  # not in the vocabulary: refused after the model loaded
+        assert proc.returncode == 1 and proc.stderr.startswith("Error: opening:") and proc.stderr.count("\n") == 1
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("唐诗：【春眠")
+        assert "poem(s) in" in proc.stderr
 
 
 def test_form_constraint(gen):
@@ -462,6 +498,37 @@ def test_cli_generate_text_and_jsonl(cli_gen, run_dir, tmp_path):
     assert {"prompt", "text", "body", "closed", "tokens", "seconds"} <= set(records[0])
     unclosed = [r for r in records if not r["closed"]]
     assert all(f"[unclosed] {r['text']}" in result.stdout for r in unclosed)
+
+
+def test_cli_out_is_never_replaced_without_overwrite_and_never_a_model_file(cli_gen, run_dir, tmp_path, monkeypatch):
+    """Issue 12.3: --out overwrote an existing file, in place."""
+    import poetry_gpt.fsutil as fsutil
+
+    out = tmp_path / "poems.txt"
+    out.write_text("my poems\n", encoding="utf-8")
+    args = ["generate", "--run", str(run_dir), "床前", "-n", "2", "--seed", "1", "--max-new-tokens", "4", "--out", str(out)]
+    result = _invoke(args)
+    assert result.exit_code == 1 and result.output.startswith(f"Error: --out {out}: the file already exists"), result.output
+    assert "--overwrite" in result.output and out.read_text(encoding="utf-8") == "my poems\n"
+    # with --overwrite the file is replaced through a temporary file and a rename: a failed write leaves it whole
+    monkeypatch.setattr(fsutil.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    result = _invoke(args + ["--overwrite"])
+    assert result.exit_code == 1 and "No space left on device" in result.output, result.output
+    assert out.read_text(encoding="utf-8") == "my poems\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["poems.txt"]
+    monkeypatch.undo()
+    result = _invoke(args + ["--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["poems.txt"]
+    # the model's own files are inputs: never an --out, with --overwrite neither
+    for inside in (run_dir / "export" / "config.json", run_dir / "export" / "new.txt"):
+        before = sorted(p.name for p in (run_dir / "export").iterdir())
+        result = _invoke(["generate", "--run", str(run_dir / "export"), "床前", "--out", str(inside), "--overwrite"])
+        assert result.exit_code == 1 and "part of the model --run reads" in result.output, result.output
+        result = _invoke(["generate", "--run", str(run_dir), "床前", "--out", str(inside), "--overwrite"])
+        assert result.exit_code == 1 and "part of the model --run reads" in result.output, result.output
+        assert sorted(p.name for p in (run_dir / "export").iterdir()) == before
 
 
 @pytest.mark.parametrize("args, option", [
