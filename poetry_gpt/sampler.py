@@ -17,7 +17,8 @@ step. Two ``tf.function(jit_compile=True)`` programs do the work:
   recompiles it;
   ``top_k``, ``top_p``, ``min_p``, temperature, repetition penalty, ``max_new_tokens`` and
   the per-row seeds are tensors. It exits early when every row has emitted the
-  stop token (】).
+  stop token (】). ``run(on_tokens=...)`` runs it in segments of ``STREAM_SEGMENT`` steps (the loop
+  state goes out and back in; the same program, the same tokens) so a server can stream a poem.
 
 Sampling per step: the optional constraint (a mask from ``poetry_gpt.forms``,
 its per-row state advanced after the draw), repetition penalty (as in
