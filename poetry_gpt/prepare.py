@@ -71,7 +71,8 @@ def split_indices(n: int, valid_fraction: float, seed: int) -> tuple[np.ndarray,
     return np.sort(perm[n_valid:]), np.sort(perm[:n_valid])
 
 
-def check_output_dir(out: Path, overwrite: bool, inputs: Sequence[tuple[str, str | os.PathLike]] = ()) -> None:
+def check_output_dir(out: Path, overwrite: bool, inputs: Sequence[tuple[str, str | os.PathLike]] = (),
+                     option: str = "--out") -> None:
     """Refuse an ``--out`` that would replace something the user had.
 
     ``out`` may not be a file, be or hold an input, or lie inside one; a non-empty ``out`` is
@@ -81,28 +82,30 @@ def check_output_dir(out: Path, overwrite: bool, inputs: Sequence[tuple[str, str
         out: the DATA_DIR to write.
         overwrite: ``--overwrite`` was given.
         inputs: ``(option, path)`` of everything ``prepare`` reads (``RAW`` files, ``--vocab``).
+        option: how messages name the output (``pipeline`` writes ``RUN_DIR/data``, not an ``--out``).
     """
     if out.exists() and not out.is_dir():
-        raise OptionError(f"--out: {out} is a file, not a folder; choose another path")
-    for option, path in inputs:
+        raise OptionError(f"{option}: {out} is a file, not a folder; choose another path")
+    for name, path in inputs:
         if is_within(path, out):
-            raise OptionError(f"--out: {out} holds the input {option} {path}, which replacing it would delete; "
-                              "choose an --out outside the inputs")
+            raise OptionError(f"{option}: {out} holds the input {name} {path}, which replacing it would delete; "
+                              "choose an output folder outside the inputs")
         if is_within(out, path):
-            raise OptionError(f"--out: {out} is inside the input {option} {path}; choose an --out outside the inputs")
+            raise OptionError(f"{option}: {out} is inside the input {name} {path}; "
+                              "choose an output folder outside the inputs")
     if not (out.is_dir() and any(out.iterdir())):
         return
     if not (out / MANIFEST).is_file():
-        raise OptionError(f"--out: {out} is not empty and is not a DATA_DIR (no {MANIFEST}); --overwrite replaces "
+        raise OptionError(f"{option}: {out} is not empty and is not a DATA_DIR (no {MANIFEST}); --overwrite replaces "
                           "only a DATA_DIR written by `poetry-gpt prepare`; empty it yourself or choose another folder")
     if not overwrite:
-        raise OptionError(f"--out: {out} already exists and is not empty; pass --overwrite to replace it "
+        raise OptionError(f"{option}: {out} already exists and is not empty; pass --overwrite to replace it "
                           "or choose another folder")
 
 
 def prepare(raw_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, config: DataConfig = DataConfig(),
             vocab_dir: str | os.PathLike | None = None, overwrite: bool = False, n_ctx: int = 128,
-            progress: Callable[[int], None] | None = None) -> PrepareResult:
+            progress: Callable[[int], None] | None = None, out_option: str = "--out") -> PrepareResult:
     """Turn raw.txt files into a DATA_DIR.
 
     Args:
@@ -114,11 +117,12 @@ def prepare(raw_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
             one that holds or lies inside an input).
         n_ctx: the context the data is meant for (only for the report's long-poem count).
         progress: called with the number of poems just written, for a progress bar.
+        out_option: how error messages name ``out_dir`` (the option the user gave it with).
     """
     out = Path(out_dir)
     _remove_stale_partials(out)  # first: it may put back a DATA_DIR that a killed run had moved aside
     inputs = [("RAW", p) for p in raw_paths] + ([("--vocab", vocab_dir)] if vocab_dir is not None else [])
-    check_output_dir(out, overwrite, inputs)
+    check_output_dir(out, overwrite, inputs, out_option)
     start = time.perf_counter()
     vocab_given = vocab_dir is not None
     vocab = CharVocab.load(vocab_dir) if vocab_given else None  # a bad --vocab fails before the reading
@@ -136,7 +140,7 @@ def prepare(raw_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
         shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier process with our (reused) pid
         tmp.mkdir(parents=True)
     except OSError as exc:
-        raise OptionError(f"--out: cannot create a folder next to {out} ({exc.strerror or exc}); "
+        raise OptionError(f"{out_option}: cannot create a folder next to {out} ({exc.strerror or exc}); "
                           "choose a writable place") from None
     try:
         vocab.save(tmp)

@@ -672,6 +672,7 @@ def test_cli_pipeline_never_replaces_a_data_folder_it_did_not_write(tmp_path, ov
         result = _cli(["pipeline", given, "--run", tmp_path / "proj", "--config", "tiny", "--steps-per-epoch", "2",
                        *(["--overwrite"] if overwrite else [])])
         assert result.exit_code == 1 and str(tmp_path / "proj") in result.output and "data" in result.output, result.output
+        assert "--out" not in result.output, result.output  # pipeline has no --out: name what the user typed
         assert {p: p.read_bytes() for p in data.iterdir()} == before
     assert sorted(p.name for p in (tmp_path / "proj").iterdir()) == ["data"]
 

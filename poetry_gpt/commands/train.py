@@ -108,7 +108,8 @@ def pipeline_cmd(raw, run_dir, n_samples, preset, overwrite, quiet, **values):
     if has_data and not overwrite:
         click.echo(f"Using the data already prepared in {data_dir}/.")
     else:
-        prepared = prepare(raw, data_dir, DataConfig(), n_ctx=config.model.n_ctx, overwrite=True)
+        prepared = prepare(raw, data_dir, DataConfig(), n_ctx=config.model.n_ctx, overwrite=True,
+                           out_option="--run (its data/ folder)")
         click.echo(format_report(prepared.report))
         click.echo(f"Prepared {data_dir}/ in {prepared.seconds:.1f} s.")
     result = train(str(data_dir), run_dir, config, overwrite=overwrite, echo=click.echo, verbose=2 if quiet else 1,
