@@ -6,6 +6,8 @@ from setuptools import setup
 
 VERSION = re.search(r'__version__ = "([^"]+)"', Path("poetry_gpt/__init__.py").read_text()).group(1)
 
+SERVE = ["starlette>=0.40,<2", "uvicorn>=0.30,<1"]
+
 setup(
     name="poetry_gpt",
     version=VERSION,
@@ -13,7 +15,8 @@ setup(
     long_description=Path("README.md").read_text(encoding="utf-8") if Path("README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
-    packages=["poetry_gpt", "poetry_gpt.commands"],
+    packages=["poetry_gpt", "poetry_gpt.commands", "poetry_gpt.serve"],
+    package_data={"poetry_gpt.serve": ["page/*.html"]},
     py_modules=["configs"],
     install_requires=[
         # tested together on Python 3.11, CPU; tf-keras is the Keras 2 that transformers' TF models need
@@ -30,7 +33,10 @@ setup(
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
-        "test": ["pytest>=8,<10"],
+        # `poetry-gpt serve`: an extra, not a dependency: training and the CLI never need a web server
+        "serve": SERVE,
+        # the browser test drives Debian's chromium through its chromium-driver (nothing downloads a browser)
+        "test": ["pytest>=8,<10", *SERVE, "selenium>=4.20,<5"],
     },
     entry_points={"console_scripts": ["poetry-gpt=poetry_gpt.cli:main"]},
 )

@@ -32,7 +32,7 @@ class _Group(click.Group):
 
 # commands that load TensorFlow and print poems or progress a user reads (not `env`, whose job
 # includes showing what TensorFlow says about CUDA)
-_QUIET_TF_COMMANDS = {"prepare", "train", "pipeline", "generate", "chat", "eval"}
+_QUIET_TF_COMMANDS = {"prepare", "train", "pipeline", "generate", "chat", "eval", "serve"}
 
 
 _DIED_LOADING = ("Error: the process died while TensorFlow was loading; what TensorFlow printed is above "

@@ -23,13 +23,14 @@ Example:
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from . import forms
 from .corpus import CLOSE, OPEN, prompt_prefix
@@ -46,6 +47,8 @@ FORM_NAMES = tuple(forms.FORMS)
 DEFAULT_TOP_K = 64
 DEFAULT_MIN_P = 0.05
 TABLE_CACHE = 8  # constraint tables kept per generator (free sampling and the last forms used)
+SAMPLING_DEFAULTS = {"top_k": DEFAULT_TOP_K, "top_p": 1.0, "min_p": DEFAULT_MIN_P, "temperature": 1.0,
+                     "repetition_penalty": 1.0}
 UNPENALISED = set("，。？！；：、【】 ")  # a poem repeats its punctuation by design: no repetition penalty
 
 
@@ -73,6 +76,34 @@ class Sample:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class Row:
+    """One poem to decode: its prompt text, seed, token budget and form-automaton state after the prompt."""
+
+    prompt: str
+    seed: int
+    budget: int
+    state: tuple = (0, -1)
+
+
+@dataclass
+class Plan:
+    """A checked request (``PoemGenerator.plan``): the rows to decode and how.
+
+    Args:
+        rows: one ``Row`` per poem, in output order.
+        sampling: top_k, top_p, min_p, temperature, repetition_penalty.
+        tables: the constraint tables (free sampling or the form).
+        key: plans with equal keys can be decoded together in one batch (the sampler takes these
+            options and tables once per batch, not per row).
+    """
+
+    rows: list
+    sampling: dict
+    tables: object
+    key: tuple
 
 
 @dataclass
@@ -385,7 +416,40 @@ class PoemGenerator:
         Raises:
             OptionError: an option is out of range or the prompt cannot be used.
         """
-        check_options(top_k, top_p, temperature, repetition_penalty, num_samples, batch_size, max_new_tokens, min_p)
+        plan = self.plan(openings, title=title, genre=genre, num_samples=num_samples, top_k=top_k, top_p=top_p,
+                         temperature=temperature, repetition_penalty=repetition_penalty,
+                         max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, form=form,
+                         acrostic=acrostic, rhyme=rhyme, min_p=min_p)
+        return self.decode(plan.rows, plan.sampling, plan.tables, batch_size)
+
+    def plan(self, openings: str | Sequence[str] | None = None, *, num_samples: int = 1, seed: int | None = None,
+             max_new_tokens: int | None = None, title: str | None = None, genre: str | None = None,
+             form: str | None = None, acrostic: str | None = None, rhyme: bool = False, batch_size: int = 8,
+             **sampling) -> Plan:
+        """Check a request and turn it into rows to decode, without decoding (``generate`` = ``plan`` + ``decode``).
+
+        Args:
+            openings: as in ``generate``.
+            num_samples: as in ``generate``.
+            seed: as in ``generate``.
+            max_new_tokens: as in ``generate``.
+            title: as in ``generate``.
+            genre: as in ``generate``.
+            form: as in ``generate``.
+            acrostic: as in ``generate``.
+            rhyme: as in ``generate``.
+            batch_size: checked only (``decode`` takes it).
+            **sampling: ``top_k``, ``top_p``, ``min_p``, ``temperature``, ``repetition_penalty`` (the
+                defaults of ``generate`` where missing).
+
+        Raises:
+            OptionError: what ``generate`` raises, before any decoding.
+        """
+        unknown = set(sampling) - set(SAMPLING_DEFAULTS)
+        if unknown:
+            raise TypeError(f"plan() got unexpected keyword argument(s) {', '.join(sorted(unknown))}")
+        sampling = {**SAMPLING_DEFAULTS, **sampling}
+        check_options(num_samples=num_samples, batch_size=batch_size, max_new_tokens=max_new_tokens, **sampling)
         prompts = self.build_prompts(openings, title, genre)
         constraint, tables = self._constraint(form, acrostic, rhyme)
         room = self.n_ctx - 1 - max(len(p) for p in prompts)
@@ -394,31 +458,64 @@ class PoemGenerator:
                               f"longest prompt, got {max_new_tokens}")
         budget = max_new_tokens or room
         base_seed = secrets.randbelow(2**31 - 1) if seed is None else int(seed)
-        rows = [(prompt, base_seed + i * num_samples + j)
+        rows = [Row(prompt, base_seed + i * num_samples + j, budget)
                 for i, prompt in enumerate(prompts) for j in range(num_samples)]
-        states = [(constraint or self._free).initial_state(p, option="opening") for p, _ in rows]
+        for row in rows:
+            row.state = (constraint or self._free).initial_state(row.prompt, option="opening")
         if constraint:
-            _check_form_fits(constraint, states, room, max_new_tokens, self.n_ctx)
+            _check_form_fits(constraint, [r.state for r in rows], room, max_new_tokens, self.n_ctx)
+        key = (tuple(sorted(sampling.items())), form, acrostic or "", bool(rhyme))
+        return Plan(rows, sampling, tables, key)
+
+    def decode(self, rows: Sequence[Row], sampling: dict, tables, batch_size: int = 8,
+               on_tokens: Callable[[int, list], None] | None = None) -> list[Sample]:
+        """Decode planned rows (of one or several ``plan`` calls with the same ``Plan.key``) in batches.
+
+        Rows run ``batch_rows`` at a time in one compiled program for the longest budget; each row
+        is cut to its own budget, so its poem is the one it gets alone (its seed decides it).
+
+        Args:
+            rows: ``Plan.rows``.
+            sampling: ``Plan.sampling``.
+            tables: ``Plan.tables``.
+            batch_size: the most rows run together.
+            on_tokens: streaming: called as ``on_tokens(first_row, ids_per_row)`` every few decode steps
+                with the ids each row of the running batch has drawn so far (cut to its budget).
+
+        Returns:
+            One ``Sample`` per row, in order.
+        """
         B = batch_rows(len(rows), batch_size)
+        budget = max(r.budget for r in rows)
         samples, traces = [], dict(self.sampler.traces)
         for start in range(0, len(rows), B):
-            chunk = rows[start:start + B]
+            chunk = list(rows[start:start + B])
             pad = B - len(chunk)
-            chunk_states = states[start:start + B] + states[:1] * pad
             chunk = chunk + chunk[:1] * pad
+            stream = None if on_tokens is None else functools.partial(self._stream, on_tokens, start, chunk[:B - pad])
             t0 = time.perf_counter()
             result = self.sampler.run(
-                [[SEP_ID] + self.vocab.encode(p) for p, _ in chunk], [s for _, s in chunk],
-                max_new_tokens=budget, top_k=min(top_k, self.vocab.size), top_p=top_p, min_p=min_p,
-                temperature=max(temperature, 1e-6), repetition_penalty=repetition_penalty,
+                [[SEP_ID] + self.vocab.encode(r.prompt) for r in chunk], [r.seed for r in chunk],
+                max_new_tokens=budget, top_k=min(sampling["top_k"], self.vocab.size), top_p=sampling["top_p"],
+                min_p=sampling["min_p"], temperature=max(sampling["temperature"], 1e-6),
+                repetition_penalty=sampling["repetition_penalty"],
                 active=[True] * (B - pad) + [False] * pad,
-                constraint=forms, constraint_state=self._constraint_state(chunk_states, tables))
+                constraint=forms, constraint_state=self._constraint_state([r.state for r in chunk], tables),
+                on_tokens=stream)
             seconds = time.perf_counter() - t0
-            for (prompt, row_seed), ids in zip(chunk[:B - pad], result.tokens[:B - pad]):
-                samples.append(self._sample(prompt, ids.tolist(), row_seed, seconds))
+            for row, ids in zip(chunk[:B - pad], result.tokens[:B - pad]):
+                samples.append(self._sample(row.prompt, ids[:row.budget].tolist(), row.seed, seconds))
         if self.sampler.traces != traces:
             release_freed_memory()  # a new program was compiled: drop the compiler's scratch memory
         return samples
+
+    @staticmethod
+    def _stream(on_tokens, first_row: int, rows: Sequence[Row], tokens) -> None:
+        on_tokens(first_row, [ids[:row.budget].tolist() for row, ids in zip(rows, tokens)])
+
+    def text_of(self, prompt: str, ids: list[int]) -> str:
+        """The corpus-style text of a row so far: ``prompt`` + its ids, cut after 】 (streaming)."""
+        return self._sample(prompt, ids, 0, 0.0).text
 
     def _sample(self, prompt: str, ids: list[int], seed: int, seconds: float) -> Sample:
         closed = self.close_id is not None and self.close_id in ids

@@ -17,7 +17,8 @@ step. Two ``tf.function(jit_compile=True)`` programs do the work:
   recompiles it;
   ``top_k``, ``top_p``, ``min_p``, temperature, repetition penalty, ``max_new_tokens`` and
   the per-row seeds are tensors. It exits early when every row has emitted the
-  stop token (】).
+  stop token (】). ``run(on_tokens=...)`` runs it in segments of ``STREAM_SEGMENT`` steps (the loop
+  state goes out and back in; the same program, the same tokens) so a server can stream a poem.
 
 Sampling per step: the optional constraint (a mask from ``poetry_gpt.forms``,
 its per-row state advanced after the draw), repetition penalty (as in
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -46,6 +47,8 @@ BUCKET = 16
 #: batch-1 decode-step matmuls run as this many row-block dots (see ``CachedGPT2._linear``): 1.5x
 #: faster decode on 2 cores, where XLA's matrix-vector dot leaves one core idle (4 blocks: no better)
 SPLIT = 2
+#: decode steps between two ``on_tokens`` calls of a streaming ``Sampler.run``
+STREAM_SEGMENT = 8
 NEG = -1e9  # "impossible" logit; finite so that softmax never sees inf - inf
 
 
@@ -347,14 +350,14 @@ class Sampler:
         self.traces["prefill"] += 1
         return self.net.prefill(self.net.weights(), ids, lengths)
 
-    def _decode_impl(self, logits, cache, lengths, seeds, seen, done, options, constraint_in, kcap, constraint):
+    def _decode_impl(self, logits, cache, lengths, seeds, seen, done, options, constraint_in, kcap, constraint,
+                     out):
         self.traces["decode"] += 1
         w = self.net.weights()
         top_k, top_p, temperature, penalty, max_new = options["top_k"], options["top_p"], \
             options["temperature"], options["penalty"], options["max_new"]
         min_p = options["min_p"]
         B, n_ctx = logits.shape[0], self.n_ctx
-        out = tf.zeros([B, n_ctx], tf.int32)
         state, rhyme, tables = constraint_in if constraint is not None else (tf.zeros([B]), tf.zeros([B]), ())
 
         def cond(i, logits, cache, out, seen, done, state, rhyme):
@@ -376,16 +379,18 @@ class Sampler:
             logits, cache = self.net.step(w, token, positions, cache)
             return i + 1, logits, cache, out, seen, done, state, rhyme
 
-        i, _, _, out, _, _, _, _ = tf.while_loop(
-            cond, body, (tf.constant(0), logits, cache, out, seen, done, state, rhyme),
+        # ``start`` > 0 continues a run segment by segment (``run(on_tokens=...)``): the carry comes back in
+        i, logits, cache, out, seen, done, state, rhyme = tf.while_loop(
+            cond, body, (options["start"], logits, cache, out, seen, done, state, rhyme),
             maximum_iterations=n_ctx)
-        return out, i
+        return out, i, (logits, cache, seen, done, state, rhyme)
 
     # driver ---------------------------------------------------------------------------
     def run(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], *, max_new_tokens: int,
             top_k: int = 10, top_p: float = 1.0, temperature: float = 1.0, repetition_penalty: float = 1.0,
             min_p: float = 0.0,
-            active: Sequence[bool] | None = None, constraint: Any = None, constraint_state=None) -> DecodeResult:
+            active: Sequence[bool] | None = None, constraint: Any = None, constraint_state=None,
+            on_tokens: Callable[[np.ndarray], None] | None = None, segment: int = STREAM_SEGMENT) -> DecodeResult:
         """Sample continuations of a batch of prompts (validated by the caller).
 
         Args:
@@ -403,6 +408,10 @@ class Sampler:
                 ``poetry_gpt.forms`` module; it is part of the program's cache key, so pass the same
                 object each time (tables of another shape compile another program).
             constraint_state: ``(state [B], rhyme_group [B], tables)`` tensors for ``constraint``.
+            on_tokens: called with the ``[B, steps]`` tokens drawn so far after every ``segment`` steps
+                (streaming); the same compiled program runs the segments, so the tokens are exactly
+                those of a run without it.
+            segment: decode steps between ``on_tokens`` calls.
         """
         B = len(prompts)
         lengths = np.array([len(p) for p in prompts], np.int32)
@@ -419,11 +428,22 @@ class Sampler:
             "top_k": tf.constant(top_k, tf.int32), "top_p": tf.constant(top_p, tf.float32),
             "min_p": tf.constant(min_p, tf.float32),
             "temperature": tf.constant(temperature, tf.float32), "penalty": tf.constant(repetition_penalty, tf.float32),
-            "max_new": tf.constant(max_new_tokens, tf.int32),
         }
         seeds = tf.constant(np.asarray(seeds, np.int64) % (2**31 - 1), tf.int32)
-        out, steps = self._decode(logits, cache, tf.constant(lengths), seeds, tf.constant(seen), tf.constant(done),
-                                  options, constraint_state if constraint is not None else (),
-                                  top_k_cap(top_k, self.net.vocab_size), constraint)
-        steps = int(steps)
+        carry = (logits, cache, tf.constant(seen), tf.constant(done))
+        state = constraint_state if constraint is not None else ()
+        out, steps = tf.zeros([B, self.n_ctx], tf.int32), 0
+        while True:
+            stop = max_new_tokens if on_tokens is None else min(steps + segment, max_new_tokens)
+            options.update(start=tf.constant(steps, tf.int32), max_new=tf.constant(stop, tf.int32))
+            out, i, (logits, cache, seen_t, done_t, s, g) = self._decode(
+                carry[0], carry[1], tf.constant(lengths), seeds, carry[2], carry[3], options, state,
+                top_k_cap(top_k, self.net.vocab_size), constraint, out)
+            carry, steps = (logits, cache, seen_t, done_t), int(i)
+            if constraint is not None:
+                state = (s, g, constraint_state[2])
+            if on_tokens is not None:
+                on_tokens(out.numpy()[:, :steps])
+            if steps < stop or steps >= max_new_tokens:  # every row finished, or the budget is spent
+                break
         return DecodeResult(out.numpy()[:, :steps], steps)

@@ -22,3 +22,86 @@ def shared_corpus() -> Path:
             pytest.fail(reason + "; CI=true requires it")
         pytest.skip(reason)
     return SHARED_CORPUS
+
+
+# ------------------------------------------------------------------- poetry-gpt serve (test_serve*.py)
+SERVE_MAX_BATCH = 4
+SERVE_MAX_QUEUE = 4
+
+
+def _tree(path: Path) -> dict:
+    """Every file under ``path`` with its size and modification time (to prove nothing was written)."""
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.rglob("*"))}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A RUN_DIR of the ``tiny`` preset trained a few steps on random quatrains, once per test run."""
+    from helpers import write_raw
+
+    from poetry_gpt.config import DataConfig, config_from_preset
+    from poetry_gpt.prepare import prepare
+    from poetry_gpt.train import set_precision, train
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    raw = write_raw(root / "raw.txt", 200)
+    prepare([raw], root / "data", DataConfig(valid_fraction=0.1), n_ctx=64)
+    config = config_from_preset("tiny").replace(train=dict(epochs=1, steps_per_epoch=20, samples_per_epoch=0,
+                                                           precision="fp32"))
+    try:
+        train(root / "data", root / "run", config, echo=lambda s: None, verbose=0)
+    finally:
+        set_precision("fp32")
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def serve_url(tiny_run):
+    """A real ``poetry-gpt serve`` process on a free 127.0.0.1 port; yields its base URL.
+
+    Teardown stops it with SIGINT (Ctrl-C) and checks that it exits cleanly and wrote nothing into
+    the RUN_DIR.
+    """
+    import signal
+    import subprocess
+    import threading
+
+    from helpers import cli
+
+    before = _tree(tiny_run)
+    proc = subprocess.Popen(cli() + ["serve", "--run", str(tiny_run), "--port", "0", "--max-batch",
+                                     str(SERVE_MAX_BATCH), "--max-queue", str(SERVE_MAX_QUEUE), "--window-ms", "50"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read_stderr():
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("ready: "):
+                ready.set()
+        ready.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    ready.wait(600)
+    if proc.poll() is not None or not any(line.startswith("ready: ") for line in lines):
+        proc.kill()
+        pytest.fail("poetry-gpt serve did not start:\n" + "".join(lines[-30:]))
+    url = next(line for line in lines if line.startswith("ready: ")).split()[1].rstrip("/")
+    assert url.startswith("http://127.0.0.1:"), url
+    try:
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        reader.join(10)
+        output = "".join(lines)
+        assert code == 0, output[-3000:]
+        assert "stopped." in output and "Traceback" not in output, output[-3000:]
+        assert _tree(tiny_run) == before, "the server wrote into its RUN_DIR"
