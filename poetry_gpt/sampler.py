@@ -74,6 +74,15 @@ def top_k_cap(top_k: int, vocab_size: int) -> int:
     return vocab_size
 
 
+def row_seeds(seeds):
+    """Per-row seeds (ints, an array or an int64 tensor) as the int32 ``[B]`` tensor the sampler hashes.
+
+    Args:
+        seeds: one integer per row (any sign; taken modulo 2**31 - 1).
+    """
+    return tf.cast(tf.math.floormod(tf.cast(seeds, tf.int64), 2**31 - 1), tf.int32)
+
+
 @dataclass
 class DecodeResult:
     """What one ``Sampler.run`` produced.
@@ -345,7 +354,11 @@ class Sampler:
     # compiled programs --------------------------------------------------------------
     def _prefill_impl(self, ids, lengths):
         self.traces["prefill"] += 1
-        return self.net.prefill(self.net.weights(), ids, lengths)
+        logits, cache = self.net.prefill(self.net.weights(), ids, lengths)
+        real = tf.range(ids.shape[1])[None, :] < lengths[:, None]  # [B, T]: the prompt, not its padding
+        seen = tf.reduce_any(tf.one_hot(ids, self.net.vocab_size, on_value=True, off_value=False)
+                             & real[:, :, None], axis=1)
+        return logits, cache, seen & self.penalisable
 
     def _decode_impl(self, logits, cache, lengths, seeds, seen, done, options, constraint_in, kcap, constraint):
         self.traces["decode"] += 1
@@ -381,6 +394,50 @@ class Sampler:
             maximum_iterations=n_ctx)
         return out, i
 
+    # the compiled programs, eager or traced into another function (``poetry_gpt.saved_model``) --
+    def options(self, top_k, top_p, min_p, temperature, repetition_penalty, max_new_tokens) -> dict:
+        """The sampling options as the scalar tensors ``decode`` takes (numbers or scalar tensors).
+
+        ``top_k`` is capped at the vocabulary and ``temperature`` kept ≥ 1e-6 (0 would divide by zero).
+
+        Args:
+            top_k: ≥ 1.
+            top_p: in (0, 1].
+            min_p: in [0, 1).
+            temperature: > 0.
+            repetition_penalty: > 0.
+            max_new_tokens: decode steps at most.
+        """
+        return {"top_k": tf.cast(tf.minimum(tf.cast(top_k, tf.int64), self.net.vocab_size), tf.int32),
+                "top_p": tf.cast(top_p, tf.float32), "min_p": tf.cast(min_p, tf.float32),
+                "temperature": tf.maximum(tf.cast(temperature, tf.float32), 1e-6),
+                "penalty": tf.cast(repetition_penalty, tf.float32), "max_new": tf.cast(max_new_tokens, tf.int32)}
+
+    def prefill(self, ids, lengths):
+        """The compiled prompt pass: ``(logits [B, V], cache, seen [B, V])``.
+
+        Args:
+            ids: ``[B, T]`` int32 prompts (each starts with [SEP]), right-padded; ``T`` a ``bucket_length``.
+            lengths: ``[B]`` int32 real lengths.
+        """
+        return self._prefill(ids, lengths)
+
+    def decode(self, logits, cache, seen, lengths, seeds, done, options: dict, kcap: int, constraint=None,
+               constraint_state=None):
+        """The compiled decode loop after ``prefill``: ``(tokens [B, n_ctx] int32, steps)``.
+
+        Args:
+            logits, cache, seen: what ``prefill`` returned.
+            lengths: ``[B]`` int32 prompt lengths.
+            seeds: ``[B]`` int32, from ``row_seeds``.
+            done: ``[B]`` bool, rows that start finished (batch padding).
+            options: from ``options``.
+            kcap: ``top_k_cap`` of the (Python) top-k.
+            constraint, constraint_state: as in ``run``.
+        """
+        return self._decode(logits, cache, lengths, seeds, seen, done, options,
+                            constraint_state if constraint is not None else (), kcap, constraint)
+
     # driver ---------------------------------------------------------------------------
     def run(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], *, max_new_tokens: int,
             top_k: int = 10, top_p: float = 1.0, temperature: float = 1.0, repetition_penalty: float = 1.0,
@@ -408,22 +465,12 @@ class Sampler:
         lengths = np.array([len(p) for p in prompts], np.int32)
         T = bucket_length(int(lengths.max()), self.n_ctx)
         ids = np.zeros([B, T], np.int32)
-        seen = np.zeros([B, self.net.vocab_size], bool)
         for r, p in enumerate(prompts):
             ids[r, :len(p)] = p
-            seen[r, list(p)] = True
-        seen &= self.penalisable
-        logits, cache = self._prefill(tf.constant(ids), tf.constant(lengths))
         done = np.zeros(B, bool) if active is None else ~np.asarray(active, bool)
-        options = {
-            "top_k": tf.constant(top_k, tf.int32), "top_p": tf.constant(top_p, tf.float32),
-            "min_p": tf.constant(min_p, tf.float32),
-            "temperature": tf.constant(temperature, tf.float32), "penalty": tf.constant(repetition_penalty, tf.float32),
-            "max_new": tf.constant(max_new_tokens, tf.int32),
-        }
-        seeds = tf.constant(np.asarray(seeds, np.int64) % (2**31 - 1), tf.int32)
-        out, steps = self._decode(logits, cache, tf.constant(lengths), seeds, tf.constant(seen), tf.constant(done),
-                                  options, constraint_state if constraint is not None else (),
-                                  top_k_cap(top_k, self.net.vocab_size), constraint)
+        options = self.options(top_k, top_p, min_p, temperature, repetition_penalty, max_new_tokens)
+        out, steps = self.decode(*self.prefill(tf.constant(ids), tf.constant(lengths)), tf.constant(lengths),
+                                 row_seeds(seeds), tf.constant(done), options, top_k_cap(top_k, self.net.vocab_size),
+                                 constraint, constraint_state)
         steps = int(steps)
         return DecodeResult(out.numpy()[:, :steps], steps)
