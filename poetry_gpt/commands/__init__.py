@@ -15,6 +15,7 @@ _COMMANDS = [
     ("generate", "generate_cmd", "main"),
     ("generate", "chat_cmd", "main"),
     ("evaluate", "eval_cmd", "main"),
+    ("export", "export_cmd", "main"),
 ]
 
 
