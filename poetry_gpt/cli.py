@@ -7,12 +7,14 @@ Nothing else in the package prints-and-exits.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import tempfile
 
 import click
 
 from . import __version__
-from .errors import PoetryGPTError
+from .errors import EnvironmentProblem, PoetryGPTError
 
 
 class _Group(click.Group):
@@ -33,28 +35,115 @@ class _Group(click.Group):
 _QUIET_TF_COMMANDS = {"prepare", "train", "pipeline", "generate", "chat", "eval"}
 
 
+_DIED_LOADING = ("Error: the process died while TensorFlow was loading; what TensorFlow printed is above "
+                 "(`poetry-gpt env` checks the installation)\n")
+
+
+def _read_from_start(fd: int) -> bytes:
+    """Everything in the file open as ``fd``, from its first byte."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may write part of it)."""
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _start_watcher(capture_fd: int, stderr_fd: int) -> tuple[int, int]:
+    """Fork a watcher that copies the captured text to the real stderr if this process dies first.
+
+    The watcher waits for ``ok`` on a pipe; if the pipe closes without it (a C++ abort, a fatal
+    signal: the kernel closes a dead process's files), it writes the captured text and a last
+    line to ``stderr_fd``. Returns (watcher pid, write end of the pipe).
+
+    Args:
+        capture_fd: the file that fd 2 is redirected to.
+        stderr_fd: a duplicate of the real stderr.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the watcher: never returns into the CLI
+        try:
+            os.close(write_end)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group
+            status = b""
+            while chunk := os.read(read_end, 16):
+                status += chunk
+            if status != b"ok":
+                _write_all(stderr_fd, _read_from_start(capture_fd) + _DIED_LOADING.encode())
+        finally:
+            os._exit(0)
+    os.close(read_end)
+    return pid, write_end
+
+
+def _stop_watcher(pid: int, write_end: int) -> None:
+    """Tell the watcher this process is alive and done (it exits silently), and reap it."""
+    try:
+        os.write(write_end, b"ok")
+    except OSError:  # the watcher is gone already
+        pass
+    os.close(write_end)
+    os.waitpid(pid, 0)
+
+
+class _CapturedStderr:
+    """File descriptor 2 redirected to an unlinked temporary file for the ``with`` block.
+
+    On leaving the block with an exception, what was captured is copied to the real stderr; if the
+    process dies inside the block, a forked watcher copies it (where ``os.fork`` exists).
+    """
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self._file = tempfile.TemporaryFile()
+        self._saved = os.dup(2)
+        self._watcher = _start_watcher(self._file.fileno(), self._saved) if hasattr(os, "fork") else None
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        if self._watcher:
+            _stop_watcher(*self._watcher)
+        if exc_type is not None and issubclass(exc_type, Exception):
+            sys.stderr.write(_read_from_start(self._file.fileno()).decode(errors="replace"))
+            sys.stderr.flush()
+        self._file.close()
+        return False
+
+
 def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow with file descriptor 2 pointed at /dev/null.
+    """Import TensorFlow and run its CUDA probe with file descriptor 2 captured, not shown.
 
     TensorFlow 2.21 writes absl, oneDNN and CUDA-probe lines to stderr while it loads, before
-    ``TF_CPP_MIN_LOG_LEVEL`` takes effect. If the import fails, nothing is hidden for long: the
-    command's own import runs it again and the error shows.
+    ``TF_CPP_MIN_LOG_LEVEL`` takes effect; the probe (which logs ``failed call to cuInit`` on a
+    machine without a GPU) runs at the first device use, so listing the GPUs here runs it too (it
+    does not create the eager context, which multi-worker training must configure first). If the
+    import fails, what TensorFlow printed is shown with a one-line error; if it kills the process
+    (a C++ abort), a watcher shows it.
+
+    Raises:
+        EnvironmentProblem: importing TensorFlow raised.
     """
     if "tensorflow" in sys.modules:
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
     try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-        try:
-            import tensorflow  # noqa: F401
-        except Exception:  # noqa: BLE001 - re-raised, visibly, by the command's own import
-            pass
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        with _CapturedStderr():
+            import tensorflow
+
+            tensorflow.config.list_physical_devices("GPU")
+    except Exception as exc:  # noqa: BLE001 - any import failure is reported, with TensorFlow's own lines
+        first_line = (str(exc).splitlines() or [""])[0]
+        raise EnvironmentProblem(f"TensorFlow failed to load ({type(exc).__name__}: {first_line}); "
+                                 "what it printed is above; `poetry-gpt env` checks the installation") from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -7,7 +7,8 @@ form the model is trained on and that generation prompts are built in.
 
 Lines that do not parse are skipped and counted by reason (``SKIP_REASONS``) with
 their line numbers; files that cannot be read at all (missing, a folder, not
-UTF-8, binary, no poem line) raise ``InputError`` naming the file and line.
+UTF-8, binary: a NUL byte in the first 8000 bytes, no poem line) raise
+``InputError`` naming the file and line.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from .errors import InputError
 
 OPEN, CLOSE = "【", "】"
 DEFAULT_MAX_CHARS = 4096
+#: a file is binary when a NUL byte occurs this early (git's rule: the first 8000 bytes)
+BINARY_SNIFF_BYTES = 8000
 
 _LINE = re.compile(r"^(?:(?P<title>.*?\S)[ \t\u3000]+)?(?P<genre>[^\s：:【】]+)[：:]【(?P<body>.*)】$")
 
@@ -151,8 +154,10 @@ def read_text_file(path: str | os.PathLike) -> str:
         path: the file to read.
 
     Raises:
-        InputError: missing, a folder, unreadable, UTF-16, binary (NUL bytes) or not UTF-8
-            (naming the byte offset and line, and an encoding that fits when one does).
+        InputError: missing, a folder, unreadable, UTF-16, binary (a NUL byte in the first
+            ``BINARY_SNIFF_BYTES``) or not UTF-8 (naming the byte offset and line, and an encoding
+            that fits when one does). A later NUL is a control character of its line, which
+            ``parse_line`` skips.
     """
     p = Path(path)
     if not p.exists():
@@ -166,7 +171,7 @@ def read_text_file(path: str | os.PathLike) -> str:
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise InputError(f"{p}: encoded as UTF-16 (byte-order mark at byte 0, line 1); re-encode the file as UTF-8: "
                          f"`iconv -f UTF-16 -t UTF-8 {p.name} > {p.stem}.utf8.txt`")
-    nul = data.find(b"\x00", 0, 1 << 20)
+    nul = data.find(b"\x00", 0, BINARY_SNIFF_BYTES)  # a NUL further on only spoils its line (control_chars)
     if nul >= 0:
         line_no = data.count(b"\n", 0, nul) + 1
         raise InputError(f"{p}: looks like a binary file (NUL byte at byte {nul}, line {line_no}); "

@@ -4,8 +4,9 @@ One report (a JSON-ready dict, see ``evaluate``) with:
 
 * ``validation``: the poem-level cross-entropy per character (nats) and perplexity on the
   DATA_DIR's validation split, computed as training's validation is (``records.eval_dataset``
-  rows: ``[SEP]`` + poem, padded, pads ignored; float32 compute, one XLA program; the sum of all
-  token losses divided by the number of tokens, not a mean of batch means).
+  rows: ``[SEP]`` + poem, padded, pads ignored, a poem longer than the context in sliding windows
+  that predict each character once with at least half the context; float32 compute, one XLA
+  program; the sum of all token losses divided by the number of tokens, not a mean of batch means).
 * ``samples``: N unconstrained samples (top-k) prompted corpus-style with the titles and genres of
   held-out (validation) poems, ``title 体裁：【`` (cycling when there are fewer than N), and their
   figures from ``poem_metrics.sample_figures``: share closed with 】, share regular (overall and by
@@ -33,7 +34,7 @@ from . import __version__, poem_metrics
 from .corpus import parse_line, prompt_prefix
 from .errors import DataDirError, OptionError, RunDirError
 from .generate import DEFAULT_MIN_P, DEFAULT_TOP_K, PoemGenerator, check_options
-from .records import IGNORE_INDEX, Manifest, eval_dataset, read_poem_ids
+from .records import IGNORE_INDEX, Manifest, eval_dataset, eval_stride, read_poem_ids
 from .rundir import RUN_FILE, RunDir, data_manifest
 from .vocab import CharVocab
 
@@ -133,7 +134,8 @@ def perplexity(loss: float | None) -> float | None:
     return math.exp(loss)
 
 
-def validation_loss(lm, manifest: Manifest, vocab: CharVocab, batch_size: int, n_ctx: int) -> dict:
+def validation_loss(lm, manifest: Manifest, vocab: CharVocab, batch_size: int, n_ctx: int,
+                    stride: int | None = None) -> dict:
     """Token-mean cross-entropy of ``lm`` on the validation split, as training's ``test_step`` computes it.
 
     Args:
@@ -142,10 +144,11 @@ def validation_loss(lm, manifest: Manifest, vocab: CharVocab, batch_size: int, n
         vocab: its vocabulary (pad and sep ids).
         batch_size: rows per batch (does not change the result beyond float rounding).
         n_ctx: tokens per row (the model's context).
+        stride: window stride for poems longer than the context (default ``records.eval_stride``).
 
     Returns:
         ``loss`` (nats per character; None when the split has no tokens), ``perplexity``, ``tokens``,
-        ``rows``, ``poems``, ``dtype``, ``seconds``.
+        ``rows``, ``poems``, ``dtype``, ``stride``, ``seconds``.
     """
     import tensorflow as tf
 
@@ -159,7 +162,8 @@ def validation_loss(lm, manifest: Manifest, vocab: CharVocab, batch_size: int, n
 
     t0 = time.perf_counter()
     total, count, rows = 0.0, 0.0, 0
-    for batch in eval_dataset(manifest, batch_size, n_ctx, pad_id=vocab.pad_id, sep_id=vocab.sep_id):
+    stride = eval_stride(n_ctx) if stride is None else stride
+    for batch in eval_dataset(manifest, batch_size, n_ctx, pad_id=vocab.pad_id, sep_id=vocab.sep_id, stride=stride):
         loss_sum, n, used = terms(batch["input_ids"], batch["labels"])
         total += float(loss_sum.numpy())  # float32 per batch, accumulated in float64
         count += float(n.numpy())
@@ -167,7 +171,7 @@ def validation_loss(lm, manifest: Manifest, vocab: CharVocab, batch_size: int, n
     loss = total / count if count else None
     return {"loss": loss, "perplexity": perplexity(loss), "tokens": int(count), "rows": rows,
             "poems": manifest.poems("valid"), "dtype": "float32", "batch_size": batch_size, "n_ctx": n_ctx,
-            "seconds": round(time.perf_counter() - t0, 2)}
+            "stride": stride, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 # --- prompts ---------------------------------------------------------------------------------

@@ -25,7 +25,9 @@ per-sample integer state, so an XLA-compiled decode loop can apply it with
 written freely; 【 enters the body), then one state per body position
 (characters and the punctuation of the form in order), then *close* (only 】)
 and *done* (only [SEP]). Acrostic (藏头) is per clause (句): clause *i* starts
-with the *i*-th acrostic character.
+with the *i*-th acrostic character. Free sampling runs the same way through
+``free_constraint`` (header, body, done): the header never writes 】 and the
+body never 【, so no poem gets a second header.
 
 Importing this module imports neither TensorFlow nor pypinyin.
 """
@@ -337,6 +339,8 @@ class DecodeConstraint:
             return f"{option}: text after 】 in the prompt {prompt!r}"
         if tok < 0:
             return f"{option}: character {ch!r} is not in the vocabulary"
+        if form is None:  # free sampling: only a second 【 cannot stand in a body
+            return f"{option}: the prompt {prompt!r} has a second {ch!r} inside the poem; give one header"
         where = f"{prompt!r} cannot begin a {form.name}"
         if state == self.done_state - 1:
             return f"{option}: {where}: the body is complete after {form.body_len} characters, 】 must follow"
@@ -398,19 +402,38 @@ def token_finals(tokens: list[str]) -> np.ndarray:
     return out
 
 
-def free_constraint(vocab_size: int) -> DecodeConstraint:
-    """The constraint that allows every token in its single state: unconstrained sampling.
+def free_constraint(vocab) -> DecodeConstraint:
+    """The constraint of free sampling: one header, one body, whatever the model prefers.
+
+    Three states: *header* (state 0: any token but the specials and 】; 【 enters the body),
+    *body* (state 1: any token but the specials and 【, so a poem never holds a second header;
+    】 ends it) and *done* (state 2: only [SEP]). A vocabulary without 【 stays in the header state.
+    Every form's tables (``build_constraint``) keep the same rule in their header and body states.
 
     ``generate`` runs free sampling through the same compiled decode program as the forms
     (tables padded to ``MAX_STATES``), so switching between free and form-constrained poems
     compiles nothing new; the mask costs one gather and select over ``[batch, vocab]`` a step.
 
     Args:
-        vocab_size: the model's vocabulary size.
+        vocab: a ``CharVocab`` (or any object with ``tokens``, the specials at ids 0–2).
     """
-    return DecodeConstraint(allowed=np.ones((1, vocab_size), bool), next_state=np.zeros((1, vocab_size), np.int32),
-                            rhyme_role=np.zeros(1, np.int32), token_final=np.full(vocab_size, -1, np.int32),
-                            done_state=0)
+    tokens = list(vocab.tokens)
+    index = {t: i for i, t in enumerate(tokens)}
+    header, body, done = 0, 1, 2
+    allowed = np.zeros((3, len(tokens)), bool)
+    next_state = np.zeros((3, len(tokens)), np.int32)
+    allowed[(header, body), 3:] = True
+    next_state[body] = body
+    next_state[done] = done
+    allowed[done, 2] = True  # [SEP]
+    if OPEN in index:
+        allowed[body, index[OPEN]] = False
+        next_state[header, index[OPEN]] = body
+    if CLOSE in index:
+        allowed[header, index[CLOSE]] = False
+        next_state[body, index[CLOSE]] = done
+    return DecodeConstraint(allowed=allowed, next_state=next_state, rhyme_role=np.zeros(3, np.int32),
+                            token_final=np.full(len(tokens), -1, np.int32), done_state=done, tokens=tokens)
 
 
 def _other_script_hint(ch: str, index) -> str:

@@ -290,7 +290,7 @@ class PoemGenerator:
         punctuation = [i for i, t in enumerate(self.vocab.tokens) if t in UNPENALISED]
         self.sampler = Sampler(CachedGPT2(self.model, getattr(tf, compute_dtype)), stop_id=self.close_id,
                                banned_ids=(PAD_ID, UNK_ID, SEP_ID), unpenalised_ids=punctuation)
-        self._free = forms.free_constraint(self.vocab.size)
+        self._free = forms.free_constraint(self.vocab)
         self._table_cache: dict = {}
         release_freed_memory()  # the load's temporary buffers
 
@@ -404,7 +404,7 @@ class PoemGenerator:
         base_seed = secrets.randbelow(2**31 - 1) if seed is None else int(seed)
         rows = [(prompt, base_seed + i * num_samples + j)
                 for i, prompt in enumerate(prompts) for j in range(num_samples)]
-        states = [constraint.initial_state(p, option="opening") if constraint else (0, -1) for p, _ in rows]
+        states = [(constraint or self._free).initial_state(p, option="opening") for p, _ in rows]
         if constraint:
             _check_form_fits(constraint, states, room, max_new_tokens, self.n_ctx)
         B = batch_rows(len(rows), batch_size)
@@ -470,14 +470,20 @@ class PoemGenerator:
         Takes the arguments of ``generate`` except the form options and ``min_p`` (transformers'
         TensorFlow generate has none, so this path samples without it); rows of one prompt run
         together in batches. Sampling streams differ from the compiled path (same seed ≠ same poem).
+        The free-sampling rule (no 】 before 【, no second 【 after it) holds here too
+        (``FreeRuleProcessor``). Each batch resets TensorFlow's global random seed to its seed.
         """
         import tensorflow as tf
+        from transformers import TFLogitsProcessorList
 
         if any(unsupported.get(k) for k in ("form", "acrostic", "rhyme", "min_p")):
             raise OptionError("--eager: --form/--acrostic/--rhyme/--min-p need the compiled sampler (transformers' "
                               "TensorFlow generate has no min-p); drop --eager")
         check_options(top_k, top_p, temperature, repetition_penalty, num_samples, batch_size, max_new_tokens)
         prompts = self.build_prompts(openings, title, genre)
+        for prompt in prompts:
+            self._free.initial_state(prompt, option="opening")  # refuses a second 【, as ``generate`` does
+        rule = TFLogitsProcessorList([FreeRuleProcessor(self._free, self._constraint(None, None, False)[1])])
         base_seed = secrets.randbelow(2**31 - 1) if seed is None else int(seed)
         samples = []
         for i, prompt in enumerate(prompts):
@@ -487,15 +493,45 @@ class PoemGenerator:
                 n = min(batch_size, num_samples - start)
                 row_seed = base_seed + i * num_samples + start
                 t0 = time.perf_counter()
+                # transformers' TF sampling reuses a ``seed`` argument at every step (the same noise for each
+                # token: a flat distribution repeats one character); unseeded, it draws each step's seed from
+                # TensorFlow's global generator, seeded here so that the batch stays reproducible
+                tf.random.set_seed(row_seed)
                 out = self.model.generate(
                     tf.constant([ids] * n), attention_mask=tf.ones([n, len(ids)], tf.int32),
                     do_sample=top_k > 1, top_k=top_k, top_p=top_p, temperature=temperature,
-                    repetition_penalty=repetition_penalty, max_new_tokens=budget, seed=[row_seed, 0],
-                    eos_token_id=self.close_id, pad_token_id=PAD_ID, suppress_tokens=[PAD_ID, UNK_ID, SEP_ID])
+                    repetition_penalty=repetition_penalty, max_new_tokens=budget,
+                    eos_token_id=self.close_id, pad_token_id=PAD_ID, suppress_tokens=[PAD_ID, UNK_ID, SEP_ID],
+                    logits_processor=rule)
                 seconds = time.perf_counter() - t0
                 for r, row in enumerate(out.numpy()[:, len(ids):]):
                     samples.append(self._sample(prompt, row.tolist(), row_seed + r, seconds))
         return samples
+
+
+class FreeRuleProcessor:
+    """The free-sampling automaton (``forms.free_constraint``) as a transformers TF logits processor, for
+    the eager path: each row's state is walked from the tokens written so far (prompt included), then
+    the compiled path's own mask (``forms.apply_constraint_tf``) is applied to the scores.
+
+    Args:
+        constraint: a ``DecodeConstraint`` without rhyme positions (the free one).
+        tables: its ``as_tensors()``.
+    """
+
+    def __init__(self, constraint, tables):
+        self.constraint, self.tables = constraint, tables
+
+    def __call__(self, input_ids, scores, cur_len):
+        """Mask ``scores`` [B, V] after the first ``cur_len`` tokens of ``input_ids`` [B, T] (eager tensors)."""
+        import numpy as np
+        import tensorflow as tf
+
+        written = np.asarray(input_ids)[:, :int(cur_len)]
+        state = np.zeros(len(written), np.int32)
+        for column in written.T:
+            state = self.constraint.next_state[state, column]
+        return forms.apply_constraint_tf(scores, tf.constant(state), tf.fill([len(written)], -1), self.tables)
 
 
 def benchmark(n_layer: int = 6, n_embd: int = 384, n_head: int = 6, n_ctx: int = 128, vocab_size: int = 5300,

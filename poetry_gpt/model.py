@@ -14,7 +14,7 @@ from pathlib import Path
 from . import __version__
 from .config import ModelConfig
 from .errors import RunDirError
-from .fsutil import atomic_write_json, fsync_dir, read_json
+from .fsutil import atomic_write_json, fsync_dir, read_json, recover_aside, replace_dir
 from .vocab import CharVocab
 
 EXPORT_META = "poetry_gpt.json"
@@ -75,7 +75,9 @@ def check_agreement(lm, vocab: CharVocab, source: str) -> None:
 
 
 def save_export(lm, vocab: CharVocab, export_dir: str | os.PathLike, meta: dict) -> Path:
-    """Write a self-contained export folder atomically (temp folder, then rename).
+    """Write a self-contained export folder atomically (``export.tmp/``, then ``fsutil.replace_dir``:
+    one atomic exchange with the old ``export/`` where the OS allows it, so plain transformers
+    finds a complete ``export/`` at every moment).
 
     Args:
         lm: the model.
@@ -86,22 +88,16 @@ def save_export(lm, vocab: CharVocab, export_dir: str | os.PathLike, meta: dict)
     export = Path(export_dir)
     tmp = export.with_name(export.name + ".tmp")
     old = export.with_name(export.name + ".old")
-    if old.is_dir() and not export.exists():
-        # an earlier swap was killed between its two renames: export.old is the current export; put it
-        # back before anything else, so that deleting export.old below can never remove the only copy
-        os.replace(old, export)
+    # a fallback swap (no atomic exchange) killed between its two renames left export.old as the only
+    # copy: put it back before anything else
+    recover_aside(export, old)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     lm.save_pretrained(str(tmp))
     vocab.save(tmp)
     atomic_write_json(tmp / EXPORT_META, {"poetry_gpt_version": __version__, "vocab_hash": vocab.hash, **meta})
     fsync_dir(tmp)
-    shutil.rmtree(old, ignore_errors=True)
-    if export.exists():
-        os.replace(export, old)
-    os.replace(tmp, export)
-    shutil.rmtree(old, ignore_errors=True)
-    fsync_dir(export.parent)
+    replace_dir(tmp, export, old)
     return export
 
 
@@ -114,7 +110,7 @@ def resolve_export(path: str | os.PathLike) -> Path:
     p = Path(path)
     if not p.exists():
         raise RunDirError(f"{p}: no such folder; pass a RUN_DIR written by `poetry-gpt train` or its export/")
-    # export.old exists only for an instant while a new export replaces the old one
+    # export.old exists only for an instant while the fallback swap (no atomic exchange) replaces export/
     for candidate in (p / "export", p, p / "export.old"):
         if (candidate / "config.json").is_file() and (candidate / "vocab.txt").is_file():
             return candidate

@@ -13,14 +13,11 @@ flat (``scripts/bench_prepare.py`` measures it on tang-full 1×, 4×, 16×).
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import errno
 import glob
 import hashlib
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +30,7 @@ from .config import DataConfig
 from .corpus import ReadResult, read_corpus
 from .diagnostics import corpus_report
 from .errors import DataDirError, OptionError
-from .fsutil import fsync_dir
+from .fsutil import is_within, recover_aside, replace_dir
 from .records import FORMAT_VERSION, MANIFEST, serialize_buffer, write_manifest, write_shards
 from .vocab import UNK_ID, CharVocab, codepoints, counts_from_bincount, line_lengths
 
@@ -74,18 +71,41 @@ def split_indices(n: int, valid_fraction: float, seed: int) -> tuple[np.ndarray,
     return np.sort(perm[n_valid:]), np.sort(perm[:n_valid])
 
 
-def check_output_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to replace a non-empty output folder unless ``overwrite``; refuse files outright."""
+def check_output_dir(out: Path, overwrite: bool, inputs: Sequence[tuple[str, str | os.PathLike]] = (),
+                     option: str = "--out") -> None:
+    """Refuse an ``--out`` that would replace something the user had.
+
+    ``out`` may not be a file, be or hold an input, or lie inside one; a non-empty ``out`` is
+    replaced only with ``overwrite``, and only when it is a DATA_DIR (has ``manifest.json``).
+
+    Args:
+        out: the DATA_DIR to write.
+        overwrite: ``--overwrite`` was given.
+        inputs: ``(option, path)`` of everything ``prepare`` reads (``RAW`` files, ``--vocab``).
+        option: how messages name the output (``pipeline`` writes ``RUN_DIR/data``, not an ``--out``).
+    """
     if out.exists() and not out.is_dir():
-        raise OptionError(f"--out: {out} is a file, not a folder; choose another path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OptionError(f"--out: {out} already exists and is not empty; pass --overwrite to replace it "
+        raise OptionError(f"{option}: {out} is a file, not a folder; choose another path")
+    for name, path in inputs:
+        if is_within(path, out):
+            raise OptionError(f"{option}: {out} holds the input {name} {path}, which replacing it would delete; "
+                              "choose an output folder outside the inputs")
+        if is_within(out, path):
+            raise OptionError(f"{option}: {out} is inside the input {name} {path}; "
+                              "choose an output folder outside the inputs")
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not (out / MANIFEST).is_file():
+        raise OptionError(f"{option}: {out} is not empty and is not a DATA_DIR (no {MANIFEST}); --overwrite replaces "
+                          "only a DATA_DIR written by `poetry-gpt prepare`; empty it yourself or choose another folder")
+    if not overwrite:
+        raise OptionError(f"{option}: {out} already exists and is not empty; pass --overwrite to replace it "
                           "or choose another folder")
 
 
 def prepare(raw_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, config: DataConfig = DataConfig(),
             vocab_dir: str | os.PathLike | None = None, overwrite: bool = False, n_ctx: int = 128,
-            progress: Callable[[int], None] | None = None) -> PrepareResult:
+            progress: Callable[[int], None] | None = None, out_option: str = "--out") -> PrepareResult:
     """Turn raw.txt files into a DATA_DIR.
 
     Args:
@@ -93,13 +113,16 @@ def prepare(raw_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
         out_dir: the DATA_DIR to create.
         config: split, vocabulary and shard settings.
         vocab_dir: reuse the vocabulary in this folder instead of building one (for fine-tuning).
-        overwrite: replace an existing non-empty ``out_dir``.
+        overwrite: replace an existing DATA_DIR at ``out_dir`` (never another non-empty folder, nor
+            one that holds or lies inside an input).
         n_ctx: the context the data is meant for (only for the report's long-poem count).
         progress: called with the number of poems just written, for a progress bar.
+        out_option: how error messages name ``out_dir`` (the option the user gave it with).
     """
     out = Path(out_dir)
     _remove_stale_partials(out)  # first: it may put back a DATA_DIR that a killed run had moved aside
-    check_output_dir(out, overwrite)
+    inputs = [("RAW", p) for p in raw_paths] + ([("--vocab", vocab_dir)] if vocab_dir is not None else [])
+    check_output_dir(out, overwrite, inputs, out_option)
     start = time.perf_counter()
     vocab_given = vocab_dir is not None
     vocab = CharVocab.load(vocab_dir) if vocab_given else None  # a bad --vocab fails before the reading
@@ -117,7 +140,7 @@ def prepare(raw_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
         shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier process with our (reused) pid
         tmp.mkdir(parents=True)
     except OSError as exc:
-        raise OptionError(f"--out: cannot create a folder next to {out} ({exc.strerror or exc}); "
+        raise OptionError(f"{out_option}: cannot create a folder next to {out} ({exc.strerror or exc}); "
                           "choose a writable place") from None
     try:
         vocab.save(tmp)
@@ -170,8 +193,8 @@ def _remove_stale_partials(out: Path) -> None:
             pid = stale.name.rsplit("-", 1)[-1]
             if not pid.isdigit() or _pid_alive(int(pid)):
                 continue
-            if kind == "old" and not out.exists():
-                os.replace(stale, out)
+            if kind == "old":
+                recover_aside(out, stale)
             else:
                 shutil.rmtree(stale, ignore_errors=True)
 
@@ -186,48 +209,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
-
-    Returns:
-        True when swapped; False where the call is not available (other systems, old kernels,
-        file systems without support), so the caller falls back to two renames.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    renameat2.restype = ctypes.c_int
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
 def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Put the finished folder at ``out``; an old ``out`` is removed only after that.
-
-    An existing ``out`` is swapped with ``tmp`` atomically where the OS allows it, so at every
-    moment ``out`` is either the old complete DATA_DIR or the new one; elsewhere the old one is
-    renamed aside first (``_remove_stale_partials`` restores it if the process dies in between).
-    """
-    if out.is_dir():
-        if _exchange(tmp, out):
-            shutil.rmtree(tmp, ignore_errors=True)  # now the old DATA_DIR
-        else:
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-    fsync_dir(out.parent)
+    """Put the finished folder at ``out`` (``fsutil.replace_dir``: one atomic exchange where the OS
+    allows it; elsewhere the old DATA_DIR is parked as ``.NAME.old-PID``, which
+    ``_remove_stale_partials`` restores if the process dies in between)."""
+    replace_dir(tmp, out, out.with_name(f".{out.name}.old-{os.getpid()}"))
     if not (out / MANIFEST).is_file():  # pragma: no cover - would be a bug
         raise DataDirError(f"{out}: manifest missing after prepare")
 

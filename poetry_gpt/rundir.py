@@ -12,7 +12,8 @@ Layout::
     trainer_state.json   global_step, epoch, best_val_loss, learning_rate, per-epoch history
 
 Rules (after transformers' run_clm): a RUN_DIR with ``run.json`` resumes; a non-empty
-folder without it is refused unless ``--overwrite``; a run whose model shape,
+folder without it is refused, with ``--overwrite`` too (which replaces only a run, and never
+deletes an input the run reads from inside it); a run whose model shape,
 vocabulary or data differ is refused with what differs — never silently restarted.
 """
 from __future__ import annotations
@@ -22,11 +23,12 @@ import platform
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from . import __version__
 from .config import RunConfig
 from .errors import RunDirError
-from .fsutil import atomic_write_json, read_json
+from .fsutil import atomic_write_json, is_within, read_json
 
 RUN_FILE = "run.json"
 STATE_FILE = "trainer_state.json"
@@ -110,30 +112,32 @@ class RunDir:
         })
 
 
-def open_for_training(path: str | os.PathLike, overwrite: bool, own_entries: tuple[str, ...] = ()) -> tuple[RunDir, bool]:
+def open_for_training(path: str | os.PathLike, overwrite: bool, own_entries: tuple[str, ...] = (),
+                      inputs: Sequence[tuple[str, str | os.PathLike]] = ()) -> tuple[RunDir, bool]:
     """Prepare a RUN_DIR for ``train``.
 
     Args:
         path: the RUN_DIR.
-        overwrite: start over, deleting what the folder holds.
+        overwrite: start over, deleting what the folder holds (only a run's folder: see ``check_run_target``),
+            but never an input.
         own_entries: names inside the folder that belong to the run although it has no run.json yet
             (``pipeline`` prepares its data in ``RUN_DIR/data``).
+        inputs: ``(option, path)`` of what the run reads (``--data``, ``--init-from``, ``pipeline``'s RAW);
+            the folder entries that hold one are kept in place.
 
     Returns:
         ``(run_dir, resuming)``: resuming is True when the folder holds an earlier run.
     """
     run = RunDir(Path(path))
-    if run.path.exists() and not run.path.is_dir():
-        raise RunDirError(f"--run: {run.path} is a file, not a folder; choose another path")
+    keep = check_run_target(run.path, overwrite, own_entries, inputs)
     if overwrite and run.path.exists():
         try:
             for entry in run.path.iterdir():
-                if entry.name not in own_entries:
+                if entry.name not in keep:
                     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         except OSError as exc:
             raise RunDirError(f"--run {run.path}: --overwrite cannot delete {exc.filename or 'its contents'}: "
                               f"{exc.strerror or exc}; choose a writable folder") from None
-    refuse_foreign(run.path, own_entries)
     try:
         run.path.mkdir(parents=True, exist_ok=True)
         for sub in (run.checkpoints, run.logs, run.samples):
@@ -144,6 +148,49 @@ def open_for_training(path: str | os.PathLike, overwrite: bool, own_entries: tup
                           "choose a writable folder") from None
     remove_stale_temporaries(run)
     return run, run.exists()
+
+
+# what a run writes at the top of its RUN_DIR: an input there would be replaced by the new run
+RUN_ENTRIES = (RUN_FILE, STATE_FILE, "checkpoints", "export", "logs", "samples", "tokenizer.json", "vocab.txt",
+                "tokenizer_config.json", "special_tokens_map.json")
+
+
+def check_run_target(path: str | os.PathLike, overwrite: bool, own_entries: tuple[str, ...] = (),
+                     inputs: Sequence[tuple[str, str | os.PathLike]] = ()) -> tuple[str, ...]:
+    """Refuse a RUN_DIR that training (with ``--overwrite``: emptying it) would take from the user.
+
+    Nothing is changed. Refused: a file; the folder being an input; a non-empty folder without
+    ``run.json`` (with or without ``overwrite``: ``--overwrite`` replaces only a run); with
+    ``overwrite``, an input inside a part of the folder the new run rewrites (``export/`` …).
+    An input elsewhere in the folder (``RUN_DIR/data``, ``RUN_DIR/raw.txt``) stays in place.
+
+    Args:
+        path: the RUN_DIR.
+        overwrite: the run starts over.
+        own_entries: names that belong to the run although it has no run.json yet.
+        inputs: ``(option, path)`` of what the run reads.
+
+    Returns:
+        The names of the folder's entries ``--overwrite`` must keep: ``own_entries`` and those holding inputs.
+    """
+    run = RunDir(Path(path))
+    if run.path.exists() and not run.path.is_dir():
+        raise RunDirError(f"--run: {run.path} is a file, not a folder; choose another path")
+    keep = list(own_entries)
+    for option, given in inputs:
+        if is_within(run.path, given):
+            if is_within(given, run.path):
+                raise RunDirError(f"--run: {run.path} is the input {option} {given}; choose another --run")
+            continue  # the run lies inside an input folder: training writes only below the run
+        if not is_within(given, run.path):
+            continue
+        top = Path(given).resolve().relative_to(run.path.resolve()).parts[0]
+        if overwrite and top in RUN_ENTRIES:
+            raise RunDirError(f"{option} {given}: it is inside --run {run.path}, whose {top} --overwrite replaces; "
+                              f"copy it out of the run first, or choose another --run")
+        keep.append(top)
+    refuse_foreign(run.path, tuple(keep))
+    return tuple(keep)
 
 
 def remove_stale_temporaries(run: RunDir) -> None:
@@ -170,16 +217,19 @@ _SCAFFOLD_FILES = (".write-test", RUN_FILE + ".tmp")  # run.json.tmp: killed whi
 
 
 def refuse_foreign(path: str | os.PathLike, own_entries: tuple[str, ...] = ()) -> None:
-    """Refuse a non-empty folder that holds no run (``--overwrite`` empties it first).
+    """Refuse a non-empty folder that holds no run (``--overwrite`` does not replace it either).
 
     Args:
         path: the RUN_DIR.
         own_entries: names that belong to the run although it has no run.json yet.
     """
     run = RunDir(Path(path))
-    if run.path.is_dir() and not run.exists() and any(_foreign(e, own_entries) for e in run.path.iterdir()):
-        raise RunDirError(f"--run: {run.path} is not empty and holds no {RUN_FILE} (not a poetry_gpt run); "
-                          "choose an empty folder or pass --overwrite to replace it")
+    if run.path.is_dir() and not run.exists():
+        foreign = [e.name for e in sorted(run.path.iterdir()) if _foreign(e, own_entries)]
+        if foreign:
+            raise RunDirError(f"--run: {run.path} is not empty ({', '.join(foreign[:3])}"
+                              f"{', …' if len(foreign) > 3 else ''}) and holds no {RUN_FILE} (not a poetry_gpt run); "
+                              "--overwrite replaces only a run: choose an empty folder or another path")
 
 
 def _foreign(entry: Path, own_entries: tuple[str, ...]) -> bool:

@@ -2,6 +2,8 @@
 
 Deliberately simple (no KV cache; one fixed-shape compiled forward per new character)
 so it works on any model mid-training; the fast sampler for users is ``generate.py``.
+Both follow the same free-sampling rule (``forms.free_constraint``): no 】 before 【,
+no second 【 (nor a special token) after it.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from .corpus import CLOSE, prompt_prefix
+from .forms import free_constraint
 from .generate import DEFAULT_MIN_P, DEFAULT_TOP_K
 from .vocab import CharVocab
 
@@ -41,25 +44,27 @@ def sample_poems(lm, vocab: CharVocab, titles: Sequence[str], genre: str, n_ctx:
         batch[i, :len(p)] = p
     close_id = vocab.id_of(CLOSE)
     done = np.zeros(len(prompts), dtype=bool)
+    rule = free_constraint(vocab)  # header, body, done; it also never allows the special tokens
+    states = [rule.initial_state(prompt_prefix(t, genre) if t else "")[0] for t in titles]
 
     @tf.function(reduce_retracing=True)
     def next_logits(tokens, positions):
         logits = lm(input_ids=tokens, training=False, use_cache=False).logits
         return tf.cast(tf.gather(logits, positions, batch_dims=1), tf.float32)
 
-    banned = [vocab.pad_id, vocab.unk_id, vocab.sep_id]
     while not done.all() and lengths.max() < n_ctx:
         logits = next_logits(tf.constant(batch), tf.constant(lengths - 1)).numpy()
-        logits[:, banned] = -np.inf
         for i in np.flatnonzero(~done):
             if lengths[i] >= n_ctx:
                 done[i] = True
                 continue
+            logits[i, ~rule.allowed_tokens(states[i], -1)] = -np.inf
             k = min(top_k, logits.shape[1] - 1)
             top = np.argpartition(-logits[i], k)[:k]
             p = np.exp(logits[i, top] - logits[i, top].max())
             p[p < min_p] = 0.0  # p is relative to the most likely candidate (1.0): min-p
             token = int(rng.choice(top, p=p / p.sum()))
+            states[i] = rule.advance(states[i], -1, token)[0]
             batch[i, lengths[i]] = token
             lengths[i] += 1
             done[i] = token == close_id

@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from .config import RunConfig
 from .envcheck import cpu_flags
@@ -26,7 +26,7 @@ from .errors import PoetryGPTError, RunDirError
 from .records import batches_per_pass, eval_dataset, train_dataset
 from .distribute import (check_global_batch, check_same_start, checkpoint_managers, distribute_options, is_chief,
                          make_strategy, open_as_worker)
-from .rundir import check_resume_compatible, data_manifest, open_for_training
+from .rundir import RunDir, check_resume_compatible, data_manifest, open_for_training
 from .schedule import keras_schedule, lr_at
 from .vocab import CharVocab
 
@@ -185,7 +185,8 @@ def perplexity(loss: float) -> float:
 
 def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config: RunConfig,
           overwrite: bool = False, init_from: str | os.PathLike | None = None,
-          echo: Callable[[str], None] = print, verbose: int = 1, own_entries: tuple[str, ...] = ()) -> TrainResult:
+          echo: Callable[[str], None] = print, verbose: int = 1, own_entries: tuple[str, ...] = (),
+          inputs: Sequence[tuple[str, str | os.PathLike]] = ()) -> TrainResult:
     """Train (or resume training) a poem model.
 
     Args:
@@ -197,6 +198,8 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
         echo: where progress lines go.
         verbose: Keras progress-bar verbosity (0 silent, 1 bar, 2 one line per epoch).
         own_entries: entries of a new RUN_DIR that are not foreign (``pipeline``'s ``data/``).
+        inputs: more ``(option, path)`` inputs (``pipeline``'s RAW files) that ``--overwrite`` keeps in
+            place like ``data_dir`` and ``init_from`` when they lie inside RUN_DIR.
     """
     from .envcheck import require_compatible
 
@@ -206,12 +209,16 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
     from .model import build_model, count_parameters
 
     chief = is_chief(config.train.strategy)  # a non-chief worker of a cluster only reads RUN_DIR (distribute.py)
-    run, resuming = open_for_training(run_dir, overwrite, own_entries) if chief else open_as_worker(run_dir, overwrite)
-    if data_dir is None:
-        if not resuming:
-            raise RunDirError(f"--data: needed for a new run ({run.path} holds no run yet)")
-    manifest = data_manifest(run, data_dir)
+    # everything is read before --overwrite empties RUN_DIR (which keeps inputs that lie inside it)
+    if data_dir is None and (overwrite or not RunDir(Path(run_dir)).exists()):
+        raise RunDirError(f"--data: needed for a new run ({run_dir} holds no run yet"
+                          f"{', and --overwrite starts one' if overwrite else ''})")
+    manifest = data_manifest(RunDir(Path(run_dir)), data_dir)
     vocab = manifest.load_vocab()
+    given = [("--data", data_dir), ("--init-from", init_from), *inputs]
+    inputs = [(option, path) for option, path in given if path is not None]
+    run, resuming = (open_for_training(run_dir, overwrite, own_entries, inputs) if chief
+                     else open_as_worker(run_dir, overwrite))
     changes = check_resume_compatible(run, config, manifest) if resuming else []
     if chief:
         _check_disk_space(run.path, config)
@@ -352,9 +359,15 @@ def _export_step(run) -> int | None:
 
 
 def _restore(ckpt, paths, directory, optimizer, echo) -> tuple[int, str]:
-    """Restore the newest readable checkpoint of ``paths`` (oldest first); return ``(step, path)``."""
+    """Restore the newest checkpoint of ``paths`` (oldest first); return ``(step, path)``.
+
+    A checkpoint that fails to restore is skipped (for an older one) only when its files are
+    damaged. An intact one that does not fit this model (another version of the code, another
+    shape or set of variables) stops the search: restoring an older one would lose its progress,
+    and the next saves would delete it.
+    """
     inner = optimizer.inner_optimizer if hasattr(optimizer, "inner_optimizer") else optimizer
-    errors = []
+    damaged = []
     for path in reversed(paths):
         try:
             status = ckpt.restore(path)
@@ -363,13 +376,41 @@ def _restore(ckpt, paths, directory, optimizer, echo) -> tuple[int, str]:
             expected = int(path.rsplit("-", 1)[-1])
             if step != expected:
                 raise ValueError(f"optimizer step {step} != checkpoint number {expected}")
-            if errors:
-                echo(f"Skipped unreadable checkpoint(s): {'; '.join(errors)}")
-            return step, path
         except Exception as exc:  # a damaged file raises OpError, IndexError, ValueError, …
-            errors.append(f"{Path(path).name}: {type(exc).__name__}")
-    raise RunDirError(f"{directory}: no readable checkpoint ({'; '.join(errors)}); "
-                      "start over with --overwrite")
+            name, reason = Path(path).name, _first_line(exc)
+            problem = _checkpoint_damage(path)
+            if problem is None:
+                raise RunDirError(f"{directory}: {name} is intact but does not fit this model ({reason}); it was "
+                                  "written by another version of poetry_gpt or TensorFlow, or for a model of another "
+                                  "shape or set of variables: resume with the version and --config that wrote it, "
+                                  "or train in another --run (this run's checkpoints are fine; keep them)") from None
+            damaged.append(f"{name}: {problem}")
+            continue
+        if damaged:
+            echo(f"Skipped unreadable checkpoint(s): {'; '.join(damaged)}")
+        return step, path
+    raise RunDirError(f"{directory}: no readable checkpoint, the files are damaged ({'; '.join(damaged)}); "
+                      "put back checkpoints/ from a copy, or start over with --overwrite")
+
+
+def _first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters of it)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def _checkpoint_damage(path: str) -> str | None:
+    """Why a checkpoint's files are damaged (each tensor is read, so its checksum is checked), or
+    None when they all read back intact."""
+    import tensorflow as tf
+
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for key in reader.get_variable_to_shape_map():
+            reader.get_tensor(key)
+    except Exception as exc:  # OpError, IndexError, … for truncated or garbled files
+        return _first_line(exc)
+    return None
 
 
 def _load_init(init_from, vocab: CharVocab, config: RunConfig):

@@ -32,3 +32,16 @@ def write_raw(path: Path, n: int, seed: int = 0, chars: str = CHARS, genre: str 
 def cli() -> list[str]:
     """The ``poetry-gpt`` command of the Python running the tests, for subprocesses."""
     return [sys.executable, "-c", "from poetry_gpt.cli import main; main()"]
+
+
+def env_with_fake_packages(folder: Path, **extra: str) -> dict:
+    """This process's environment with ``folder`` first on PYTHONPATH (fake packages shadow real ones).
+
+    Args:
+        folder: the folder holding the fake packages.
+        extra: more variables to set.
+    """
+    import os
+
+    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}

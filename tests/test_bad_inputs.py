@@ -108,6 +108,19 @@ def test_prepare_refuses_a_folder_and_a_missing_file(tmp_path):
     assert_one_line_error(run_cli("prepare", tmp_path / "nope.txt", "--out", tmp_path / "o"), "nope.txt", "no such file")
 
 
+def test_a_stray_nul_byte_skips_its_line_not_the_file(tmp_path):
+    """issue 12 #16: one NUL byte on line 202 of a 600-line corpus is a skipped, counted line."""
+    raw = make_raw(tmp_path / "raw.txt", 600)
+    lines = raw.read_bytes().split(b"\n")
+    lines[201] = lines[201].replace("【".encode(), "【\x00".encode(), 1)
+    raw.write_bytes(b"\n".join(lines))
+    result = run_cli("prepare", raw, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "Kept 599 poem(s); skipped 1." in result.output
+    [skip] = [line for line in result.output.splitlines() if "control_chars" in line]
+    assert "202" in skip, skip
+
+
 def test_a_bom_file_works(tmp_path):
     raw = tmp_path / "bom.txt"
     make_raw(raw, 40)

@@ -216,6 +216,27 @@ def test_bad_file_is_a_one_line_error(tmp_path, case):
     one_line_error(stats, *fragments)
 
 
+def test_a_stray_nul_past_the_start_skips_only_its_line(tmp_path):
+    """A NUL byte on line 202 of 600 is a control character of that line (skipped and counted), not a
+    binary file; the same byte within the first 8000 bytes still marks the file binary, as git decides."""
+    from poetry_gpt.corpus import BINARY_SNIFF_BYTES
+
+    lines = [f"题{i} 唐诗：【{GOOD[8:-1]}{i}】" for i in range(600)]
+    lines[201] = lines[201][:9] + "\x00" + lines[201][9:]
+    path = write(tmp_path / "raw.txt", "\n".join(lines) + "\n")
+    assert path.read_bytes().find(b"\x00") >= BINARY_SNIFF_BYTES
+    result = read_corpus([path])
+    assert len(result.poems) == 599 and result.lines == 600
+    assert result.skipped == {"control_chars": [(str(path), 202)]}
+    assert 202 not in [p.line_no for p in result.poems]
+
+    early = write(tmp_path / "early.txt", "\n".join(lines[:20] + lines[201:202] + lines[20:]) + "\n")
+    nul = early.read_bytes().find(b"\x00")
+    assert 0 <= nul < BINARY_SNIFF_BYTES
+    with pytest.raises(InputError, match=rf"early.txt: looks like a binary file \(NUL byte at byte {nul}, line 21\)"):
+        read_corpus([early])
+
+
 def test_latin1_file_is_not_called_gb18030(tmp_path):
     # "è" followed by a letter is a valid GB18030 pair, but no 【…】 appears in that reading
     path = write(tmp_path / "l1.txt", "Les poèmes\n", "latin-1")

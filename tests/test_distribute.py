@@ -7,7 +7,11 @@ The cluster tests start two ``poetry-gpt train --strategy multi-worker`` process
   writes nothing in RUN_DIR and its temporary checkpoint folder is gone when it exits;
 * a single process (``--strategy default``) resumes the chief's checkpoint at step 5;
 * a two-worker cluster resumes the chief's checkpoint too, and its steps 6–10 reach the same loss
-  as the single process's (a global batch is split between the workers, not duplicated);
+  as the single process's;
+* what each worker's training step actually received is recorded (``ROW_RECORDER``, test-only: no
+  cost in normal runs): at every step the two workers' rows are disjoint halves that together are
+  exactly the global batch an uninterrupted single process consumes (``train_dataset`` from step 0),
+  so a duplicated or skipped shard fails (loss comparisons alone would pass a duplicated batch);
 * workers that resume different steps (RUN_DIR not shared) are refused with a one-line error.
 """
 from __future__ import annotations
@@ -33,6 +37,39 @@ SINGLE_TIMEOUT = 120
 RUN_ENTRIES = {"run.json", "trainer_state.json", "checkpoints", "export", "logs", "samples", "tokenizer.json",
                "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"}
 
+# `poetry-gpt` whose training step also appends the rows it received (one JSON line per step) to
+# $ROWS_DIR/worker<task index>.jsonl: a test-only wrapper around train.build_lm_trainer, so normal
+# runs carry no recording op at all.
+ROW_RECORDER = """
+import json, os
+import poetry_gpt.train as train_mod
+
+def recording(build):
+    def wrapped(*args, **kwargs):
+        import tensorflow as tf
+        trainer = build(*args, **kwargs)
+        step = trainer.train_step
+        index = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {}).get("index", 0)
+        path = os.path.join(os.environ["ROWS_DIR"], f"worker{index}.jsonl")
+
+        def write(ids):
+            with open(path, "a") as f:
+                f.write(json.dumps(ids.numpy().tolist()) + "\\n")
+            return tf.constant(0)
+
+        def train_step(batch):
+            tf.py_function(write, [batch["input_ids"]], tf.int32)
+            return step(batch)
+
+        trainer.train_step = train_step
+        return trainer
+    return wrapped
+
+train_mod.build_lm_trainer = recording(train_mod.build_lm_trainer)
+from poetry_gpt.cli import main
+main()
+"""
+
 
 
 
@@ -56,17 +93,33 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def run_single(args: list[str], log: Path, timeout: float = SINGLE_TIMEOUT, **env) -> tuple[int, str]:
+def command(rows: Path | None) -> list[str]:
+    """``poetry-gpt``; with ``rows``, the one that records each step's rows there (``ROW_RECORDER``)."""
+    return cli() if rows is None else [sys.executable, "-c", ROW_RECORDER]
+
+
+def fresh_rows_dir(rows: Path | None) -> dict:
+    """Empty ``rows`` (a retried start must not append to a failed one's records); the child's env."""
+    if rows is None:
+        return {}
+    shutil.rmtree(rows, ignore_errors=True)
+    rows.mkdir(parents=True)
+    return {"ROWS_DIR": str(rows)}
+
+
+def run_single(args: list[str], log: Path, timeout: float = SINGLE_TIMEOUT, rows: Path | None = None,
+               **env) -> tuple[int, str]:
     with open(log, "w") as out:
-        proc = subprocess.run(cli() + args, stdout=out, stderr=subprocess.STDOUT, env=child_env(**env),
-                              timeout=timeout)
+        proc = subprocess.run(command(rows) + args, stdout=out, stderr=subprocess.STDOUT,
+                              env=child_env(**env, **fresh_rows_dir(rows)), timeout=timeout)
     return proc.returncode, log.read_text(errors="replace")
 
 
-def run_cluster(args, logs: Path, tmpdir: Path, tries: int = 2) -> list[tuple[int, str]]:
+def run_cluster(args, logs: Path, tmpdir: Path, tries: int = 2, rows: Path | None = None) -> list[tuple[int, str]]:
     """Run ``poetry-gpt train ARGS`` as a two-worker cluster on 127.0.0.1; ``[(code, output)]`` per worker.
 
     ``args`` is a list for both workers, or a function of the worker index giving each its own.
+    With ``rows``, each worker records the rows of every training step there (``ROW_RECORDER``).
 
     Both workers are killed if either fails or the cluster outlives ``CLUSTER_TIMEOUT``. A start that
     lost its port to another process (between choosing it and binding it) is retried.
@@ -75,13 +128,15 @@ def run_cluster(args, logs: Path, tmpdir: Path, tries: int = 2) -> list[tuple[in
     for attempt in range(tries):
         ports = free_ports(2)
         cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+        rows_env = fresh_rows_dir(rows)
         procs, files = [], []
         for index in range(2):
             tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
             f = open(logs / f"worker{index}-try{attempt}.log", "w")
             files.append(f)
-            procs.append(subprocess.Popen(cli() + ["train"] + (args(index) if callable(args) else args), stdout=f, stderr=subprocess.STDOUT,
-                                          env=child_env(TF_CONFIG=tf_config, TMPDIR=str(tmpdir)),
+            procs.append(subprocess.Popen(command(rows) + ["train"] + (args(index) if callable(args) else args),
+                                          stdout=f, stderr=subprocess.STDOUT,
+                                          env=child_env(TF_CONFIG=tf_config, TMPDIR=str(tmpdir), **rows_env),
                                           start_new_session=True))
         deadline = time.monotonic() + CLUSTER_TIMEOUT
         try:
@@ -115,6 +170,30 @@ def keras_loss(output: str) -> float:
     return float(found[-1])
 
 
+def assert_rows_split_the_global_stream(rows: Path, run: Path, data: Path, first_step: int, steps: int,
+                                        workers: int) -> None:
+    """Each step, the workers' recorded rows are ``1/workers`` of the global batch each and together all of it.
+
+    The global batches are those an uninterrupted single process consumes: ``train_dataset`` from
+    step 0 with the run's seed, batch size and context, at steps ``first_step … first_step + steps − 1``.
+    """
+    from poetry_gpt.records import load_manifest, train_dataset
+
+    config = json.loads((run / "run.json").read_text(encoding="utf-8"))["config"]
+    batch, n_ctx = config["train"]["batch_size"], config["model"]["n_ctx"]
+    stream = train_dataset(load_manifest(data), batch, n_ctx, seed=config["train"]["seed"])
+    expected = [b["input_ids"].numpy().tolist() for b in stream.skip(first_step).take(steps)]
+    consumed = [[json.loads(line) for line in (rows / f"worker{i}.jsonl").read_text().splitlines()]
+                for i in range(workers)]
+    assert [len(c) for c in consumed] == [steps] * workers, "steps recorded per worker"
+    for k, global_batch in enumerate(expected):
+        assert len({tuple(r) for r in global_batch}) == batch  # distinct rows: a repeat cannot hide
+        mine = [consumed[i][k] for i in range(workers)]
+        assert [len(m) for m in mine] == [batch // workers] * workers, f"step {first_step + k + 1}: rows per worker"
+        assert sorted(r for m in mine for r in m) == sorted(global_batch), \
+            f"step {first_step + k + 1}: the workers' rows are not the global batch, each row once"
+
+
 def train_args(data: Path, run: Path, *extra: str) -> list[str]:
     return ["--data", str(data), "--run", str(run), "--config", "tiny", "--precision", "fp32",
             "--steps-per-epoch", "5", "--quiet", *extra]
@@ -139,7 +218,7 @@ def cluster_run(data_dir, tmp_path_factory):
     tmpdir.mkdir()
     run = base / "run"
     results = run_cluster(train_args(data_dir, run, "--strategy", "multi-worker", "--epochs", "1",
-                                     "--samples-per-epoch", "1"), base / "logs", tmpdir)
+                                     "--samples-per-epoch", "1"), base / "logs", tmpdir, rows=base / "rows")
     for index, (code, out) in enumerate(results):
         assert code == 0, f"worker {index} exited with {code}:\n{out[-4000:]}"
     return run, results, tmpdir
@@ -151,12 +230,18 @@ def single_resume(cluster_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("mw-single") / "run"
     shutil.copytree(cluster_run[0], run)
     code, out = run_single(["train", "--run", str(run), "--epochs", "2", "--strategy", "default", "--quiet"],
-                           run.parent / "single.log")
+                           run.parent / "single.log", rows=run.parent / "rows")
     assert code == 0, out[-4000:]
     return run, out
 
 
 # --- the cluster ----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_workers_consume_disjoint_halves_of_each_global_batch(cluster_run, data_dir):
+    run = cluster_run[0]
+    assert_rows_split_the_global_stream(run.parent / "rows", run, data_dir, 0, 5, workers=2)
+
 
 @pytest.mark.slow
 def test_two_workers_train_and_only_the_chief_writes(cluster_run):
@@ -184,11 +269,13 @@ def test_two_workers_train_and_only_the_chief_writes(cluster_run):
 
 
 @pytest.mark.slow
-def test_one_process_resumes_the_chief_checkpoint(single_resume):
+def test_one_process_resumes_the_chief_checkpoint(single_resume, data_dir):
     from poetry_gpt.model import load_export
 
     run, out = single_resume
     assert re.search(r"Resumed .* from ckpt-5: step 5, epoch 1", out), out[-3000:]
+    # the single process's steps 6–10 took the whole global batches 5–9 of the stream
+    assert_rows_split_the_global_stream(run.parent / "rows", run, data_dir, 5, 5, workers=1)
     assert "1 replica(s)" in out and "Trained to step 10 (epoch 2)" in out, out[-3000:]
     state = json.loads((run / "trainer_state.json").read_text(encoding="utf-8"))
     assert state["global_step"] == 10 and [h["epoch"] for h in state["history"]] == [1, 2]
@@ -197,7 +284,7 @@ def test_one_process_resumes_the_chief_checkpoint(single_resume):
 
 
 @pytest.mark.slow
-def test_cluster_resumes_and_matches_one_process(cluster_run, single_resume, tmp_path_factory):
+def test_cluster_resumes_and_matches_one_process(cluster_run, single_resume, data_dir, tmp_path_factory):
     """Two workers resume the chief's checkpoint; steps 6–10 give the single process's loss."""
     base = tmp_path_factory.mktemp("mw-resume")
     run = base / "run"
@@ -205,7 +292,7 @@ def test_cluster_resumes_and_matches_one_process(cluster_run, single_resume, tmp
     tmpdir = base / "worker-tmp"
     tmpdir.mkdir()
     results = run_cluster(["--run", str(run), "--epochs", "2", "--strategy", "multi-worker", "--quiet"],
-                          base / "logs", tmpdir)
+                          base / "logs", tmpdir, rows=base / "rows")
     for index, (code, out) in enumerate(results):
         assert code == 0, f"worker {index} exited with {code}:\n{out[-4000:]}"
         assert re.search(r"Resumed .* from ckpt-5: step 5", out), out[-3000:]
@@ -218,6 +305,8 @@ def test_cluster_resumes_and_matches_one_process(cluster_run, single_resume, tmp
     assert sorted(e.name for e in (run / "checkpoints").iterdir() if e.name.startswith("ckpt-10")) == [
         "ckpt-10.data-00000-of-00001", "ckpt-10.index"]
     assert not list(tmpdir.glob("poetry-gpt-worker-*"))
+    # steps 6–10: each worker took its own half of the global batches 5–9, none twice, none skipped
+    assert_rows_split_the_global_stream(base / "rows", run, data_dir, 5, 5, workers=2)
 
 
 @pytest.mark.slow
@@ -239,6 +328,35 @@ def test_workers_that_resume_different_steps_are_refused(cluster_run, data_dir, 
 
 
 # --- chief / non-chief logic (no cluster) -----------------------------------------------------------
+
+@pytest.mark.parametrize("fault", [None, "duplicated", "skipped", "one-step-late"])
+def test_row_check_fails_on_a_duplicated_or_skipped_shard(data_dir, tmp_path, fault):
+    """The check the cluster tests apply to the recorded rows, on made-up records of each fault."""
+    from poetry_gpt.records import load_manifest, train_dataset
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {"train": {"batch_size": 8, "seed": 5}, "model": {"n_ctx": 64}}
+    (run / "run.json").write_text(json.dumps({"config": config}), encoding="utf-8")
+    batches = [b["input_ids"].numpy().tolist()
+               for b in train_dataset(load_manifest(data_dir), 8, 64, seed=5).skip(2).take(4)]
+    halves = {0: [b[:4] for b in batches[:3]], 1: [b[4:] for b in batches[:3]]}
+    if fault == "duplicated":  # every worker trains on the whole global batch
+        halves = {0: [b for b in batches[:3]], 1: [b for b in batches[:3]]}
+    elif fault == "skipped":  # both take the first half: the second half is never trained on
+        halves[1] = halves[0]
+    elif fault == "one-step-late":  # worker 1 reads the stream one batch behind
+        halves[1] = [b[4:] for b in batches[1:4]]
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    for index, steps in halves.items():
+        (rows / f"worker{index}.jsonl").write_text("".join(json.dumps(h) + "\n" for h in steps))
+    if fault is None:
+        assert_rows_split_the_global_stream(rows, run, data_dir, 2, 3, workers=2)
+    else:
+        with pytest.raises(AssertionError, match="rows per worker|not the global batch"):
+            assert_rows_split_the_global_stream(rows, run, data_dir, 2, 3, workers=2)
+
 
 @pytest.mark.parametrize("tf_config, strategy, chief", [
     (None, "multi-worker", True),

@@ -105,6 +105,38 @@ def generator(run_dir):
     return PoemGenerator(run_dir)
 
 
+def context_start(t: int, length: int, n_ctx: int, stride: int) -> int:
+    """Where the context of token ``t`` of a ``length``-token row starts, by the documented rule.
+
+    Windows start at ``min(i · stride, length − n_ctx)``; token ``t`` is predicted by the first
+    window that holds it, from that window's tokens before it.
+    """
+    extra = max(0, length - n_ctx)
+    starts = [min(i * stride, extra) for i in range(1 + -(-extra // stride))]
+    return next(s for s in starts if s + n_ctx > t)
+
+
+def direct_loss(lm, poems: list[list[int]], n_ctx: int, stride: int) -> tuple[float, int]:
+    """(sum of −log p, tokens) over ``[SEP]`` + each poem, one model call per predicted token.
+
+    Token ``t`` is scored from transformers' own logits for ``seq[context_start(t):t]`` (float64
+    log-softmax in numpy), independently of ``records.eval_dataset``.
+    """
+    import tensorflow as tf
+
+    from poetry_gpt.vocab import SEP_ID
+
+    total, count = 0.0, 0
+    for ids in poems:
+        seq = [SEP_ID] + ids
+        for t in range(1, len(seq)):
+            context = seq[context_start(t, len(seq), n_ctx, stride):t]
+            logits = lm(tf.constant([context]), training=False).logits.numpy()[0, -1].astype(np.float64)
+            total -= logits[seq[t]] - np.logaddexp.reduce(logits)
+            count += 1
+    return total, count
+
+
 # --- the report -------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -141,29 +173,48 @@ def test_report_has_every_block(cli_report, run_dir, data_dir):
 @pytest.mark.slow
 def test_validation_loss_is_the_token_mean_over_all_poems(cli_report, run_dir, data_dir):
     """An independent computation: transformers' own logits, log-softmax in numpy, one poem at a time."""
-    import tensorflow as tf
     from transformers import TFGPT2LMHeadModel
 
     from poetry_gpt.records import load_manifest, read_poem_ids
-    from poetry_gpt.vocab import SEP_ID
 
     lm = TFGPT2LMHeadModel.from_pretrained(str(run_dir / "export"))
     n_ctx = lm.config.n_positions
-    total, count = 0.0, 0
-    for ids in read_poem_ids(load_manifest(data_dir), "valid"):
-        seq = [SEP_ID] + ids
-        for start in range(0, len(seq), n_ctx):  # a long poem takes several rows, as in eval_dataset
-            row = np.array(seq[start:start + n_ctx])
-            logits = lm(tf.constant(row[None]), training=False).logits.numpy()[0].astype(np.float64)
-            logp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
-            total -= logp[np.arange(len(row) - 1), row[1:]].sum()
-            count += len(row) - 1
+    poems = read_poem_ids(load_manifest(data_dir), "valid")
+    total, count = direct_loss(lm, poems, n_ctx, n_ctx // 2)
     v = cli_report["validation"]
-    assert v["tokens"] == count
+    assert v["tokens"] == count and v["stride"] == n_ctx // 2
     assert abs(v["loss"] - total / count) < 1e-4
     # and it is what training reported for the same weights (fp32 run, epoch-end validation)
     state = json.loads((run_dir / "trainer_state.json").read_text(encoding="utf-8"))
     assert abs(v["loss"] - state["history"][-1]["val_loss"]) < 1e-4
+
+
+@pytest.mark.slow
+def test_validation_loss_scores_long_poems_in_sliding_windows(tmp_path):
+    """Poems 2–3× the context: the loss is the direct per-token cross-entropy, each token once.
+
+    With stride 1 every token has all the context the model can take (``n_ctx − 1`` tokens); with
+    the default stride (half the context) at least half of it.
+    """
+    from poetry_gpt.config import ModelConfig
+    from poetry_gpt.evaluate import validation_loss
+    from poetry_gpt.model import build_model
+    from poetry_gpt.records import load_manifest, read_poem_ids
+    from poetry_gpt.train import set_precision
+    from poetry_gpt.vocab import CharVocab
+
+    n_ctx = 16
+    data = make_data(tmp_path, n=30)
+    manifest, vocab = load_manifest(data), CharVocab.load(data)
+    poems = read_poem_ids(manifest, "valid")
+    assert min(len(p) + 1 for p in poems) > 2 * n_ctx
+    set_precision("fp32")
+    lm = build_model(ModelConfig(n_layer=2, n_embd=32, n_head=2, n_ctx=n_ctx), vocab, seed=5)
+    for stride in (None, 1):
+        v = validation_loss(lm, manifest, vocab, 4, n_ctx, **({} if stride is None else {"stride": stride}))
+        total, count = direct_loss(lm, poems, n_ctx, n_ctx // 2 if stride is None else stride)
+        assert v["tokens"] == count == sum(len(p) for p in poems)
+        assert v["loss"] == pytest.approx(total / count, rel=1e-6), stride
 
 
 @pytest.mark.slow

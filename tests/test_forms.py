@@ -214,6 +214,40 @@ def test_random_logits_from_header_and_opening(vocab):
         _assert_poem(text, "五绝", None, True)
 
 
+def test_free_constraint_writes_one_header(vocab):
+    """issue 12 #6: free sampling is header (no 】), body (no second 【) and done, whatever the logits."""
+    free = forms.free_constraint(vocab)
+    o, c = vocab.id_of("【"), vocab.id_of("】")
+    assert free.initial_state("") == (0, -1) and free.initial_state("春晓 唐诗：【春眠") == (1, -1)
+    assert free.initial_state("题 唐诗：【春眠】")[0] == free.done_state
+    assert not free.allowed[:2, :3].any()  # never a special token
+    with pytest.raises(OptionError, match="opening: the prompt '题 唐诗：【春【眠' has a second '【'"):
+        free.initial_state("题 唐诗：【春【眠", option="opening")
+    with pytest.raises(OptionError, match="】 before 【"):
+        free.initial_state("题】 唐诗：【")
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        state, text = 0, ""
+        while state != free.done_state:
+            logits = rng.normal(0.0, 3.0, len(vocab))
+            logits[[o, c]] += 6.0  # both brackets are the favourites at every step
+            tok = int(np.argmax(np.where(free.allowed_tokens(state, -1), logits, -1e9) + rng.gumbel(size=len(vocab))))
+            state, text = free.advance(state, -1, tok)[0], text + vocab.tokens[tok]
+        head, _, body = text.partition("【")
+        assert "】" not in head and text.endswith("】") and "【" not in body, text
+
+
+@pytest.mark.parametrize("form, acrostic, rhyme", CASES)
+def test_every_form_keeps_the_free_rule(vocab, form, acrostic, rhyme):
+    """The free rule composes with the forms: in each state a form allows only what the free automaton
+    allows in the matching state (header ↔ header, body positions and close ↔ body, done ↔ done)."""
+    free = forms.free_constraint(vocab)
+    c = forms.build_constraint(form, vocab, acrostic=acrostic, rhyme=rhyme)
+    matching = np.array([0] + [1] * (c.done_state - 1) + [free.done_state])
+    assert not (c.allowed & ~free.allowed[matching]).any()
+    assert (c.allowed[0] == free.allowed[0]).all()  # the header is written as freely as without a form
+
+
 def test_allowed_tokens_rhyme_fallback(vocab):
     c = forms.build_constraint("五绝", vocab, rhyme=True)
     match_state = int(np.flatnonzero(c.rhyme_role == forms.ROLE_MATCH)[0])

@@ -223,6 +223,100 @@ def test_whole_vocabulary_draw_needs_no_sort_and_keeps_the_distribution(min_p, t
         assert (np.abs(freq - expected) <= 4 * np.sqrt(expected * (1 - expected) / n) + 1e-9).all(), (top_k, freq)
 
 
+def _one_header(text: str) -> bool:
+    """No 】 before the first 【, no second 【 after it (issue 12 #6)."""
+    head, _, body = text.partition("【")
+    return "】" not in head and "【" not in body
+
+
+class _Tokens:
+    """A vocabulary stand-in: just its tokens."""
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("top_k", [12, 5])  # the sort-free and the sorted draw
+def test_compiled_sampler_writes_one_header_whatever_the_logits(top_k):
+    """Random logits that favour 【 and 】 at every position: the free constraint inside the compiled loop
+    keeps 】 out of the header and a second 【 (or [SEP]) out of the body, from either starting state."""
+    import tensorflow as tf
+
+    from poetry_gpt import forms
+    from poetry_gpt.sampler import Sampler
+
+    tokens = ["[PAD]", "[UNK]", "[SEP]", "【", "】", *"春花秋月山水风"]
+    net = FakeNet({})
+    table = np.random.default_rng(0).normal(0.0, 2.0, size=(net.n_ctx, net.vocab_size))
+    table[:, [2, 3, 4]] += 4.0
+    net.table = tf.constant(table.astype(np.float32))
+    free = forms.free_constraint(_Tokens(tokens))
+    sampler = Sampler(net, stop_id=4, banned_ids=[0, 1, 2])
+    prompts = [[2], [2, 5, 3, 6]] * 8  # from nothing (header), and inside a body
+    starts = [free.initial_state("".join(tokens[t] for t in p[1:])) for p in prompts]
+    state = (tf.constant([s for s, _ in starts]), tf.constant([g for _, g in starts]), free.as_tensors())
+    result = sampler.run(prompts, list(range(16)), max_new_tokens=20, top_k=top_k, constraint=forms,
+                         constraint_state=state)
+    texts = []
+    for prompt, row in zip(prompts, result.tokens.tolist()):
+        written = row[:row.index(4) + 1] if 4 in row else row
+        assert min(written) >= 3, written
+        texts.append("".join(tokens[t] for t in prompt[1:] + written))
+        assert _one_header(texts[-1]), texts[-1]
+    assert sum(t.count("【") == 1 and t.endswith("】") for t in texts[0::2]) >= 4  # the rule was exercised
+
+
+@pytest.fixture
+def brackets_first(gen):
+    """``gen`` with its model rigged (in place, restored after) so that every position's logits are random
+    (std 1) except 【 and 】, which get logit 3: the favourites at every step, in the header and the body."""
+    tr = gen.model.transformer
+    saved = [(v, v.numpy()) for v in (tr.ln_f.gamma, tr.ln_f.beta, tr.wte.embeddings)]
+    rng = np.random.default_rng(3)
+    u = rng.normal(size=tr.ln_f.beta.shape[0]).astype(np.float32)
+    tr.ln_f.gamma.assign(np.zeros_like(u))
+    tr.ln_f.beta.assign(u)  # every final hidden state is u, so the logits are wte @ u at every position
+    wte = (rng.normal(size=tr.wte.embeddings.shape) / np.linalg.norm(u)).astype(np.float32)
+    wte[[gen.vocab.id_of("【"), gen.vocab.id_of("】")]] = 3 * u / (u @ u)
+    tr.wte.embeddings.assign(wte)
+    yield gen
+    for variable, value in saved:
+        variable.assign(value)
+
+
+@pytest.mark.slow
+def test_free_samples_write_one_header_on_every_path(brackets_first):
+    """The compiled sampler, the eager reference path and the per-epoch sampler of ``train`` all keep to
+    one header, from nothing and after a title, with 【 and 】 the model's favourites everywhere."""
+    from poetry_gpt.samples import sample_poems
+
+    gen = brackets_first
+    samples = gen.generate(None, num_samples=16, batch_size=2, seed=0)
+    samples += gen.generate(None, title="春", num_samples=8, batch_size=2, seed=0)
+    samples += gen.generate_eager(None, num_samples=8, max_new_tokens=40, seed=0)
+    texts = [s.text for s in samples]
+    texts += [line.removeprefix("[unclosed] ")
+              for line in sample_poems(gen.model, gen.vocab, [""] * 6 + ["春"] * 2, "唐诗", gen.n_ctx)]
+    assert [t for t in texts if not _one_header(t)] == []
+    assert sum(t.count("【") == 1 and t.endswith("】") for t in texts) > len(texts) // 2  # the rule was exercised
+
+
+def test_eager_path_draws_new_noise_each_step_and_repeats_with_its_seed(brackets_first):
+    """transformers' TF sampling reuses its ``seed`` argument at every step: with logits that do not change,
+    a body was one character repeated. The eager path now draws each step afresh, reproducibly per seed."""
+    gen = brackets_first
+    first = [s.text for s in gen.generate_eager("春", num_samples=4, max_new_tokens=30, seed=1)]
+    assert [s.text for s in gen.generate_eager("春", num_samples=4, max_new_tokens=30, seed=1)] == first
+    assert any(len(set(text.partition("【")[2].rstrip("】"))) >= 3 for text in first), first
+
+
+def test_a_second_open_bracket_in_the_opening_is_refused(gen):
+    for generate in (gen.generate, gen.generate_eager):
+        with pytest.raises(OptionError, match="opening: the prompt '唐诗：【春【眠' has a second '【'"):
+            generate("春【眠")
+
+
 def test_sampled_rows_depend_on_own_seed_only(gen):
     alone = gen.generate("春眠", seed=11)[0].text
     batch = gen.generate("春眠", seed=10, num_samples=3, batch_size=3)
@@ -320,14 +414,41 @@ def test_memory_is_released_after_a_compile_only(gen, monkeypatch):
     assert calls == [1]
 
 
-def test_cli_keeps_transformers_away_from_torch(monkeypatch):
-    from click.testing import CliRunner
+FAKE_TORCH = """import os, traceback
+with open(os.environ["FAKE_TORCH_MARKER"], "a") as f:
+    f.write("".join(traceback.format_stack()))
+raise ImportError("fake torch: poetry_gpt must not import torch")
+"""
 
-    from poetry_gpt.cli import main
 
-    monkeypatch.delenv("USE_TF", raising=False)
-    CliRunner().invoke(main, ["corpus", "--help"])
-    assert __import__("os").environ.get("USE_TF") == "1"
+@pytest.mark.slow
+def test_cli_generate_does_not_import_an_installed_torch(run_dir, tmp_path):
+    """With torch installed (a fake one that records being imported), `generate` never imports it.
+
+    The control run (USE_TF=0 given explicitly, which the CLI leaves alone) shows that transformers
+    would import this fake, so the check can fail.
+    """
+    import subprocess
+
+    from helpers import cli, env_with_fake_packages
+
+    site = tmp_path / "site"
+    (site / "torch").mkdir(parents=True)
+    (site / "torch" / "__init__.py").write_text(FAKE_TORCH)
+    (site / "torch-2.9.0.dist-info").mkdir()
+    (site / "torch-2.9.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.9.0\n")
+    marker = tmp_path / "torch-imported"
+    env = env_with_fake_packages(site, FAKE_TORCH_MARKER=str(marker))
+    env.pop("USE_TF", None)
+    command = cli() + ["generate", "--run", str(run_dir), "春眠", "--seed", "1"]
+
+    control = subprocess.run(command, env={**env, "USE_TF": "0"}, capture_output=True, text=True, timeout=300)
+    assert control.returncode != 0 and marker.exists(), control.stderr  # transformers imported the fake torch
+    marker.unlink()
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("唐诗：【春眠")
+    assert not marker.exists(), marker.read_text()
 
 
 def test_constraint_tables_are_built_once_per_setting_and_bounded(gen):
@@ -344,19 +465,28 @@ def test_constraint_tables_are_built_once_per_setting_and_bounded(gen):
 
 
 @pytest.mark.slow
-def test_cli_stderr_has_no_tensorflow_start_up_chatter(run_dir):
-    """TensorFlow's absl/oneDNN/CUDA lines at import are hidden; our own summary line is not."""
+@pytest.mark.parametrize("log_level, opening", [(None, "春眠"), ("2", "龙")])
+def test_cli_stderr_has_no_tensorflow_start_up_chatter(run_dir, log_level, opening):
+    """TensorFlow's absl/oneDNN lines at import, and its CUDA probe's cuInit error at the first device use
+    (which a TF_CPP_MIN_LOG_LEVEL of 2 lets through), are hidden; our own summary or Error line is not."""
+    import os
     import subprocess
     import sys
 
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if log_level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = log_level
     code = "import sys; from poetry_gpt.cli import main; sys.argv[0] = 'poetry-gpt'; main()"
-    proc = subprocess.run([sys.executable, "-c", code, "generate", "--run", str(run_dir), "春眠", "--seed", "1"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("唐诗：【春眠")
-    assert "poem(s) in" in proc.stderr
-    for noise in ("absl::InitializeLog", "oneDNN custom operations", "cudart_stub"):
+    proc = subprocess.run([sys.executable, "-c", code, "generate", "--run", str(run_dir), opening, "--seed", "1"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    for noise in ("absl::InitializeLog", "oneDNN custom operations", "cudart_stub", "cuInit", "E0000"):
         assert noise not in proc.stderr, proc.stderr
+    if opening == "龙":  # not in the vocabulary: refused after the model loaded
+        assert proc.returncode == 1 and proc.stderr.startswith("Error: opening:") and proc.stderr.count("\n") == 1
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("唐诗：【春眠")
+        assert "poem(s) in" in proc.stderr
 
 
 def test_form_constraint(gen):
@@ -462,6 +592,37 @@ def test_cli_generate_text_and_jsonl(cli_gen, run_dir, tmp_path):
     assert {"prompt", "text", "body", "closed", "tokens", "seconds"} <= set(records[0])
     unclosed = [r for r in records if not r["closed"]]
     assert all(f"[unclosed] {r['text']}" in result.stdout for r in unclosed)
+
+
+def test_cli_out_is_never_replaced_without_overwrite_and_never_a_model_file(cli_gen, run_dir, tmp_path, monkeypatch):
+    """Issue 12.3: --out overwrote an existing file, in place."""
+    import poetry_gpt.fsutil as fsutil
+
+    out = tmp_path / "poems.txt"
+    out.write_text("my poems\n", encoding="utf-8")
+    args = ["generate", "--run", str(run_dir), "床前", "-n", "2", "--seed", "1", "--max-new-tokens", "4", "--out", str(out)]
+    result = _invoke(args)
+    assert result.exit_code == 1 and result.output.startswith(f"Error: --out {out}: the file already exists"), result.output
+    assert "--overwrite" in result.output and out.read_text(encoding="utf-8") == "my poems\n"
+    # with --overwrite the file is replaced through a temporary file and a rename: a failed write leaves it whole
+    monkeypatch.setattr(fsutil.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    result = _invoke(args + ["--overwrite"])
+    assert result.exit_code == 1 and "No space left on device" in result.output, result.output
+    assert out.read_text(encoding="utf-8") == "my poems\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["poems.txt"]
+    monkeypatch.undo()
+    result = _invoke(args + ["--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["poems.txt"]
+    # the model's own files are inputs: never an --out, with --overwrite neither
+    for inside in (run_dir / "export" / "config.json", run_dir / "export" / "new.txt"):
+        before = sorted(p.name for p in (run_dir / "export").iterdir())
+        result = _invoke(["generate", "--run", str(run_dir / "export"), "床前", "--out", str(inside), "--overwrite"])
+        assert result.exit_code == 1 and "part of the model --run reads" in result.output, result.output
+        result = _invoke(["generate", "--run", str(run_dir), "床前", "--out", str(inside), "--overwrite"])
+        assert result.exit_code == 1 and "part of the model --run reads" in result.output, result.output
+        assert sorted(p.name for p in (run_dir / "export").iterdir()) == before
 
 
 @pytest.mark.parametrize("args, option", [

@@ -141,6 +141,15 @@ def start_train(data: Path, run: Path, log: Path, epochs: int) -> subprocess.Pop
         return subprocess.Popen(cli() + args, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
+def plain_load(export: Path) -> dict:
+    """Load ``export`` with plain transformers (as the README shows); return its poetry_gpt.json."""
+    from transformers import TFGPT2LMHeadModel
+
+    lm = TFGPT2LMHeadModel.from_pretrained(str(export))
+    assert lm.config.vocab_size > 0
+    return json.loads((export / "poetry_gpt.json").read_text(encoding="utf-8"))
+
+
 def check_run_dir(run: Path, export_completed: bool, context: str) -> None:
     """What must hold in RUN_DIR after any kill."""
     from poetry_gpt.model import load_export
@@ -149,6 +158,7 @@ def check_run_dir(run: Path, export_completed: bool, context: str) -> None:
         if (run / name).exists():
             json.loads((run / name).read_text(encoding="utf-8"))  # raises if half-written
     if (run / "export").exists() or export_completed:
+        plain_load(run / "export")  # what a user of plain transformers does, no poetry_gpt fallback
         lm, vocab, meta = load_export(run)
         assert lm.config.vocab_size == vocab.size, context
         latest = latest_checkpoint(run)
@@ -287,4 +297,60 @@ def test_export_survives_a_kill_between_the_two_renames_and_the_next_export(tmp_
     monkeypatch.undo()
     model_mod.save_export(lm, vocab, run / "export", {"global_step": 10})
     assert model_mod.load_export(run)[2]["global_step"] == 10
+    assert sorted(p.name for p in run.iterdir()) == ["export"]
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing in poetry_gpt catches it, so no clean-up runs after it."""
+
+
+@pytest.mark.slow
+def test_a_kill_at_any_step_of_the_export_swap_leaves_an_export_plain_transformers_loads(tmp_path, monkeypatch):
+    """``save_export`` is stopped before each of its folder-level steps in turn (deleting ``export.tmp``,
+    the swap, deleting the old export); after every stop ``TFGPT2LMHeadModel.from_pretrained(RUN/export)``
+    loads the old or the new export, and the next ``save_export`` leaves only ``export/``."""
+    import shutil
+
+    import poetry_gpt.fsutil as fsutil
+    import poetry_gpt.model as model_mod
+
+    probe = tmp_path / "probe"
+    (probe / "a").mkdir(parents=True)
+    (probe / "b").mkdir()
+    if not fsutil.exchange(probe / "a", probe / "b"):
+        pytest.skip("this file system has no atomic exchange (renameat2); the two-rename fallback is used")
+    lm, vocab = _tiny_model_and_vocab(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    model_mod.save_export(lm, vocab, run / "export", {"global_step": 0})
+    calls = {"n": 0, "kill_at": 0}
+
+    def killable(fn):
+        def wrapper(*args, **kwargs):
+            if Path(args[0]).parent == run:  # a step on export/, export.tmp/ or export.old/ themselves
+                calls["n"] += 1
+                if calls["n"] == calls["kill_at"]:
+                    raise Killed(f"step {calls['n']}: {fn.__name__}{tuple(str(a) for a in args)}")
+            return fn(*args, **kwargs)
+        return wrapper
+
+    for name, module in (("replace", os), ("rename", os), ("rmtree", shutil), ("exchange", fsutil)):
+        monkeypatch.setattr(module, name, killable(getattr(module, name)), raising=False)
+    steps_seen, current = [], 0
+    for kill_at in range(1, 20):
+        calls.update(n=0, kill_at=kill_at)
+        try:
+            model_mod.save_export(lm, vocab, run / "export", {"global_step": kill_at})
+        except Killed as exc:
+            steps_seen.append(str(exc))
+            loaded = plain_load(run / "export")["global_step"]
+            assert loaded in (current, kill_at), (exc, loaded, current)  # the export before, or the new one
+            current = loaded
+            continue
+        assert plain_load(run / "export")["global_step"] == kill_at
+        break
+    assert 3 <= len(steps_seen) < 19, steps_seen  # killed at every step, then one call ran to its end
+    monkeypatch.undo()
+    model_mod.save_export(lm, vocab, run / "export", {"global_step": 99})
+    assert plain_load(run / "export")["global_step"] == 99
     assert sorted(p.name for p in run.iterdir()) == ["export"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import write_raw
 
 from poetry_gpt.cli import main
 from poetry_gpt.config import DataConfig
@@ -169,12 +170,18 @@ def test_refuses_a_non_empty_out_without_overwrite(tmp_path, tang4k):
     out.mkdir()
     (out / "precious.txt").write_text("keep me", encoding="utf-8")
     before = snapshot(tmp_path)
+    # a folder that is not a DATA_DIR is refused, with --overwrite too, and named
+    for extra in ((), ("--overwrite",)):
+        one_line_error(invoke("prepare", tang4k, "--out", out, *extra), f"--out: {out} is not empty and is not a DATA_DIR",
+                       "--overwrite replaces only a DATA_DIR")
+        assert snapshot(tmp_path) == before
+    # a DATA_DIR needs --overwrite, which replaces it with a complete one
+    (out / "precious.txt").unlink()
+    assert invoke("prepare", tang4k, "--out", out).exit_code == 0
     one_line_error(invoke("prepare", tang4k, "--out", out), f"--out: {out} already exists and is not empty", "--overwrite")
-    assert snapshot(tmp_path) == before
-    # --overwrite replaces it with a complete DATA_DIR
     result = invoke("prepare", tang4k, "--out", out, "--overwrite")
     assert result.exit_code == 0, result.output
-    assert not (out / "precious.txt").exists() and load_manifest(out).poems("train") == 3920
+    assert load_manifest(out).poems("train") == 3920
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # nothing left beside it
     # an empty folder is fine without --overwrite; a file is refused
     (tmp_path / "empty").mkdir()
@@ -182,6 +189,30 @@ def test_refuses_a_non_empty_out_without_overwrite(tmp_path, tang4k):
     (tmp_path / "file").write_text("x", encoding="utf-8")
     one_line_error(invoke("prepare", tang4k, "--out", tmp_path / "file", "--overwrite"), "is a file, not a folder")
     assert (tmp_path / "file").read_text(encoding="utf-8") == "x"
+
+
+def test_out_never_holds_nor_lies_inside_an_input(tmp_path):
+    """Issue 12.1: `prepare dataset/raw.txt --out dataset --overwrite` deleted raw.txt and its neighbours."""
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    raw = write_raw(dataset / "raw.txt", 40)
+    (dataset / "notes.txt").write_text("mine", encoding="utf-8")
+    before = snapshot(tmp_path)
+    for extra in ((), ("--overwrite",)):
+        one_line_error(invoke("prepare", raw, "--out", dataset, *extra), f"--out: {dataset} holds the input RAW {raw}")
+        assert snapshot(tmp_path) == before
+    # a DATA_DIR given as --vocab is an input too: not replaced, nor written into
+    vocab_dir = tmp_path / "vocab"
+    assert invoke("prepare", raw, "--out", vocab_dir).exit_code == 0
+    before = snapshot(tmp_path)
+    one_line_error(invoke("prepare", raw, "--out", vocab_dir, "--vocab", vocab_dir, "--overwrite"),
+                   f"--out: {vocab_dir} holds the input --vocab {vocab_dir}")
+    one_line_error(invoke("prepare", raw, "--out", vocab_dir / "sub", "--vocab", vocab_dir),
+                   f"--out: {vocab_dir / 'sub'} is inside the input --vocab {vocab_dir}")
+    # a DATA_DIR that holds a raw file of its own (put there by hand) is not replaced either
+    (vocab_dir / "more.txt").write_bytes(raw.read_bytes())
+    one_line_error(invoke("prepare", vocab_dir / "more.txt", "--out", vocab_dir, "--overwrite"), "holds the input RAW")
+    assert snapshot(tmp_path) == {**before, Path("vocab/more.txt"): snapshot(tmp_path)[Path("vocab/more.txt")]}
 
 
 def test_a_failed_prepare_leaves_the_old_data_dir(tmp_path, tang4k, tang4k_data):

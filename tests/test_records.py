@@ -213,27 +213,47 @@ def test_fewer_poems_than_one_batch_is_a_clear_error(tiny):
 
 # --- validation batches ---------------------------------------------------------------------
 
-def test_eval_rows_are_sep_plus_poem_padded(tiny):
+@pytest.mark.parametrize("stride", [None, 1, 5, T - 1])
+def test_eval_windows_predict_each_token_once_with_long_context(tiny, stride):
+    """Every token of every poem is predicted exactly once, in order, from the tokens just before it.
+
+    The context is a contiguous stretch of the same poem ending right before the token: all of
+    the poem before it when that fits, else between ``T − stride`` and ``T − 1`` tokens
+    (exactly ``T − 1`` with stride 1). Cutting a long poem into independent rows fails this:
+    the first token of each further row would not be predicted and its context would restart.
+    """
     _, data_dir = tiny
     manifest = load_manifest(data_dir)
+    s = T // 2 if stride is None else stride
     for split in ("valid", "train"):
         poems = read_poem_ids(manifest, split)
-        batches = list(eval_dataset(manifest, B, T, split=split))
-        rows = []
+        kw = {} if stride is None else {"stride": stride}
+        batches = list(eval_dataset(manifest, B, T, split=split, **kw))
+        predicted, rows = [], 0
         for batch in batches:
             x, y = batch["input_ids"].numpy(), batch["labels"].numpy()
             assert x.shape == y.shape == (B, T)  # constant shape, the last batch too
-            assert ((y == IGNORE_INDEX) == (x == PAD_ID)).all()
-            assert (y[x != PAD_ID] == x[x != PAD_ID]).all()
-            rows.extend(x)
-        expected_rows = sum(-(-(len(p) + 1) // T) for p in poems)
-        assert len(batches) == -(-expected_rows // B)
-        real = [r for r in rows if (r != PAD_ID).any()]
-        assert len(real) == expected_rows
-        # a row starts a poem with [SEP] or continues the one before; the text is [SEP]+poem in file order
-        flat = np.concatenate([r[r != PAD_ID] for r in real])
-        assert flat.tolist() == [t for p in poems for t in [SEP_ID, *p]]
-        assert any(len(p) + 1 > T for p in poems) or split == "valid"
+            for row_x, row_y in zip(x, y):
+                targets = np.flatnonzero(row_y[1:] != IGNORE_INDEX) + 1
+                assert (row_y[targets] == row_x[targets]).all()
+                predicted += [(row_x[:j].tolist(), int(row_x[j])) for j in targets]
+                rows += len(targets) > 0
+        expected = [(seq, t) for seq in ([SEP_ID, *p] for p in poems) for t in range(1, len(seq))]
+        assert [target for _, target in predicted] == [seq[t] for seq, t in expected]
+        for (context, _), (seq, t) in zip(predicted, expected):
+            assert context == seq[t - len(context):t]
+            assert min(t, T - s) <= len(context) <= min(t, T - 1)
+            if s == 1:
+                assert len(context) == min(t, T - 1)
+        assert any(len(p) + 1 > T for p in poems)
+        assert rows == sum(1 + -(-max(0, len(p) + 1 - T) // s) for p in poems)
+        assert len(batches) == -(-rows // B)
+
+
+@pytest.mark.parametrize("stride", [0, T])
+def test_eval_stride_must_leave_context(tiny, stride):
+    with pytest.raises(ValueError, match=f"validation stride {stride}: must be ≥ 1 and < the context {T}"):
+        eval_dataset(load_manifest(tiny[1]), B, T, stride=stride)
 
 
 # --- the manifest ---------------------------------------------------------------------------

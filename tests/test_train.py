@@ -329,10 +329,13 @@ def test_non_empty_folder_without_run_json(tmp_path, tiny_data_dir):
     (run / "notes.txt").write_text("mine")
     with pytest.raises(RunDirError) as exc:
         quiet_train(tiny_data_dir, run, tiny(steps_per_epoch=2))
-    assert "--overwrite" in one_line(exc) and "run.json" in one_line(exc)
+    assert "--overwrite" in one_line(exc) and "run.json" in one_line(exc) and "notes.txt" in one_line(exc)
     assert [p.name for p in run.iterdir()] == ["notes.txt"]
-    result, _ = quiet_train(tiny_data_dir, run, tiny(steps_per_epoch=2), overwrite=True)
-    assert result.global_step == 2 and (run / "run.json").is_file() and not (run / "notes.txt").exists()
+    # --overwrite replaces only a run: someone's folder is refused too (issue 12.1)
+    with pytest.raises(RunDirError) as exc:
+        quiet_train(tiny_data_dir, run, tiny(steps_per_epoch=2), overwrite=True)
+    assert "--overwrite replaces only a run" in one_line(exc) and str(run) in one_line(exc)
+    assert [p.name for p in run.iterdir()] == ["notes.txt"]
 
 
 def test_folder_left_by_a_run_stopped_before_run_json_is_not_foreign(tmp_path):
@@ -355,6 +358,32 @@ def test_overwrite_starts_fresh(tmp_path, trained_run, tiny_data_dir):
     assert not any(x.startswith("Resumed") for x in lines)
     assert sorted(p.name for p in (run / "checkpoints").glob("*.index")) == ["ckpt-3.index"]
     assert [h["global_step"] for h in RunDir(run).read_state()["history"]] == [3]
+
+
+def test_overwrite_reads_first_and_keeps_the_data_inside_the_run(tmp_path, trained_run, tiny_data_dir):
+    """Issue 12.2: `train --run R --overwrite --data R/data` emptied R, then found no data."""
+    run = copy_run(trained_run, tmp_path / "run")
+    shutil.copytree(tiny_data_dir, run / "data")
+    result, lines = quiet_train(run / "data", run, tiny(steps_per_epoch=2), overwrite=True)
+    assert result.restored_step == 0 and result.global_step == 2
+    assert load_manifest(run / "data").poems("train") == load_manifest(tiny_data_dir).poems("train")
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.index")) == ["ckpt-2.index"]
+    assert RunDir(run).read_run()["data"]["path"] == str((run / "data").resolve())
+
+
+def test_overwrite_refuses_before_deleting_anything(tmp_path, trained_run, tiny_data_dir):
+    run = copy_run(trained_run, tmp_path / "run")
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    # --init-from the run's own export/: the new run would replace it, so it is refused
+    with pytest.raises(RunDirError) as exc:
+        quiet_train(tiny_data_dir, run, tiny(steps_per_epoch=2), overwrite=True, init_from=run / "export")
+    assert f"--init-from {run / 'export'}: it is inside --run {run}, whose export --overwrite replaces" in one_line(exc)
+    # a new run without --data, or with a DATA_DIR that is missing, is refused before R is emptied
+    with pytest.raises(RunDirError, match="--data: needed for a new run"):
+        quiet_train(None, run, tiny(steps_per_epoch=2), overwrite=True)
+    with pytest.raises(DataDirError):
+        quiet_train(tmp_path / "missing", run, tiny(steps_per_epoch=2), overwrite=True)
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
 
 
 # --- 4. export ----------------------------------------------------------------------------------
@@ -515,6 +544,28 @@ def test_no_readable_checkpoint_is_an_error_not_a_restart(tmp_path, straight_cos
         quiet_train(None, run, tiny(epochs=3, checkpoint_every=3))
     text = one_line(exc)
     assert "no readable checkpoint" in text and "ckpt-20" in text and "--overwrite" in text
+    # the real reason, told as damage (issue 12.5)
+    assert "the files are damaged" in text and re.search(r"ckpt-20: \w+(Error|Exception): \S", text), text
+
+
+def test_an_intact_checkpoint_of_another_shape_is_not_called_damaged(tmp_path, trained_run, tiny_data_dir):
+    """Issue 12.5: a checkpoint written for another model (shape or variable set) is intact: the message gives
+    the reason, does not advise deleting the run, and no older checkpoint is restored in its place."""
+    import tensorflow as tf
+
+    from poetry_gpt.model import build_model
+
+    run = copy_run(trained_run, tmp_path / "run")  # holds ckpt-20
+    other = build_model(config_from_preset("tiny").replace(model={"n_embd": 32}).model, CharVocab.load(tiny_data_dir))
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=other), str(run / "checkpoints"), max_to_keep=5).save(
+        checkpoint_number=21)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(RunDirError) as exc:
+        quiet_train(None, run, tiny(epochs=2, steps_per_epoch=20))
+    text = one_line(exc)
+    assert "ckpt-21 is intact but does not fit this model (ValueError: " in text and "shape" in text, text
+    assert "another version" in text and "--overwrite" not in text and "damaged" not in text, text
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
 def test_lost_checkpoint_state_file(tmp_path, straight_cosine):
@@ -593,7 +644,8 @@ def test_cli_resume_with_other_preset_is_refused(trained_run):
 
 
 def test_cli_pipeline_prints_poems(tmp_path):
-    raw = write_raw(tmp_path / "raw.txt", 120)
+    (tmp_path / "run").mkdir()
+    raw = write_raw(tmp_path / "run" / "raw.txt", 120)  # an input inside the RUN_DIR is not foreign, and stays
     result = _cli(["pipeline", raw, "--run", tmp_path / "run", "--config", "tiny", "--steps-per-epoch", "5",
                    "--samples", "2", "--quiet"])  # precision auto: bf16 on CPUs with AMX / AVX512-BF16
     assert result.exit_code == 0, result.output
@@ -604,6 +656,25 @@ def test_cli_pipeline_prints_poems(tmp_path):
     assert all(p.endswith("】") or p.strip().startswith("[unclosed]") for p in poems), poems
     assert (tmp_path / "run" / "data" / "manifest.json").is_file()
     assert (tmp_path / "run" / "export" / "tf_model.h5").is_file()
+    assert raw.read_text(encoding="utf-8").count("\n") == 120
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_cli_pipeline_never_replaces_a_data_folder_it_did_not_write(tmp_path, overwrite):
+    """Issue 12.1: `pipeline proj/data/raw.txt --run proj` replaced proj/data, raw.txt and all."""
+    data = tmp_path / "proj" / "data"
+    data.mkdir(parents=True)
+    raw = write_raw(data / "raw.txt", 120)
+    (data / "notes.txt").write_text("mine")
+    other = write_raw(tmp_path / "other.txt", 120)
+    before = {p: p.read_bytes() for p in data.iterdir()}
+    for given in (raw, other):
+        result = _cli(["pipeline", given, "--run", tmp_path / "proj", "--config", "tiny", "--steps-per-epoch", "2",
+                       *(["--overwrite"] if overwrite else [])])
+        assert result.exit_code == 1 and str(tmp_path / "proj") in result.output and "data" in result.output, result.output
+        assert "--out" not in result.output, result.output  # pipeline has no --out: name what the user typed
+        assert {p: p.read_bytes() for p in data.iterdir()} == before
+    assert sorted(p.name for p in (tmp_path / "proj").iterdir()) == ["data"]
 
 
 def test_cli_pipeline_refuses_a_foreign_folder_before_preparing(tmp_path):

@@ -11,6 +11,8 @@ import time
 
 import click
 
+from ..errors import OptionError
+from ..fsutil import atomic_write_text
 from ..generate import DEFAULT_MIN_P, DEFAULT_TOP_K
 
 FORMS_METAVAR = "[五绝|七绝|五律|七律]"
@@ -78,6 +80,32 @@ def _load(run_dir, checkpoint=None):
     return PoemGenerator(run_dir, checkpoint=checkpoint)
 
 
+def check_out(out: str, run_dir: str, overwrite: bool) -> None:
+    """Refuse an ``--out`` that would replace a file without ``overwrite``, sits in a missing folder, or is
+    part of the model ``--run`` reads (its export, checkpoints or run files), before the model loads.
+
+    Args:
+        out: the ``--out`` file.
+        run_dir: the ``--run`` RUN_DIR or export folder.
+        overwrite: ``--overwrite`` was given.
+    """
+    from pathlib import Path
+
+    from ..fsutil import is_within
+    from ..rundir import RUN_ENTRIES
+
+    path, run = Path(out), Path(run_dir)
+    names = [n for n in (*RUN_ENTRIES, "export.old") if n not in ("logs", "samples")]  # what runs and loads need
+    parts = [run] if (run / "config.json").is_file() else [run / name for name in names]
+    for part in parts:
+        if is_within(path, part):
+            raise OptionError(f"--out {out}: it is part of the model --run reads ({part}); choose a file outside it")
+    if not path.resolve().parent.is_dir():
+        raise OptionError(f"--out {out}: the folder {path.resolve().parent} does not exist; create it first")
+    if path.exists() and not overwrite:
+        raise OptionError(f"--out {out}: the file already exists; pass --overwrite to replace it or choose another name")
+
+
 def format_line(sample) -> str:
     """A sample as one output line: the corpus-style text, ``[unclosed] `` first when it has no 】."""
     return sample.text if sample.closed else "[unclosed] " + sample.text
@@ -93,13 +121,14 @@ def _options_record(values: dict) -> dict:
 @click.argument("openings", nargs=-1, metavar="[OPENING]...")
 @_sampling_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="Also write the poems to this file (in --format).")
+              help="Also write the poems to this file (in --format); an existing file only with --overwrite.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file (atomically, once the poems are done).")
 @click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True,
               help="text: one poem a line; jsonl: one JSON object a poem "
                    "(prompt, text, options, seed, closed, tokens, seconds).")
 @click.option("--eager", is_flag=True,
               help="Use transformers' eager model.generate instead of the compiled sampler (slow; for benchmarks).")
-def generate_cmd(openings, run_dir, checkpoint, out, fmt, eager, **values):
+def generate_cmd(openings, run_dir, checkpoint, out, overwrite, fmt, eager, **values):
     """Write poems that start with each OPENING.
 
     \b
@@ -112,6 +141,8 @@ def generate_cmd(openings, run_dir, checkpoint, out, fmt, eager, **values):
     its closing 】 starts with [unclosed].
     """
     _precheck(values, eager)
+    if out:
+        check_out(out, run_dir, overwrite)
     gen = _load(run_dir, checkpoint)
     t0 = time.perf_counter()
     samples = (gen.generate_eager if eager else gen.generate)(list(openings), **values)
@@ -119,9 +150,12 @@ def generate_cmd(openings, run_dir, checkpoint, out, fmt, eager, **values):
     options = _options_record({**values, "genre": values["genre"] or gen.genre})
     records = [{**s.to_dict(), "options": options, "eager": eager} for s in samples]
     if out:
-        with open(out, "w", encoding="utf-8") as f:
-            for s, r in zip(samples, records):
-                f.write((json.dumps(r, ensure_ascii=False) if fmt == "jsonl" else format_line(s)) + "\n")
+        lines = [(json.dumps(r, ensure_ascii=False) if fmt == "jsonl" else format_line(s)) + "\n"
+                 for s, r in zip(samples, records)]
+        try:
+            atomic_write_text(out, "".join(lines))
+        except OSError as exc:
+            raise OptionError(f"--out {out}: cannot write ({exc.strerror or exc}); choose a writable place") from None
     for s, r in zip(samples, records):
         click.echo(json.dumps(r, ensure_ascii=False) if fmt == "jsonl" and not out else format_line(s))
     unclosed = sum(not s.closed for s in samples)

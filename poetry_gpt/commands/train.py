@@ -96,22 +96,24 @@ def pipeline_cmd(raw, run_dir, n_samples, preset, overwrite, quiet, **values):
     from ..config import DataConfig
     from ..diagnostics import format_report
     from ..prepare import prepare
-    from ..rundir import refuse_foreign
+    from ..records import MANIFEST
+    from ..rundir import check_run_target
     from ..train import train
 
     config = _resolve(run_dir, preset, overwrite, values)
-    if not overwrite:
-        refuse_foreign(run_dir, own_entries=("data",))  # before prepare writes RUN_DIR/data into someone's folder
     data_dir = Path(run_dir) / "data"
-    run_has_data = (data_dir / "manifest.json").is_file() and not overwrite
-    if run_has_data:
+    has_data = (data_dir / MANIFEST).is_file()  # a RUN_DIR/data without a manifest is not ours: foreign
+    inputs = [("RAW", p) for p in raw]
+    check_run_target(run_dir, overwrite, ("data",) if has_data else (), inputs)  # before prepare writes there
+    if has_data and not overwrite:
         click.echo(f"Using the data already prepared in {data_dir}/.")
     else:
-        prepared = prepare(raw, data_dir, DataConfig(), n_ctx=config.model.n_ctx, overwrite=True)
+        prepared = prepare(raw, data_dir, DataConfig(), n_ctx=config.model.n_ctx, overwrite=True,
+                           out_option="--run (its data/ folder)")
         click.echo(format_report(prepared.report))
         click.echo(f"Prepared {data_dir}/ in {prepared.seconds:.1f} s.")
     result = train(str(data_dir), run_dir, config, overwrite=overwrite, echo=click.echo, verbose=2 if quiet else 1,
-                   own_entries=("data",))
+                   own_entries=("data",), inputs=inputs)
     _report(result)
     if n_samples > 0:
         from ..samples import sample_poems

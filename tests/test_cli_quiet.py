@@ -1,0 +1,70 @@
+"""The CLI's quiet TensorFlow start: chatter hidden, but a failed or fatal import shows what TensorFlow printed.
+
+Each test puts a fake ``tensorflow`` package first on PYTHONPATH and runs ``poetry-gpt generate
+--top-k 0``, which loads TensorFlow (quietly) and then stops at the option check, before any model.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from helpers import cli, env_with_fake_packages
+
+TOP_K_ERROR = "Error: --top-k"
+FATAL_LINE = "F0000 00:00:1 fake_platform.cc:7] Check failed: this CPU lacks AVX"
+
+FAKES = {
+    "noisy": f"""import os, sys, types
+os.write(2, b"I0000 00:00:1 port.cc:153] oneDNN custom operations are on\\n")
+print("WARNING: chatter from Python", file=sys.stderr)
+def _list_physical_devices(kind=None):
+    os.write(2, b"E0000 00:00:1 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR (303)\\n")
+    return []
+config = types.SimpleNamespace(list_physical_devices=_list_physical_devices)
+""",
+    "raises": f"""import sys
+print({FATAL_LINE!r}, file=sys.stderr)
+raise ImportError("libtensorflow_framework.so.2: cannot open shared object file")
+""",
+    "aborts": f"""import os
+os.write(2, {FATAL_LINE!r}.encode() + b"\\n")
+os.abort()
+""",
+}
+
+
+def run_with_fake_tensorflow(tmp_path, kind: str) -> subprocess.CompletedProcess:
+    """Run ``poetry-gpt generate --top-k 0 春`` with the fake TensorFlow ``kind`` of FAKES."""
+    site = tmp_path / "site"
+    (site / "tensorflow").mkdir(parents=True)
+    (site / "tensorflow" / "__init__.py").write_text(FAKES[kind])
+    return subprocess.run(cli() + ["generate", "--run", str(tmp_path / "run"), "--top-k", "0", "春"],
+                          env=env_with_fake_packages(site), capture_output=True, text=True, timeout=120)
+
+
+def test_load_time_chatter_is_hidden(tmp_path):
+    proc = run_with_fake_tensorflow(tmp_path, "noisy")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(TOP_K_ERROR) and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_a_failed_import_shows_what_tensorflow_printed(tmp_path):
+    proc = run_with_fake_tensorflow(tmp_path, "raises")
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert lines[0] == FATAL_LINE, proc.stderr
+    assert lines[1:] == ["Error: TensorFlow failed to load (ImportError: libtensorflow_framework.so.2: cannot open "
+                         "shared object file); what it printed is above; `poetry-gpt env` checks the installation"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the watcher needs os.fork")
+def test_a_process_killed_while_loading_shows_what_tensorflow_printed(tmp_path):
+    proc = run_with_fake_tensorflow(tmp_path, "aborts")
+    assert proc.returncode == -signal.SIGABRT
+    lines = proc.stderr.splitlines()
+    assert lines[0] == FATAL_LINE, proc.stderr
+    assert lines[1:] == ["Error: the process died while TensorFlow was loading; what TensorFlow printed is above "
+                         "(`poetry-gpt env` checks the installation)"]
