@@ -140,14 +140,14 @@ class SavedPoet:
         the forms records ``build_constraint``'s message instead."""
         import tensorflow as tf
 
-        sets, messages, names, starts = [forms.free_constraint(self.V)], [""], [""], [[0] * 8]
+        sets, messages, names, starts = [forms.free_constraint(self.gen.vocab)], [""], [""], [[0] * 8]
         for name, form in forms.FORMS.items():
             for rhyme in (False, True):
                 try:
                     sets.append(forms.build_constraint(name, self.gen.vocab, rhyme=rhyme))
                     messages.append("")
                 except OptionError as exc:
-                    sets.append(forms.free_constraint(self.V))
+                    sets.append(forms.free_constraint(self.gen.vocab))
                     messages.append(str(exc).replace("--form", "form"))
                 names.append(name)
                 starts.append((forms.clause_start_states(form) + [0] * 8)[:8])
@@ -308,17 +308,14 @@ class SavedPoet:
             return (t + 1, tf.where(go, new_state, state), tf.where(go, new_group, group),
                     tf.where(live & ~fits, t, bad_at))
 
-        def walk():
-            start = (tf.constant(0), tf.zeros([n], tf.int32), -tf.ones([n], tf.int32), -tf.ones([n], tf.int32))
-            return tf.while_loop(lambda t, *_: t < tf.shape(dense)[1], step, start)[1:]
-
-        state, group, bad_at = tf.cond(set_index > 0, walk, lambda: (tf.zeros([n], tf.int32), -tf.ones([n], tf.int32),
-                                                                     -tf.ones([n], tf.int32)))
-        char = tf.gather(chars.to_tensor(""), tf.maximum(bad_at, 0), batch_dims=1)
-        errors = _first_error(errors, bad_at >= 0, tf.strings.join([
-            "prompt: ", _quoted(text), " cannot begin a ", tf.gather(self.set_names, set_index), ": ",
-            _quoted(char), " does not fit there"]))
-        return state, group, errors
+        start = (tf.constant(0), tf.zeros([n], tf.int32), -tf.ones([n], tf.int32), -tf.ones([n], tf.int32))
+        _, state, group, bad_at = tf.while_loop(lambda t, *_: t < tf.shape(dense)[1], step, start)
+        char = _quoted(tf.gather(chars.to_tensor(""), tf.maximum(bad_at, 0), batch_dims=1))
+        misfit = tf.where(set_index > 0, tf.strings.join([
+            "prompt: ", _quoted(text), " cannot begin a ", tf.gather(self.set_names, set_index), ": ", char,
+            " does not fit there"]), tf.strings.join([  # free sampling: only a second 【 cannot stand in a body
+                "prompt: ", _quoted(text), " has a second ", char, " inside the poem; give one header"]))
+        return state, group, _first_error(errors, bad_at >= 0, misfit)
 
     def _budget(self, lengths, state, set_index, max_new_tokens, errors):
         """Tokens each row may write: ``max_new_tokens``, or (0) all that fit after the longest prompt;
@@ -332,7 +329,7 @@ class SavedPoet:
             "after this prompt, got ", tf.strings.as_string(max_new_tokens)]))
         room = self.n_ctx - 1 - tf.reduce_max(tf.where(errors == "", tf.cast(lengths, tf.int32), 0))
         budget = tf.where(given, max_new_tokens, room)
-        need = tf.gather(self.done_state, set_index) - state
+        need = tf.where(set_index > 0, tf.gather(self.done_state, set_index) - state, 0)  # forms only
         form_name = tf.gather(self.set_names, set_index)
         too_long = tf.where(given, tf.strings.join([
             "max_new_tokens: a ", form_name, " needs ", tf.strings.as_string(need), " more tokens after the prompt, "

@@ -153,8 +153,9 @@ def test_saved_model_cli_lists_the_documented_signature(exported):
     serving = proc.stdout.split("signature_def['serving_default']:")[1].split("signature_def[")[0]
     inputs, outputs = serving.split("output(s):")
     readme = README.read_text(encoding="utf-8")
+    enum = {"float32": "FLOAT"}  # the proto's names of the other dtypes are their upper case
     for name, dtype, shape, _, _ in INPUTS:
-        assert re.search(rf"inputs\['{name}'\] tensor_info:\s+dtype: DT_{dtype.upper()}\s+"
+        assert re.search(rf"inputs\['{name}'\] tensor_info:\s+dtype: DT_{enum.get(dtype, dtype.upper())}\s+"
                          rf"shape: \({'-1' if shape else ''}\)", inputs), name
         assert f"`{name}`" in readme
     for name, dtype, _ in OUTPUTS:
@@ -175,6 +176,8 @@ def test_bad_rows_get_an_error_string_and_the_others_their_poem(loaded):
     assert "already has the closing 】" in out["error"][3]
     assert out["poem"][:2] == ["", ""] and out["tokens"][:2] == [0, 0] and out["closed"][:2] == [False, False]
     assert out["seed"] == [1, 2, 3, 4]
+    out = _call(signature, ["云 唐诗：【春【", "春花"], seed=1)  # free sampling: one header per poem
+    assert out["error"] == ["prompt: '云 唐诗：【春【' has a second '【' inside the poem; give one header", ""]
 
 
 @pytest.mark.parametrize("options, message", [
