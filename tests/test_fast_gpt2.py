@@ -75,6 +75,29 @@ def test_gradients_match_transformers_fp32(lm):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-3, err_msg=v.name)
 
 
+@pytest.mark.parametrize("settings", [{"activation_function": "relu", "n_inner": 48},
+                                      {"activation_function": "gelu"}, {"activation_function": "gelu_fast"}],
+                         ids=["relu-inner-48", "erf-gelu", "gelu-fast"])
+def test_other_activations_and_inner_width_train_and_sample_as_transformers(settings):
+    """A GPT-2 with another activation or MLP width is trained (fast path) and sampled (sampler) as transformers
+    computes it."""
+    from transformers import GPT2Config, TFGPT2LMHeadModel
+
+    from poetry_gpt.sampler import CachedGPT2
+
+    tf.keras.utils.set_random_seed(3)
+    # weights large enough that MLP inputs reach |x| ~ 1, where the GELU approximations differ by ~1e-3
+    lm = TFGPT2LMHeadModel(GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+                                      initializer_range=0.2, **settings))
+    ids = _ids(batch=2, time=11)
+    ref = lm(input_ids=ids, training=False).logits.numpy()
+    got = gpt2_logits(lm, ids, compute_dtype=tf.float32).numpy()
+    np.testing.assert_allclose(got, ref, atol=2e-4, rtol=1e-4)
+    cached = CachedGPT2(lm)
+    last, _ = cached.prefill(cached.weights(), ids, tf.constant([11, 11]))
+    np.testing.assert_allclose(last.numpy(), ref[:, -1], atol=2e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
 def test_fused_ops_match_autodiff(dtype):
     rng = np.random.default_rng(3)
