@@ -4,7 +4,7 @@
   model's logits are shifted here once: position t predicts label t+1).
 * AdamW (``tf_keras``), global-norm clipping, warm-up + cosine/linear decay on the global step.
 * Precision: fp32, bf16 (mixed_bfloat16: bf16 compute, fp32 weights) or fp16 (mixed_float16
-  with loss scaling); logits and loss always in float32.
+  with loss scaling); the loss in float32, from logits of the compute dtype's LM-head matmul (see README, Performance).
 * A checkpoint (``tf.train.CheckpointManager``) holds model, optimizer (moments and step),
   epoch and best validation loss; resuming restores it, checks the restore matched, and
   continues the data stream at the same batch (see ``records.train_dataset``).
