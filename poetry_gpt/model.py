@@ -98,8 +98,8 @@ def check_supported(cfg, source: str) -> None:
         supported = ", ".join(sorted(set(ACT2FN) - {"glu"}))
         problems.insert(0, f"activation_function {act!r} (supported: {supported})")
     if problems:
-        raise RunDirError(f"{source}: config.json sets {'; '.join(problems)}, which poetry_gpt's GPT-2 (as "
-                          "TensorFlow's) does not compute; use a GPT-2 with the standard settings")
+        raise RunDirError(f"{source}: config.json sets {'; '.join(problems)}, which poetry_gpt cannot compute as "
+                          "named (nor can TensorFlow's GPT-2); use a GPT-2 without these settings")
 
 
 def save_export(lm, vocab: CharVocab, export_dir: str | os.PathLike, meta: dict) -> Path:
