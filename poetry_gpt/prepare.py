@@ -121,7 +121,9 @@ def prepare(raw_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
     """
     out = Path(out_dir)
     _remove_stale_partials(out)  # first: it may put back a DATA_DIR that a killed run had moved aside
-    inputs = [("RAW", p) for p in raw_paths] + ([("--vocab", vocab_dir)] if vocab_dir is not None else [])
+    # a RAW that is not a file is refused by the reading, with its own message
+    inputs = [("RAW", p) for p in raw_paths if Path(p).is_file()] + \
+        ([("--vocab", vocab_dir)] if vocab_dir is not None else [])
     check_output_dir(out, overwrite, inputs, out_option)
     start = time.perf_counter()
     vocab_given = vocab_dir is not None
