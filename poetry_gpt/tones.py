@@ -148,8 +148,11 @@ def _book() -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
 
 
 def _group_name(simplified: str) -> str:
-    """上平声一东 -> 上平一东, 下平声一先 -> 下平一先; the 仄声 names stay (上声一董, 去声一送, 入声一屋)."""
-    return simplified.replace("平声", "平")
+    """上平声一东 -> 上平一东, 下平声一先 -> 下平一先; the 仄声 names stay (上声一董, 去声一送, 入声一屋).
+
+    OpenCC writes two group names unlike the simplified rhyme books: 筿 (篠) is 筱 there, and 箇 stays 箇.
+    """
+    return simplified.replace("平声", "平").replace("筿", "筱").replace("二十一个", "二十一箇")
 
 
 def group_names() -> tuple[str, ...]:
