@@ -7,7 +7,8 @@ the generic sparse cross-entropy kernel. Here the same function is computed dire
 from the model's weights with fewer, larger ops:
 
 * matmuls in the compute dtype (bf16 uses AMX through oneDNN), bias adds fused;
-* ``tf.nn.gelu(approximate=True)`` (the same tanh GELU as ``gelu_new``);
+* GPT-2's tanh GELU (``gelu_new``, also ``gelu_fast``) as one fused op; other activations of
+  ``transformers.activations_tf`` (``gelu``, ``relu``, …) as transformers computes them, in float32;
 * q/k/v by ``tf.split`` (no strided-slice gradients), an additive causal bias built once;
 * the next-token shift done on the labels, not the logits, and the cross-entropy in one
   XLA-compiled function (float32 inside, whatever the logits' dtype).
@@ -18,10 +19,28 @@ unchanged. ``tests/test_fast_gpt2.py`` checks logits and loss against transforme
 from __future__ import annotations
 
 IGNORE_INDEX = -100
+TANH_GELUS = ("gelu_new", "gelu_fast")  # the same tanh approximation of GELU: fused_ops.gelu
 _CE = None
 
 
-def gpt2_hidden(lm, input_ids, training: bool = False, compute_dtype=None, dropout: float = 0.0):
+def activation(name: str):
+    """The MLP activation of a GPT-2 whose config names ``name`` (as ``transformers.activations_tf``).
+
+    Args:
+        name: ``config.activation_function`` (``model.check_supported`` has refused the unsupported ones).
+    """
+    import tensorflow as tf
+    from transformers.activations_tf import get_tf_activation
+
+    from . import fused_ops
+
+    if name in TANH_GELUS:
+        return fused_ops.gelu
+    act = get_tf_activation(name)
+    return lambda x: tf.cast(act(tf.cast(x, tf.float32)), x.dtype)
+
+
+def gpt2_hidden(lm, input_ids, training: bool = False, compute_dtype=None, dropout: float = 0.0, seed=None):
     """Final hidden states (after ``ln_f``) of a ``TFGPT2LMHeadModel``, flattened to [batch*time, width].
 
     Args:
@@ -31,6 +50,8 @@ def gpt2_hidden(lm, input_ids, training: bool = False, compute_dtype=None, dropo
         training: apply dropout when ``dropout`` > 0.
         compute_dtype: dtype of the matmuls (e.g. ``tf.bfloat16``); default: the Keras policy's compute dtype.
         dropout: dropout rate on embeddings, attention weights and residual branches.
+        seed: int [2] tensor: the dropout masks are a function of it (stateless dropout, each site's seed
+            folded in from it), so a step can be replayed exactly; ``None`` draws one from the global generator.
     """
     import tensorflow as tf
     import tf_keras
@@ -46,6 +67,7 @@ def gpt2_hidden(lm, input_ids, training: bool = False, compute_dtype=None, dropo
     shape = tf.shape(input_ids)
     batch, time = shape[0], shape[1]
     drop = dropout if training and dropout > 0 else 0.0
+    act = activation(cfg.activation_function)
 
     def c(v):
         return tf.cast(v, compute_dtype)
@@ -56,31 +78,48 @@ def gpt2_hidden(lm, input_ids, training: bool = False, compute_dtype=None, dropo
     def heads(x):
         return tf.transpose(tf.reshape(x, [batch, time, n_head, head]), [0, 2, 1, 3])
 
-    def dropped(x):
-        return tf.nn.dropout(x, drop) if drop else x
+    if drop and seed is None:
+        seed = tf.random.uniform([2], maxval=2 ** 31 - 1, dtype=tf.int32)
+
+    def dropped(x, site):
+        if not drop:
+            return x
+        return tf.nn.experimental.stateless_dropout(x, drop, tf.random.experimental.stateless_fold_in(seed, site))
 
     h = tf.gather(tr.wte.embeddings, input_ids) + tr.wpe.embeddings[:time][None]  # float32 residual stream
-    h = tf.reshape(dropped(h), [batch * time, width])
+    h = tf.reshape(dropped(h, 0), [batch * time, width])  # dropout sites: 0, then 3i+1 … 3i+3 in layer i
     blocks = list(tr.h)
     x = fused_ops.layer_norm(h, blocks[0].ln_1.gamma, blocks[0].ln_1.beta, eps, compute_dtype)
     for i, block in enumerate(blocks):
         q, k, v = tf.split(dense(x, block.attn.c_attn), 3, axis=-1)
-        w = dropped(fused_ops.causal_softmax(tf.matmul(heads(q), heads(k), transpose_b=True), head ** -0.5))
+        scores = tf.matmul(heads(q), heads(k), transpose_b=True)
+        w = dropped(fused_ops.causal_softmax(scores, head ** -0.5), 3 * i + 1)
         y = tf.reshape(tf.transpose(tf.matmul(w, heads(v)), [0, 2, 1, 3]), [batch * time, width])
-        y = dropped(dense(y, block.attn.c_proj))
+        y = dropped(dense(y, block.attn.c_proj), 3 * i + 2)
         h, x = fused_ops.add_layer_norm(h, y, block.ln_2.gamma, block.ln_2.beta, eps)
-        m = dropped(dense(fused_ops.gelu(dense(x, block.mlp.c_fc)), block.mlp.c_proj))
+        m = dropped(dense(act(dense(x, block.mlp.c_fc)), block.mlp.c_proj), 3 * i + 3)
         ln = blocks[i + 1].ln_1 if i + 1 < len(blocks) else tr.ln_f
         h, x = fused_ops.add_layer_norm(h, m, ln.gamma, ln.beta, eps)
     return x
 
 
-def gpt2_logits(lm, input_ids, training: bool = False, compute_dtype=None, dropout: float = 0.0):
-    """Logits [batch, time, vocab] (float32) of a ``TFGPT2LMHeadModel`` (see ``gpt2_hidden``)."""
+def head_logits(lm, h):
+    """The tied LM head: [N, vocab] logits of hidden states ``h`` [N, width], as ``h.dtype``'s matmul gives them.
+
+    Args:
+        lm: the ``TFGPT2LMHeadModel`` (its ``wte`` is the head).
+        h: final hidden states from ``gpt2_hidden``.
+    """
     import tensorflow as tf
 
-    h = gpt2_hidden(lm, input_ids, training, compute_dtype, dropout)
-    logits = tf.matmul(h, tf.cast(lm.transformer.wte.embeddings, h.dtype), transpose_b=True)
+    return tf.matmul(h, tf.cast(lm.transformer.wte.embeddings, h.dtype), transpose_b=True)
+
+
+def gpt2_logits(lm, input_ids, training: bool = False, compute_dtype=None, dropout: float = 0.0, seed=None):
+    """Logits [batch, time, vocab] (float32) of a ``TFGPT2LMHeadModel`` (arguments: see ``gpt2_hidden``)."""
+    import tensorflow as tf
+
+    logits = head_logits(lm, gpt2_hidden(lm, input_ids, training, compute_dtype, dropout, seed))
     shape = tf.shape(input_ids)
     return tf.cast(tf.reshape(logits, [shape[0], shape[1], -1]), tf.float32)
 
@@ -104,7 +143,8 @@ def _cross_entropy():
     return _CE
 
 
-def lm_loss_terms(lm, input_ids, labels, training: bool = False, compute_dtype=None, dropout: float = 0.0):
+def lm_loss_terms(lm, input_ids, labels, training: bool = False, compute_dtype=None, dropout: float = 0.0,
+                  seed=None):
     """Sum of next-token cross-entropies and the number of predicted tokens.
 
     Position t predicts ``labels[t+1]`` (the shift is done on the labels, so the model's
@@ -117,14 +157,14 @@ def lm_loss_terms(lm, input_ids, labels, training: bool = False, compute_dtype=N
         training: training mode (dropout).
         compute_dtype: matmul dtype (default: the Keras policy's).
         dropout: dropout rate.
+        seed: the dropout seed (see ``gpt2_hidden``).
 
     Returns:
         ``(loss_sum, count)``, both float32 scalars.
     """
     import tensorflow as tf
 
-    h = gpt2_hidden(lm, input_ids, training, compute_dtype, dropout)
-    logits = tf.matmul(h, tf.cast(lm.transformer.wte.embeddings, h.dtype), transpose_b=True)
+    logits = head_logits(lm, gpt2_hidden(lm, input_ids, training, compute_dtype, dropout, seed))
     batch = tf.shape(labels)[0]
     target = tf.concat([labels[:, 1:], tf.fill([batch, 1], tf.constant(IGNORE_INDEX, labels.dtype))], axis=1)
     return _cross_entropy()(logits, tf.reshape(target, [-1]))

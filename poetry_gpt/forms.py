@@ -370,25 +370,33 @@ class DecodeConstraint:
                     f"in the prompt {prompt!r}; change the opening or drop --rhyme")
         return f"{option}: {where}: expected a Chinese character at clause {clause + 1}, got {ch!r}"
 
-    def as_tensors(self, states: int | None = None) -> dict:
-        """The tables as TensorFlow constants, the ``tables`` of ``apply_constraint_tf``/``advance_tf``.
+    def padded_tables(self, states: int | None = None) -> dict:
+        """The tables as numpy arrays, the state axis padded: what ``as_tensors`` turns into tensors.
 
         Args:
             states: pad the state axis to this many rows (default ``MAX_STATES``), so that every
                 form and the free constraint have the same table shapes and share one compiled
                 decode program. Padding rows are unreachable.
         """
-        import tensorflow as tf
-
         S = len(self.allowed)
         states = MAX_STATES if states is None else max(states, S)
         pad = states - S
         return {
-            "allowed": tf.constant(np.pad(self.allowed, ((0, pad), (0, 0))), tf.bool),
-            "next_state": tf.constant(np.pad(self.next_state, ((0, pad), (0, 0))), tf.int32),
-            "rhyme_role": tf.constant(np.pad(self.rhyme_role, (0, pad)), tf.int32),
-            "token_final": tf.constant(self.token_final, tf.int32),
+            "allowed": np.pad(self.allowed, ((0, pad), (0, 0))),
+            "next_state": np.pad(self.next_state, ((0, pad), (0, 0))).astype(np.int32),
+            "rhyme_role": np.pad(self.rhyme_role, (0, pad)).astype(np.int32),
+            "token_final": self.token_final.astype(np.int32),
         }
+
+    def as_tensors(self, states: int | None = None) -> dict:
+        """The tables as TensorFlow constants, the ``tables`` of ``apply_constraint_tf``/``advance_tf``.
+
+        Args:
+            states: as in ``padded_tables``.
+        """
+        import tensorflow as tf
+
+        return {k: tf.constant(v) for k, v in self.padded_tables(states).items()}
 
 
 def token_finals(tokens: list[str]) -> np.ndarray:
@@ -457,6 +465,24 @@ def _other_script_hint(ch: str, index) -> str:
     return ""
 
 
+def clause_start_states(form: Form) -> list[int]:
+    """The automaton state of the first character of each clause (where an acrostic character goes).
+
+    Args:
+        form: the form.
+    """
+    return [1 + clause * (form.clause_len + 1) for clause in range(form.clauses)]
+
+
+def form_spellings() -> dict[str, str]:
+    """Every spelling ``get_form`` accepts (short and full names, simplified and traditional) → the form's name."""
+    names = [*FORMS, *_BY_FULL_NAME]
+    back = {v: k for k, v in _TRADITIONAL_NAMES.items()}  # code points: simplified → traditional
+    spellings = {n: get_form(n).name for n in names}
+    spellings.update({n.translate(back): get_form(n.translate(back)).name for n in names})
+    return spellings
+
+
 def build_constraint(form_name: str, vocab, acrostic: str | None = None, rhyme: bool = False) -> DecodeConstraint:
     """Build the decoding automaton for a form.
 
@@ -506,8 +532,6 @@ def build_constraint(form_name: str, vocab, acrostic: str | None = None, rhyme: 
         next_state[s, :] = s + 1
         if offset == form.clause_len:
             allowed[s, index[form.punctuation[clause]]] = True
-        elif offset == 0 and clause < len(acrostic):
-            allowed[s, index[acrostic[clause]]] = True
         else:
             allowed[s] = hanzi
         if rhyme and offset == form.clause_len - 1 and clause + 1 in form.rhyme_clauses:
@@ -515,6 +539,9 @@ def build_constraint(form_name: str, vocab, acrostic: str | None = None, rhyme: 
             role[s] = ROLE_SET if first else ROLE_MATCH
             if first and (allowed[s] & (finals >= 0)).any():
                 allowed[s] &= finals >= 0  # the rhyme-setting character must have a known group
+    for s, ch in zip(clause_start_states(form), acrostic):  # the rhyme positions end clauses: never these
+        allowed[s] = False
+        allowed[s, index[ch]] = True
     allowed[close, index[CLOSE]] = True
     next_state[close, :] = done
     allowed[done, 2] = True  # [SEP]

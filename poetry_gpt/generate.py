@@ -184,6 +184,20 @@ def split_body(text: str) -> str:
     return text.partition(OPEN)[2].partition(CLOSE)[0]
 
 
+#: (argument, CLI option, test, what it must be) of ``check_options``; the tests take numbers or tensors
+#: (``poetry_gpt.saved_model`` runs them in the graph). None (``max_new_tokens``) is never checked.
+OPTION_RULES = (
+    ("top_k", "--top-k", lambda v: v >= 1, "must be ≥ 1 (1 = greedy)"),
+    ("top_p", "--top-p", lambda v: (v > 0.0) & (v <= 1.0), "must be in (0, 1] (1 = off)"),
+    ("min_p", "--min-p", lambda v: (v >= 0.0) & (v < 1.0), "must be in [0, 1) (0 = off)"),
+    ("temperature", "--temperature", lambda v: v > 0.0, "must be > 0"),
+    ("repetition_penalty", "--repetition-penalty", lambda v: v > 0.0, "must be > 0 (1 = off)"),
+    ("num_samples", "--num-samples", lambda v: v >= 1, "must be ≥ 1"),
+    ("batch_size", "--batch-size", lambda v: v >= 1, "must be ≥ 1"),
+    ("max_new_tokens", "--max-new-tokens", lambda v: v >= 1, "must be ≥ 1"),
+)
+
+
 def check_options(top_k: int = DEFAULT_TOP_K, top_p: float = 1.0, temperature: float = 1.0,
                   repetition_penalty: float = 1.0, num_samples: int = 1, batch_size: int = 8,
                   max_new_tokens: int | None = None, min_p: float = DEFAULT_MIN_P,
@@ -203,19 +217,13 @@ def check_options(top_k: int = DEFAULT_TOP_K, top_p: float = 1.0, temperature: f
     Raises:
         OptionError: naming the first bad option and its valid range.
     """
-    checks = [
-        (top_k >= 1, "--top-k", f"must be ≥ 1 (1 = greedy), got {top_k}"),
-        (0.0 < top_p <= 1.0, "--top-p", f"must be in (0, 1] (1 = off), got {top_p}"),
-        (0.0 <= min_p < 1.0, "--min-p", f"must be in [0, 1) (0 = off), got {min_p}"),
-        (temperature > 0.0, "--temperature", f"must be > 0, got {temperature}"),
-        (repetition_penalty > 0.0, "--repetition-penalty", f"must be > 0 (1 = off), got {repetition_penalty}"),
-        (num_samples >= 1, "--num-samples", f"must be ≥ 1, got {num_samples}"),
-        (batch_size >= 1, "--batch-size", f"must be ≥ 1, got {batch_size}"),
-        (max_new_tokens is None or max_new_tokens >= 1, "--max-new-tokens", f"must be ≥ 1, got {max_new_tokens}"),
-    ]
-    for ok, option, message in checks:
-        if not ok:
-            raise OptionError(f"{option}: {message}")
+    values = dict(top_k=top_k, top_p=top_p, min_p=min_p, temperature=temperature,
+                  repetition_penalty=repetition_penalty, num_samples=num_samples, batch_size=batch_size,
+                  max_new_tokens=max_new_tokens)
+    for name, option, test, expected in OPTION_RULES:
+        value = values[name]
+        if value is not None and not test(value):
+            raise OptionError(f"{option}: {expected}, got {value}")
 
 
 def _check_form_fits(constraint, states, room: int, max_new_tokens: int | None, n_ctx: int) -> None:
@@ -496,8 +504,8 @@ class PoemGenerator:
             t0 = time.perf_counter()
             result = self.sampler.run(
                 [[SEP_ID] + self.vocab.encode(r.prompt) for r in chunk], [r.seed for r in chunk],
-                max_new_tokens=budget, top_k=min(sampling["top_k"], self.vocab.size), top_p=sampling["top_p"],
-                min_p=sampling["min_p"], temperature=max(sampling["temperature"], 1e-6),
+                max_new_tokens=budget, top_k=sampling["top_k"], top_p=sampling["top_p"],
+                min_p=sampling["min_p"], temperature=sampling["temperature"],
                 repetition_penalty=sampling["repetition_penalty"],
                 active=[True] * (B - pad) + [False] * pad,
                 constraint=forms, constraint_state=self._constraint_state([r.state for r in chunk], tables),

@@ -74,6 +74,34 @@ def check_agreement(lm, vocab: CharVocab, source: str) -> None:
                           f"{vocab.size}; prepare the data with `poetry-gpt prepare RAW --vocab {source}`")
 
 
+def check_supported(cfg, source: str) -> None:
+    """Refuse a GPT-2 configuration that poetry_gpt would compute as another function than it names.
+
+    Training (``fast_gpt2``) and sampling (``sampler``) compute GPT-2 as TensorFlow's
+    ``TFGPT2LMHeadModel`` does: attention scaled by 1/sqrt(head size) in every layer, a head tied to the
+    input embedding, no cross-attention, any activation of ``transformers.activations_tf`` but ``glu``.
+    TensorFlow's GPT-2 silently ignores the settings refused here, so a model trained with them (in
+    PyTorch) would be fine-tuned and sampled as a different model.
+
+    Args:
+        cfg: a ``GPT2Config``.
+        source: where it came from (``--init-from DIR`` or an export folder), for the message.
+    """
+    from transformers.activations_tf import ACT2FN
+
+    settings = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+                "reorder_and_upcast_attn": False, "add_cross_attention": False, "tie_word_embeddings": True}
+    problems = [f"{name} {str(getattr(cfg, name, want)).lower()}" for name, want in settings.items()
+                if bool(getattr(cfg, name, want)) != want]
+    act = getattr(cfg, "activation_function", "gelu_new")
+    if act not in ACT2FN or act == "glu":
+        supported = ", ".join(sorted(set(ACT2FN) - {"glu"}))
+        problems.insert(0, f"activation_function {act!r} (supported: {supported})")
+    if problems:
+        raise RunDirError(f"{source}: config.json sets {'; '.join(problems)}, which poetry_gpt cannot compute as "
+                          "named (nor can TensorFlow's GPT-2); use a GPT-2 without these settings")
+
+
 def save_export(lm, vocab: CharVocab, export_dir: str | os.PathLike, meta: dict) -> Path:
     """Write a self-contained export folder atomically (``export.tmp/``, then ``fsutil.replace_dir``:
     one atomic exchange with the old ``export/`` where the OS allows it, so plain transformers
@@ -124,12 +152,16 @@ def load_export(path: str | os.PathLike):
     Args:
         path: a RUN_DIR or an export folder.
     """
-    from transformers import TFGPT2LMHeadModel
+    from transformers import GPT2Config, TFGPT2LMHeadModel
 
     export = resolve_export(path)
     vocab = CharVocab.load(export)
     try:
-        lm = TFGPT2LMHeadModel.from_pretrained(str(export))
+        config = GPT2Config.from_pretrained(str(export))
+        check_supported(config, str(export))
+        lm = TFGPT2LMHeadModel.from_pretrained(str(export), config=config)
+    except RunDirError:
+        raise
     except Exception as exc:  # transformers raises many types for a bad folder
         raise RunDirError(f"{export}: not a loadable GPT-2 export ({type(exc).__name__}); "
                           "retrain or pass another folder") from None

@@ -77,6 +77,15 @@ def top_k_cap(top_k: int, vocab_size: int) -> int:
     return vocab_size
 
 
+def row_seeds(seeds):
+    """Per-row seeds (ints, an array or an int64 tensor) as the int32 ``[B]`` tensor the sampler hashes.
+
+    Args:
+        seeds: one integer per row (any sign; taken modulo 2**31 - 1).
+    """
+    return tf.cast(tf.math.floormod(tf.cast(seeds, tf.int64), 2**31 - 1), tf.int32)
+
+
 @dataclass
 class DecodeResult:
     """What one ``Sampler.run`` produced.
@@ -348,7 +357,11 @@ class Sampler:
     # compiled programs --------------------------------------------------------------
     def _prefill_impl(self, ids, lengths):
         self.traces["prefill"] += 1
-        return self.net.prefill(self.net.weights(), ids, lengths)
+        logits, cache = self.net.prefill(self.net.weights(), ids, lengths)
+        real = tf.range(ids.shape[1])[None, :] < lengths[:, None]  # [B, T]: the prompt, not its padding
+        seen = tf.reduce_any(tf.one_hot(ids, self.net.vocab_size, on_value=True, off_value=False)
+                             & real[:, :, None], axis=1)
+        return logits, cache, seen & self.penalisable
 
     def _decode_impl(self, logits, cache, lengths, seeds, seen, done, options, constraint_in, kcap, constraint,
                      out):
@@ -385,6 +398,58 @@ class Sampler:
             maximum_iterations=n_ctx)
         return out, i, (logits, cache, seen, done, state, rhyme)
 
+    # the compiled programs, eager or traced into another function (``poetry_gpt.saved_model``) --
+    def options(self, top_k, top_p, min_p, temperature, repetition_penalty, max_new_tokens) -> dict:
+        """The sampling options as the scalar tensors ``decode`` takes (numbers or scalar tensors).
+
+        ``start`` (0) is the first step's index; a streaming ``run`` moves it and ``max_new`` segment by
+        segment. ``top_k`` is capped at the vocabulary and ``temperature`` kept ≥ 1e-6 (0 would divide by zero).
+
+        Args:
+            top_k: ≥ 1.
+            top_p: in (0, 1].
+            min_p: in [0, 1).
+            temperature: > 0.
+            repetition_penalty: > 0.
+            max_new_tokens: decode steps at most.
+        """
+        return {"top_k": tf.cast(tf.minimum(tf.cast(top_k, tf.int64), self.net.vocab_size), tf.int32),
+                "top_p": tf.cast(top_p, tf.float32), "min_p": tf.cast(min_p, tf.float32),
+                "temperature": tf.maximum(tf.cast(temperature, tf.float32), 1e-6),
+                "penalty": tf.cast(repetition_penalty, tf.float32), "max_new": tf.cast(max_new_tokens, tf.int32),
+                "start": tf.constant(0, tf.int32)}
+
+    def prefill(self, ids, lengths):
+        """The compiled prompt pass: ``(logits [B, V], cache, seen [B, V])``.
+
+        Args:
+            ids: ``[B, T]`` int32 prompts (each starts with [SEP]), right-padded; ``T`` a ``bucket_length``.
+            lengths: ``[B]`` int32 real lengths.
+        """
+        return self._prefill(ids, lengths)
+
+    def decode(self, logits, cache, seen, lengths, seeds, done, options: dict, kcap: int, constraint=None,
+               constraint_state=None, out=None):
+        """The compiled decode loop after ``prefill``: ``(tokens [B, n_ctx] int32, steps, carry)``.
+
+        ``carry`` is ``(logits, cache, seen, done, state, rhyme)`` after the last step: passed back in
+        with ``out`` and ``options["start"]`` = ``steps``, it continues the same run (streaming).
+
+        Args:
+            logits, cache, seen: what ``prefill`` returned.
+            lengths: ``[B]`` int32 prompt lengths.
+            seeds: ``[B]`` int32, from ``row_seeds``.
+            done: ``[B]`` bool, rows that start finished (batch padding).
+            options: from ``options``.
+            kcap: ``top_k_cap`` of the (Python) top-k.
+            constraint, constraint_state: as in ``run``.
+            out: ``[B, n_ctx]`` tokens of the earlier segments (None: zeros, a new run).
+        """
+        if out is None:
+            out = tf.zeros([logits.shape[0], self.n_ctx], tf.int32)
+        return self._decode(logits, cache, lengths, seeds, seen, done, options,
+                            constraint_state if constraint is not None else (), kcap, constraint, out)
+
     # driver ---------------------------------------------------------------------------
     def run(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], *, max_new_tokens: int,
             top_k: int = 10, top_p: float = 1.0, temperature: float = 1.0, repetition_penalty: float = 1.0,
@@ -417,29 +482,20 @@ class Sampler:
         lengths = np.array([len(p) for p in prompts], np.int32)
         T = bucket_length(int(lengths.max()), self.n_ctx)
         ids = np.zeros([B, T], np.int32)
-        seen = np.zeros([B, self.net.vocab_size], bool)
         for r, p in enumerate(prompts):
             ids[r, :len(p)] = p
-            seen[r, list(p)] = True
-        seen &= self.penalisable
-        logits, cache = self._prefill(tf.constant(ids), tf.constant(lengths))
         done = np.zeros(B, bool) if active is None else ~np.asarray(active, bool)
-        options = {
-            "top_k": tf.constant(top_k, tf.int32), "top_p": tf.constant(top_p, tf.float32),
-            "min_p": tf.constant(min_p, tf.float32),
-            "temperature": tf.constant(temperature, tf.float32), "penalty": tf.constant(repetition_penalty, tf.float32),
-        }
-        seeds = tf.constant(np.asarray(seeds, np.int64) % (2**31 - 1), tf.int32)
-        carry = (logits, cache, tf.constant(seen), tf.constant(done))
-        state = constraint_state if constraint is not None else ()
-        out, steps = tf.zeros([B, self.n_ctx], tf.int32), 0
+        options = self.options(top_k, top_p, min_p, temperature, repetition_penalty, max_new_tokens)
+        logits, cache, seen = self.prefill(tf.constant(ids), tf.constant(lengths))
+        lengths, seeds, done, kcap = tf.constant(lengths), row_seeds(seeds), tf.constant(done), \
+            top_k_cap(top_k, self.net.vocab_size)
+        state, out, steps = constraint_state, None, 0
         while True:
             stop = max_new_tokens if on_tokens is None else min(steps + segment, max_new_tokens)
             options.update(start=tf.constant(steps, tf.int32), max_new=tf.constant(stop, tf.int32))
-            out, i, (logits, cache, seen_t, done_t, s, g) = self._decode(
-                carry[0], carry[1], tf.constant(lengths), seeds, carry[2], carry[3], options, state,
-                top_k_cap(top_k, self.net.vocab_size), constraint, out)
-            carry, steps = (logits, cache, seen_t, done_t), int(i)
+            out, i, (logits, cache, seen, done, s, g) = self.decode(logits, cache, seen, lengths, seeds, done, options,
+                                                                     kcap, constraint, state, out)
+            steps = int(i)
             if constraint is not None:
                 state = (s, g, constraint_state[2])
             if on_tokens is not None:

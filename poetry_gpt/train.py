@@ -4,7 +4,7 @@
   model's logits are shifted here once: position t predicts label t+1).
 * AdamW (``tf_keras``), global-norm clipping, warm-up + cosine/linear decay on the global step.
 * Precision: fp32, bf16 (mixed_bfloat16: bf16 compute, fp32 weights) or fp16 (mixed_float16
-  with loss scaling); logits and loss always in float32.
+  with loss scaling); the loss in float32, from logits of the compute dtype's LM-head matmul (see README, Performance).
 * A checkpoint (``tf.train.CheckpointManager``) holds model, optimizer (moments and step),
   epoch and best validation loss; resuming restores it, checks the restore matched, and
   continues the data stream at the same batch (see ``records.train_dataset``).
@@ -87,11 +87,13 @@ def set_precision(precision: str) -> None:
     tf_keras.mixed_precision.set_global_policy(policy)
 
 
-def build_lm_trainer(lm):
+def build_lm_trainer(lm, seed: int = 0):
     """Wrap a ``TFGPT2LMHeadModel`` in a Keras model with our train/test steps.
 
     Args:
         lm: the transformers model.
+        seed: the run seed; a training step's dropout masks are a function of (seed, global step,
+            replica, layer), so a resumed run draws the very masks an uninterrupted one would.
     """
     import tensorflow as tf
     import tf_keras
@@ -129,7 +131,13 @@ def build_lm_trainer(lm):
         def _loss_terms(self, batch, training):
             """(sum of next-token cross-entropies, number of targets); see fast_gpt2.lm_loss_terms."""
             return lm_loss_terms(self.lm, batch["input_ids"], batch["labels"], training=training,
-                                 dropout=self.lm.config.resid_pdrop)
+                                 dropout=self.lm.config.resid_pdrop, seed=self._dropout_seed() if training else None)
+
+        def _dropout_seed(self):
+            """Stateless seed of this step's dropout: (run seed, global step), the replica folded in."""
+            step = tf.cast(self.optimizer.iterations, tf.int64)  # before this step's update: 0, 1, …
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            return tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), step]), replica)
 
         def train_step(self, batch):
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -242,7 +250,7 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
             lm = _load_init(init_from, vocab, config)
         else:
             lm = build_model(config.model, vocab, seed=t.seed)
-        trainer = build_lm_trainer(lm)
+        trainer = build_lm_trainer(lm, seed=t.seed)
         optimizer = make_optimizer(config, total_steps, precision)
         trainer.compile(optimizer=optimizer)
         inner = optimizer.inner_optimizer if hasattr(optimizer, "inner_optimizer") else optimizer
@@ -414,11 +422,12 @@ def _checkpoint_damage(path: str) -> str | None:
 
 
 def _load_init(init_from, vocab: CharVocab, config: RunConfig):
-    """Load an HF GPT-2 folder for fine-tuning, refusing mismatched vocabularies or shapes."""
-    from transformers import TFGPT2LMHeadModel
+    """Load an HF GPT-2 folder for fine-tuning, refusing mismatched vocabularies or shapes and settings that
+    the training and sampling paths do not compute (``model.check_supported``); its dropout becomes the run's."""
+    from transformers import GPT2Config, TFGPT2LMHeadModel
 
     from .fsutil import read_json
-    from .model import check_agreement
+    from .model import check_agreement, check_supported
 
     path = Path(init_from)
     if not (path / "config.json").is_file():
@@ -437,7 +446,13 @@ def _load_init(init_from, vocab: CharVocab, config: RunConfig):
     if not (has_tf or has_pt):
         raise RunDirError(f"--init-from {path}: no weights (tf_model.h5 or *.safetensors) in the folder")
     try:
-        lm = TFGPT2LMHeadModel.from_pretrained(str(path), from_pt=not has_tf)
+        gpt2 = GPT2Config.from_pretrained(str(path))
+        check_supported(gpt2, f"--init-from {path}")
+        # the fast training path applies one rate everywhere: the run's --dropout, not the folder's
+        gpt2.resid_pdrop = gpt2.embd_pdrop = gpt2.attn_pdrop = config.model.dropout
+        lm = TFGPT2LMHeadModel.from_pretrained(str(path), from_pt=not has_tf, config=gpt2)
+    except RunDirError:
+        raise
     except Exception as exc:
         raise RunDirError(f"--init-from {path}: not loadable as GPT-2 ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None

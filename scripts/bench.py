@@ -3,7 +3,7 @@
 
     python scripts/bench.py                          # everything, full size (about 15-30 minutes on 2 cores)
     python scripts/bench.py --quick                  # tiny shapes, few steps: checks that it all runs (~2-3 min)
-    python scripts/bench.py --only train,memory      # some sections (train, generate, prepare, memory, serve)
+    python scripts/bench.py --only train,memory      # some sections (train, generate, prepare, memory, serve, export)
     python scripts/bench.py --run runs/small         # generation figures on a trained run instead of a random model
     python scripts/bench.py --out bench.json         # also write the document to a file
     python scripts/bench.py --check                  # exit 1 when a judged goal fails
@@ -35,6 +35,9 @@ system do not affect another; a subprocess prints one JSON line that this parent
 * ``serve`` — ``poetry-gpt serve`` under 1, 8 and 32 concurrent HTTP clients on 127.0.0.1 for a bounded
   time (requests/s, poems/s, p50/p95 latency, errors), with dynamic batching and one request at a time
   (``--max-batch 1``); peak RSS of the server.
+* ``export`` — ``poetry-gpt export`` of the generation export: export time, SavedModel size, load time, and ms
+  per poem through the loaded SavedModel against ``PoemGenerator`` (batch 1 and 8, free and ``五绝``, timed in
+  turns in one process; goal: within 10% of ``PoemGenerator``).
 * ``memory`` — peak RSS (``wait4`` of the subprocess: its ``ru_maxrss``) of a short real ``train``
   run on 1× and 16× tang-full DATA_DIRs (it must stay flat: the reader streams), and of generation.
 
@@ -67,7 +70,7 @@ SCRIPT = Path(__file__).resolve()
 SHARED = ROOT.parent / "shared" / "corpus"
 DEFAULT_CORPUS = SHARED / "tang-4k.raw.txt"
 DEFAULT_FULL_CORPUS = SHARED / "tang-full.raw.txt"
-SECTIONS = ("train", "generate", "prepare", "memory", "serve")
+SECTIONS = ("train", "generate", "prepare", "memory", "serve", "export")
 RESULT_TAG = "BENCH_RESULT "
 TORCH_SKIP = "torch not installed: pip install torch==2.13.0"
 
@@ -81,6 +84,7 @@ GOAL_PREPARE_LINEAR = 0.8  # 16× throughput at least this share of 1× throughp
 GOAL_TRAIN_RSS_MB = 2000.0  # 2 GB (decimal megabytes throughout)
 GOAL_TRAIN_RSS_FLAT = 1.10  # large-corpus peak at most 10% above the small-corpus peak
 GOAL_GEN_RSS_MB = 1000.0
+GOAL_EXPORT_VS_GENERATOR = 1.10  # loaded SavedModel's ms per poem at most 10% above PoemGenerator's
 
 SMALL_SHAPE = {"n_layer": 6, "n_embd": 384, "n_head": 6, "n_ctx": 128, "batch_size": 16}
 TINY_SHAPE = {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_ctx": 64, "batch_size": 8}
@@ -694,10 +698,64 @@ def child_generate_memory(a: dict) -> dict:
             "torch_imported": "torch" in sys.modules, "programs_traced": dict(gen.sampler.traces)}
 
 
+def child_export(a: dict) -> dict:
+    """``poetry-gpt export`` of an export (timed), then the loaded SavedModel against ``PoemGenerator``:
+    the same poems (prompts, options, seeds) at batch 1 and 8, timed in turns, best and median of the rounds."""
+    import statistics
+
+    import poetry_gpt  # noqa: F401
+    from poetry_gpt.generate import PoemGenerator
+    from poetry_gpt.saved_model import export_saved_model
+
+    import tensorflow as tf
+
+    out = Path(a["out"])
+    info = export_saved_model(a["export"], out, batch_sizes="1,8")
+    start = time.perf_counter()
+    loaded = tf.saved_model.load(str(out))
+    load_seconds = time.perf_counter() - start
+    gen = PoemGenerator(a["export"])
+    budget, title = a["max_new_tokens"], "春晓"
+    rows = {}
+    for form in ("", "五绝"):
+        for n in (1, 8):
+            opts = dict(top_k=10, max_new_tokens=budget if not form else 0)
+            paths = {
+                "poem_generator": lambda seed: [s.text for s in gen.generate(
+                    title=title, num_samples=n, batch_size=n, seed=seed, form=form or None, top_k=10,
+                    max_new_tokens=opts["max_new_tokens"] or None)],
+                "saved_model": lambda seed: [t.decode() for t in loaded.generate(
+                    prompt=[""] * n, title=title, seed=seed, form=form, **opts)["poem"].numpy().tolist()],
+            }
+            first, wall, same = {}, {k: [] for k in paths}, True
+            for name, fn in paths.items():
+                t0 = time.perf_counter()
+                fn(0)
+                first[name] = round(time.perf_counter() - t0, 2)
+            for r in range(a["repeats"]):
+                poems = {}
+                for name, fn in (list(paths.items()) if r % 2 == 0 else list(paths.items())[::-1]):
+                    t0 = time.perf_counter()
+                    poems[name] = fn(100 + 8 * r)
+                    wall[name].append(time.perf_counter() - t0)
+                same &= poems["poem_generator"] == poems["saved_model"]
+            row = {name: {"ms_per_poem": round(1000 * min(wall[name]) / n, 1),
+                          "median_ms_per_poem": round(1000 * statistics.median(wall[name]) / n, 1),
+                          "first_call_seconds": first[name]} for name in paths}
+            row["ratio_saved_model_vs_generator"] = round(min(wall["saved_model"]) / min(wall["poem_generator"]), 3)
+            row["median_ratio"] = round(statistics.median(wall["saved_model"]) / statistics.median(wall["poem_generator"]), 3)
+            row["same_poems"] = same
+            rows[f"{form or 'free'}_batch_{n}"] = row
+    return {"export_seconds": info["seconds"], "saved_model_bytes": info["bytes"],
+            "load_seconds": round(load_seconds, 2), "title": title, "max_new_tokens_free": budget, "top_k": 10,
+            "repeats": a["repeats"], "runs": rows}
+
+
 CHILDREN = {"peak": child_peak, "setup": child_setup, "train_poetry": child_train_poetry,
             "train_seed": child_train_seed, "train_torch": child_train_torch, "generate": child_generate,
             "first_call": child_first_call,
-            "train_memory": child_train_memory, "generate_memory": child_generate_memory}
+            "train_memory": child_train_memory, "generate_memory": child_generate_memory,
+            "export": child_export}
 
 
 # ======================================================================================
@@ -738,7 +796,7 @@ class Bench:
     def setup(self, sections: list[str]) -> None:
         """Prepare, in one subprocess, every DATA_DIR and the export the chosen sections need."""
         jobs, export = [], None
-        need_train_data = "train" in sections or (("generate" in sections or "memory" in sections)
+        need_train_data = "train" in sections or (bool({"generate", "memory", "export"} & set(sections))
                                                    and not self.args.run)
         if need_train_data:
             jobs.append({"raw": str(self.args.corpus), "copies": 1, "out": str(self.train_data()),
@@ -750,7 +808,7 @@ class Bench:
                 # every copy kept (duplicates too), about 100 validation poems whatever the size
                 jobs.append({"raw": str(raw), "copies": copies, "out": str(self.memory_data(copies)),
                              "keep_duplicates": True, "valid_fraction": min(0.5, 100 / (lines * copies))})
-        if ("generate" in sections or "memory" in sections) and not self.args.run:
+        if {"generate", "memory", "export"} & set(sections) and not self.args.run:
             s = self.shape
             export = {"data_dir": str(self.train_data()), "out": str(self.export_dir()),
                       "shape": {k: s[k] for k in ("n_layer", "n_embd", "n_head", "n_ctx")}}
@@ -896,6 +954,19 @@ class Bench:
                           "growth_ratio": round(last["peak_rss_mb"] / first["peak_rss_mb"], 3)},
                 "generate": {"export": note, **gen},
                 "limits_mb": {"train": GOAL_TRAIN_RSS_MB, "generate": GOAL_GEN_RSS_MB},
+                **section_context(load_before, self.command)}
+
+    def section_export(self) -> dict:
+        load_before = load_average()
+        export, note = self.generation_export()
+        result = run_child("export", {"export": export, "out": str(self.work / "saved_model"),
+                                      "max_new_tokens": 32 if self.quick else 64,
+                                      "repeats": 2 if self.quick else 5}, self.work, self.timeout)
+        ratios = [r["ratio_saved_model_vs_generator"] for r in result["runs"].values()]
+        return {"what": "poetry-gpt export: export time, SavedModel size, load time, and ms per poem of the loaded "
+                        "signature against PoemGenerator in the same process, in turns, alternating the order (same prompts and seeds)",
+                "export": note, **result, "worst_ratio_vs_generator": max(ratios),
+                "all_same_poems": all(r["same_poems"] for r in result["runs"].values()),
                 **section_context(load_before, self.command)}
 
 
@@ -1146,6 +1217,7 @@ def goal_figures(doc: dict) -> dict:
         "serve_32_clients_p95_vs_single": ("serve", _get(doc, "serve", "summary", "p95_32_over_single")),
         "serve_errors": ("serve", _get(doc, "serve", "summary", "errors")),
         "serve_peak_rss_mb": ("serve", _get(doc, "serve", "summary", "server_peak_rss_mb")),
+        "export_saved_model_vs_generator": ("export", _get(doc, "export", "worst_ratio_vs_generator")),
     }
 
 
@@ -1165,6 +1237,8 @@ GOAL_TARGETS = {
     "serve_32_clients_p95_vs_single": (f"< {GOAL_SERVE_P95}x a single request's latency", lambda v: v < GOAL_SERVE_P95),
     "serve_errors": ("0", lambda v: v == 0),
     "serve_peak_rss_mb": (f"<= {GOAL_SERVE_RSS_MB:.0f} MB", lambda v: v <= GOAL_SERVE_RSS_MB),
+    "export_saved_model_vs_generator": (f"loaded SavedModel ms/poem <= {GOAL_EXPORT_VS_GENERATOR}x PoemGenerator's",
+                                        lambda v: v <= GOAL_EXPORT_VS_GENERATOR),
 }
 
 

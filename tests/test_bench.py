@@ -193,7 +193,7 @@ def test_quick_goals_are_judged(quick_run):
 GOALS = ("train_vs_seed_style", "train_vs_torch_bf16", "generate_batch_1_vs_eager", "generate_first_compile",
          "generate_no_recompile_for_new_opening", "prepare_chars_per_s", "prepare_linear", "train_peak_rss_mb",
          "train_peak_rss_flat", "generate_peak_rss_mb", "serve_32_clients_vs_one_at_a_time",
-         "serve_32_clients_p95_vs_single", "serve_errors", "serve_peak_rss_mb")
+         "serve_32_clients_p95_vs_single", "serve_errors", "serve_peak_rss_mb", "export_saved_model_vs_generator")
 
 
 def fake_document(**changes) -> dict:
@@ -208,7 +208,8 @@ def fake_document(**changes) -> dict:
            "memory": {"train": {"runs": [{"peak_rss_mb": 900.0}, {"peak_rss_mb": 950.0}], "growth_ratio": 1.056},
                       "generate": {"peak_rss_mb": 600.0}},
            "serve": {"summary": {"speedup_32": 6.1, "p95_32_over_single": 1.8, "errors": 0,
-                                 "server_peak_rss_mb": 1100.0}}}
+                                 "server_peak_rss_mb": 1100.0}},
+           "export": {"worst_ratio_vs_generator": 1.05}}
     doc.update(changes)
     return doc
 
@@ -236,7 +237,8 @@ def test_goals_pass_and_fail_on_fake_figures():
                         memory={"train": {"runs": [{"peak_rss_mb": 900.0}, {"peak_rss_mb": 2001.0}],
                                           "growth_ratio": 2.2}, "generate": {"peak_rss_mb": 1000.1}},
                         serve={"summary": {"speedup_32": 4.99, "p95_32_over_single": 2.0, "errors": 1,
-                                           "server_peak_rss_mb": 1200.1}})
+                                           "server_peak_rss_mb": 1200.1}},
+                        export={"worst_ratio_vs_generator": 1.11})
     goals = bench.goals(doc)
     failed = {n for n, g in goals.items() if g["status"] == "fail"}
     assert failed == set(GOALS) - {"prepare_chars_per_s", "prepare_linear"}
@@ -263,7 +265,7 @@ def test_unjudged_goals_name_why():
                              "generate_no_recompile_for_new_opening", "prepare_chars_per_s", "prepare_linear"}
     text = bench.goals_text(goals, bench.verdict(goals, "full"))
     assert f"UNJUDGED  train_vs_torch_bf16" in text and f"({TORCH_SKIP})" in text
-    assert text.splitlines()[-1] == "verdict: 8 passed, 0 failed, 6 unjudged"
+    assert text.splitlines()[-1] == "verdict: 9 passed, 0 failed, 6 unjudged"
 
 
 def write_doc(path: Path, doc: dict) -> str:
@@ -279,7 +281,7 @@ def test_check_exits_1_when_a_goal_fails(tmp_path):
     assert checked.returncode == 1, checked.stderr
     assert json.loads(checked.stdout)["verdict"]["failed"] == ["generate_first_compile"]
     assert "FAIL      generate_first_compile" in checked.stderr
-    assert checked.stderr.splitlines()[-1] == "verdict: 13 passed, 1 failed (generate_first_compile), 0 unjudged"
+    assert checked.stderr.splitlines()[-1] == "verdict: 14 passed, 1 failed (generate_first_compile), 0 unjudged"
     assert run_bench("--judge", saved).returncode == 0  # without --check the figures are only reported
 
 

@@ -273,6 +273,68 @@ def test_extend_epochs_matches_one_go_and_resumes_without_data(tmp_path, tiny_da
     assert_same_checkpoint(tmp_path / "one-go", tmp_path / "split")
 
 
+def _record_step_losses(monkeypatch) -> dict[int, float]:
+    """Collect each training step's own loss by global step (Keras logs the epoch's running mean)."""
+    real = train_mod._RunCallback
+    losses: dict[int, float] = {}
+
+    def patched(*args, **kwargs):
+        cb = real(*args, **kwargs)
+        hook = cb.on_train_batch_end
+
+        def on_train_batch_end(batch, logs=None):
+            mean = float(logs["loss"])  # mean over this fit call's epoch so far; every step has as many targets
+            cb._sums = (cb._sums if batch else []) + [mean * (batch + 1)]
+            losses[cb._step()] = cb._sums[-1] - (cb._sums[-2] if batch else 0.0)
+            hook(batch, logs)
+
+        cb.on_train_batch_end = on_train_batch_end
+        return cb
+
+    monkeypatch.setattr(train_mod, "_RunCallback", patched)
+    return losses
+
+
+def test_resume_with_dropout_matches_one_go_step_by_step(tmp_path, monkeypatch, tiny_data_dir):
+    # dropout masks are drawn from (run seed, global step, layer), not from a random state that a
+    # checkpoint does not hold: the resumed steps see the masks the uninterrupted run saw
+    config = tiny(epochs=2, checkpoint_every=3).replace(model={"dropout": 0.2})
+    one_go = _record_step_losses(monkeypatch)
+    quiet_train(tiny_data_dir, tmp_path / "one-go", config)
+    monkeypatch.undo()
+    assert sorted(one_go) == list(range(1, 21))
+
+    _stop_after(monkeypatch, 14, KeyboardInterrupt)
+    with pytest.raises(KeyboardInterrupt):
+        quiet_train(tiny_data_dir, tmp_path / "split", config)
+    monkeypatch.undo()
+    resumed = _record_step_losses(monkeypatch)
+    result, _ = quiet_train(tiny_data_dir, tmp_path / "split", config)
+    assert result.restored_step == 14 and sorted(resumed) == list(range(15, 21))
+    for step in resumed:
+        # fp32 on CPU: identical up to float summation order; another mask moves a step's loss by ~1e-2
+        assert resumed[step] == pytest.approx(one_go[step], rel=1e-5, abs=1e-5), step
+    assert_same_checkpoint(tmp_path / "one-go", tmp_path / "split")
+
+
+def test_dropout_is_applied_in_training_only(tiny_data_dir):
+    """Dropout changes training losses (so the test above is not trivially passed with dropout off)."""
+    from poetry_gpt.model import build_model
+
+    vocab = CharVocab.load(tiny_data_dir)
+    batch = next(iter(train_dataset(load_manifest(tiny_data_dir), 8, N_CTX, seed=0, pad_id=vocab.pad_id,
+                                    sep_id=vocab.sep_id)))
+    set_precision("fp32")
+    lm = build_model(tiny().replace(model={"dropout": 0.2}).model, vocab, seed=1)
+    trainer = build_lm_trainer(lm, seed=5)
+    trainer.compile(optimizer=train_mod.make_optimizer(tiny(), 10, "fp32"))
+    loss = {training: float(trainer._loss_terms(batch, training)[0]) for training in (False, True)}
+    assert loss[True] != loss[False]
+    assert float(trainer._loss_terms(batch, True)[0]) == loss[True]  # same step, same masks
+    trainer.optimizer.iterations.assign_add(1)
+    assert float(trainer._loss_terms(batch, True)[0]) != loss[True]  # next step, new masks
+
+
 # --- 3. resume refusals and run-dir rules ------------------------------------------------------
 
 def test_resume_refuses_other_model_shape(trained_run, tiny_data_dir):
@@ -447,8 +509,8 @@ def _nan_from_step(monkeypatch, step: int):
 
     real = train_mod.build_lm_trainer
 
-    def patched(lm):
-        trainer = real(lm)
+    def patched(lm, **kwargs):
+        trainer = real(lm, **kwargs)
         terms = trainer._loss_terms
 
         def nan_terms(batch, training):
@@ -610,6 +672,59 @@ def test_init_from_export_fine_tunes_and_refuses_other_vocabulary(tmp_path, trai
     assert ft_val == pytest.approx(trained_val, abs=0.05)  # starts from the trained weights, not from scratch
     assert ft_val < ln_vocab(tiny_data_dir) - 0.3
     assert RunDir(tmp_path / "ft").read_run()["init_from"] == str(trained_run / "export")
+
+
+def _gpt2_folder(folder: Path, vocab: CharVocab, **settings) -> Path:
+    """A tiny GPT-2 of the tiny preset's shape written by save_pretrained (+ vocab.txt), with ``settings`` in its
+    config; settings TensorFlow's GPT-2 cannot even build (an activation it lacks) are written into config.json."""
+    import json
+
+    import tensorflow as tf
+    from transformers import GPT2Config, TFGPT2LMHeadModel
+
+    m = tiny().model
+    buildable = {k: v for k, v in settings.items() if k != "activation_function"}
+    lm = TFGPT2LMHeadModel(GPT2Config(vocab_size=vocab.size, n_positions=m.n_ctx, n_embd=m.n_embd,
+                                      n_layer=m.n_layer, n_head=m.n_head, resid_pdrop=0.3, **buildable))
+    lm(tf.zeros([1, 2], tf.int32))
+    lm.save_pretrained(str(folder))
+    vocab.save(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **settings}))
+    return folder
+
+
+@pytest.mark.parametrize("settings, named", [
+    ({"activation_function": "gelu_pytorch_tanh"}, "activation_function 'gelu_pytorch_tanh'"),
+    ({"activation_function": "glu"}, "activation_function 'glu'"),
+    ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx true"),
+    ({"reorder_and_upcast_attn": True}, "reorder_and_upcast_attn true"),
+    ({"scale_attn_weights": False}, "scale_attn_weights false"),
+    ({"add_cross_attention": True}, "add_cross_attention true"),
+    ({"tie_word_embeddings": False}, "tie_word_embeddings false"),
+], ids=lambda x: x if isinstance(x, str) else None)
+def test_init_from_and_generation_refuse_a_gpt2_they_would_compute_otherwise(tmp_path, tiny_data_dir, settings,
+                                                                            named):
+    from poetry_gpt.model import load_export
+
+    vocab = CharVocab.load(tiny_data_dir)
+    folder = _gpt2_folder(tmp_path / "foreign", vocab, **settings)
+    with pytest.raises(RunDirError) as exc:
+        train_mod._load_init(folder, vocab, tiny())
+    assert one_line(exc).startswith(f"--init-from {folder}: config.json sets {named}")
+    with pytest.raises(RunDirError) as exc:  # the export loader of generate / eval
+        load_export(folder)
+    assert one_line(exc).startswith(f"{folder}: config.json sets {named}")
+
+
+def test_init_from_accepts_other_activation_and_inner_width_and_uses_the_runs_dropout(tmp_path, tiny_data_dir):
+    # the fast training path and the sampler compute relu and a 96-wide MLP as transformers does
+    # (tests/test_fast_gpt2.py); the folder's dropout (0.3) gives way to the run's --dropout
+    vocab = CharVocab.load(tiny_data_dir)
+    folder = _gpt2_folder(tmp_path / "relu", vocab, activation_function="relu", n_inner=96)
+    lm = train_mod._load_init(folder, vocab, tiny().replace(model={"dropout": 0.1}))
+    assert lm.config.activation_function == "relu" and lm.transformer.h[0].mlp.c_fc.weight.shape == (64, 96)
+    assert lm.config.resid_pdrop == lm.config.embd_pdrop == lm.config.attn_pdrop == 0.1
 
 
 # --- 8. CLI -------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ _COMMANDS = [
     ("evaluate", "eval_cmd", "main"),
     ("serve", "serve_cmd", "main"),
     ("check", "check_cmd", "main"),
+    ("export", "export_cmd", "main"),
 ]
 
 
