@@ -171,3 +171,8 @@ def test_report_without_the_tone_table(monkeypatch):
 
     monkeypatch.setattr(metre, "lookups", lambda script="simplified": missing())
     assert metre.corpus_metre([CHUNWANG]) == {"error": "the 平水韵 tone table is not installed"}
+
+
+def test_tone_marks_of_an_irregular_body_mark_the_sentence_ends():
+    tones_, rhymes = metre.tone_marks("大江东去，浪淘尽。千古风流人物！")
+    assert rhymes == [7, 14] and tones_[4] == "" and tones_[0] == "仄"
