@@ -85,7 +85,7 @@ class Row:
     prompt: str
     seed: int
     budget: int
-    state: tuple = (0, -1)
+    state: tuple = (0, forms.NO_RHYME)
 
 
 @dataclass
@@ -237,7 +237,7 @@ def _check_form_fits(constraint, states, room: int, max_new_tokens: int | None, 
         n_ctx: the model's context.
     """
     need = max(constraint.tokens_to_finish(state) for state, _ in states)
-    name = constraint.form.name
+    name = constraint.layout.name
     if need > room:
         raise OptionError(f"--form {name}: the poem needs {need} more tokens after the prompt but the model's "
                           f"{n_ctx}-token context leaves {room}; shorten the title/opening, choose a shorter form, "
@@ -292,7 +292,8 @@ def load_checkpoint(path: str | os.PathLike, checkpoint: str) -> Export:
         raise RunDirError(f"--checkpoint ckpt-{step}: unreadable ({type(exc).__name__}); choose another "
                           f"checkpoint ({', '.join(str(s) for s in steps)})") from None
     meta = {"genre": recorded.get("data", {}).get("genre"), "genres": recorded.get("data", {}).get("genres", {}),
-            "n_ctx": config.model.n_ctx, "vocab_hash": vocab.hash, "global_step": step}
+            "n_ctx": config.model.n_ctx, "vocab_hash": vocab.hash, "global_step": step,
+            "cipai": recorded.get("data", {}).get("cipai") or {}}
     return Export(run.checkpoints / f"ckpt-{step}", model, vocab, meta)
 
 
@@ -323,6 +324,12 @@ class PoemGenerator:
                                banned_ids=(PAD_ID, UNK_ID, SEP_ID), unpenalised_ids=punctuation)
         self._free = forms.free_constraint(self.vocab)
         self._table_cache: dict = {}
+        #: 词牌 -> its clause pattern (``cipai.learn_patterns``), recorded in the export at train time
+        self.cipai: dict = dict(self.export.meta.get("cipai") or {})
+        longest = max((forms.Layout(n, tuple(e["clauses"]), tuple(e["marks"])).body_len
+                       for n, e in self.cipai.items()), default=0)
+        # every table set is padded to these rows: one decode program for free, forms, leniencies and 词牌
+        self._states = max(forms.max_states(), min(longest, self.n_ctx) + 3)
         release_freed_memory()  # the load's temporary buffers
 
     @property
@@ -332,6 +339,19 @@ class PoemGenerator:
     @property
     def genre(self) -> str | None:
         return self.export.genre
+
+    @functools.cached_property
+    def strict_supported(self) -> bool:
+        """Whether ``strict`` has tone data to work with: the 平水韵 table is installed and knows characters of
+        the vocabulary (whether a given form can be written with them, ``plan`` tells)."""
+        from .tones import ToneDataMissing, detect_script, table
+
+        chars = [t for t in self.vocab.tokens[3:] if forms.is_hanzi(t)]
+        try:
+            known = table(detect_script("".join(chars))).groups
+        except ToneDataMissing:
+            return False
+        return any(c in known for c in chars)
 
     # prompts --------------------------------------------------------------------------
     def build_prompts(self, openings: str | Sequence[str] | None, title: str | None = None,
@@ -388,7 +408,8 @@ class PoemGenerator:
                  genre: str | None = None, num_samples: int = 1, top_k: int = DEFAULT_TOP_K, top_p: float = 1.0,
                  temperature: float = 1.0, repetition_penalty: float = 1.0, max_new_tokens: int | None = None,
                  batch_size: int = 8, seed: int | None = None, form: str | None = None,
-                 acrostic: str | None = None, rhyme: bool = False, min_p: float = DEFAULT_MIN_P) -> list[Sample]:
+                 acrostic: str | None = None, rhyme: bool = False, min_p: float = DEFAULT_MIN_P,
+                 strict: bool = False, leniency: str = "standard") -> list[Sample]:
         """Sample ``num_samples`` poems for each opening.
 
         Args:
@@ -414,9 +435,14 @@ class PoemGenerator:
             batch_size: samples run together; the last batch is padded to this size (at most the
                 number of samples) so one compiled program serves every batch.
             seed: seed of the first sample (sample i uses seed + i); None picks a random one.
-            form: 五绝, 七绝, 五律 or 七律: constrain the body to that form (needs ``poetry_gpt.forms``).
+            form: 五绝, 七绝, 五律 or 七律: constrain the body to that form (``poetry_gpt.forms``); or a
+                词牌 the model's corpus recorded (``cipai``): its clause lengths and marks (the title
+                defaults to the tune's name).
             acrostic: characters that begin the clauses (with ``form``).
-            rhyme: make the rhyme clauses rhyme (with ``form``).
+            rhyme: make the rhyme clauses rhyme (with ``form``; 中华新韵 groups).
+            strict: follow the form's 格律 too (with one of the four forms): the tone patterns and the
+                平水韵 rhyme of ``poetry_gpt.metre``; every poem passes ``metre.check_poem`` at ``leniency``.
+            leniency: ``standard`` (一三五不论, 孤平 and 三平尾 still forbidden) or ``strict`` (every position).
 
         Returns:
             One ``Sample`` per (opening, sample), openings in order.
@@ -427,13 +453,13 @@ class PoemGenerator:
         plan = self.plan(openings, title=title, genre=genre, num_samples=num_samples, top_k=top_k, top_p=top_p,
                          temperature=temperature, repetition_penalty=repetition_penalty,
                          max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, form=form,
-                         acrostic=acrostic, rhyme=rhyme, min_p=min_p)
+                         acrostic=acrostic, rhyme=rhyme, min_p=min_p, strict=strict, leniency=leniency)
         return self.decode(plan.rows, plan.sampling, plan.tables, batch_size)
 
     def plan(self, openings: str | Sequence[str] | None = None, *, num_samples: int = 1, seed: int | None = None,
              max_new_tokens: int | None = None, title: str | None = None, genre: str | None = None,
              form: str | None = None, acrostic: str | None = None, rhyme: bool = False, batch_size: int = 8,
-             **sampling) -> Plan:
+             strict: bool = False, leniency: str = "standard", **sampling) -> Plan:
         """Check a request and turn it into rows to decode, without decoding (``generate`` = ``plan`` + ``decode``).
 
         Args:
@@ -447,6 +473,8 @@ class PoemGenerator:
             acrostic: as in ``generate``.
             rhyme: as in ``generate``.
             batch_size: checked only (``decode`` takes it).
+            strict: as in ``generate``.
+            leniency: as in ``generate``.
             **sampling: ``top_k``, ``top_p``, ``min_p``, ``temperature``, ``repetition_penalty`` (the
                 defaults of ``generate`` where missing).
 
@@ -458,8 +486,12 @@ class PoemGenerator:
             raise TypeError(f"plan() got unexpected keyword argument(s) {', '.join(sorted(unknown))}")
         sampling = {**SAMPLING_DEFAULTS, **sampling}
         check_options(num_samples=num_samples, batch_size=batch_size, max_new_tokens=max_new_tokens, **sampling)
+        form = form.strip() if isinstance(form, str) and form.strip() else None
+        listed = [openings] if isinstance(openings, str) else list(openings or [])
+        if form in self.cipai and title is None and not any("：【" in o or ":【" in o for o in listed):
+            title = form  # a 词's title is its tune
+        constraint, tables = self._constraint(form, acrostic, rhyme, strict, leniency)
         prompts = self.build_prompts(openings, title, genre)
-        constraint, tables = self._constraint(form, acrostic, rhyme)
         room = self.n_ctx - 1 - max(len(p) for p in prompts)
         if max_new_tokens is not None and max_new_tokens > room:
             raise OptionError(f"--max-new-tokens: at most {room} fit the {self.n_ctx}-token context after the "
@@ -472,7 +504,7 @@ class PoemGenerator:
             row.state = (constraint or self._free).initial_state(row.prompt, option="opening")
         if constraint:
             _check_form_fits(constraint, [r.state for r in rows], room, max_new_tokens, self.n_ctx)
-        key = (tuple(sorted(sampling.items())), form, acrostic or "", bool(rhyme))
+        key = (tuple(sorted(sampling.items())), form, acrostic or "", bool(rhyme), bool(strict), leniency)
         return Plan(rows, sampling, tables, key)
 
     def decode(self, rows: Sequence[Row], sampling: dict, tables, batch_size: int = 8,
@@ -535,19 +567,45 @@ class PoemGenerator:
         return Sample(prompt, text, split_body(text), closed, len(ids), seed, round(seconds, 4))
 
     # constraints ------------------------------------------------------------------------
-    def _constraint(self, form, acrostic, rhyme) -> tuple:
+    def _constraint(self, form, acrostic, rhyme, strict=False, leniency="standard") -> tuple:
         """``(DecodeConstraint or None for free sampling, its tables as tensors)``, kept for the last
         ``TABLE_CACHE`` settings: building them costs a few ms, a few percent of a short poem."""
-        if form is None and (acrostic or rhyme):
-            raise OptionError(f"{'--acrostic' if acrostic else '--rhyme'}: needs --form ({', '.join(FORM_NAMES)})")
-        key = (form, acrostic or "", bool(rhyme))
+        from .metre import check_leniency
+
+        check_leniency(leniency)
+        for option, value in (("--acrostic", acrostic), ("--rhyme", rhyme), ("--strict", strict)):
+            if form is None and value:
+                raise OptionError(f"{option}: needs --form ({', '.join(self.form_names())})")
+        if strict and form in self.cipai:
+            raise OptionError(f"--strict: a 词牌's pattern records clause lengths and marks, not tones; "
+                              f"drop --strict for --form {form}")
+        key = (form, acrostic or "", bool(rhyme), leniency if strict else None)
         if key not in self._table_cache:
-            constraint = None if form is None else forms.build_constraint(form, self.vocab, acrostic=acrostic,
-                                                                          rhyme=rhyme)
+            constraint = None if form is None else self._build_constraint(form, acrostic, rhyme, key[3])
             if len(self._table_cache) >= TABLE_CACHE:
                 self._table_cache.pop(next(iter(self._table_cache)))
-            self._table_cache[key] = (constraint, (constraint or self._free).as_tensors())
+            self._table_cache[key] = (constraint, (constraint or self._free).as_tensors(self._states))
         return self._table_cache[key]
+
+    def _build_constraint(self, form: str, acrostic, rhyme, strict: str | None):
+        """The ``DecodeConstraint`` of a regulated form or of one of the model's 词牌."""
+        if form not in self.cipai:
+            try:
+                return forms.build_constraint(form, self.vocab, acrostic=acrostic, rhyme=rhyme, strict=strict)
+            except OptionError as exc:
+                if self.cipai and str(exc).startswith("--form: unknown form"):
+                    raise OptionError(f"{exc}; or a 词牌 of this model's corpus: {', '.join(list(self.cipai)[:12])}"
+                                      + (" …" if len(self.cipai) > 12 else "")) from None
+                raise
+        if rhyme:
+            raise OptionError(f"--rhyme: a 词牌's pattern records no rhyme positions; drop --rhyme for --form {form}")
+        entry = self.cipai[form]
+        return forms.layout_constraint(forms.Layout(form, tuple(entry["clauses"]), tuple(entry["marks"])),
+                                       self.vocab, acrostic=acrostic)
+
+    def form_names(self) -> list[str]:
+        """The ``form`` values this model takes: the four regulated forms, then its corpus's 词牌."""
+        return [*FORM_NAMES, *self.cipai]
 
     @staticmethod
     def _constraint_state(states, tables) -> tuple:
@@ -555,8 +613,8 @@ class PoemGenerator:
         import tensorflow as tf
 
         state = tf.constant(np.array([s for s, _ in states], np.int32))
-        group = tf.constant(np.array([g for _, g in states], np.int32))
-        return state, group, tables
+        rhyme = tf.constant(np.array([r for _, r in states], np.int32).reshape(len(states), forms.RHYME_WIDTH))
+        return state, rhyme, tables
 
     # the slow reference path ---------------------------------------------------------------
     def generate_eager(self, openings=None, *, title=None, genre=None, num_samples=1, top_k=DEFAULT_TOP_K, top_p=1.0,
@@ -573,8 +631,8 @@ class PoemGenerator:
         import tensorflow as tf
         from transformers import TFLogitsProcessorList
 
-        if any(unsupported.get(k) for k in ("form", "acrostic", "rhyme", "min_p")):
-            raise OptionError("--eager: --form/--acrostic/--rhyme/--min-p need the compiled sampler (transformers' "
+        if any(unsupported.get(k) for k in ("form", "acrostic", "rhyme", "min_p", "strict")):
+            raise OptionError("--eager: --form/--acrostic/--rhyme/--strict/--min-p need the compiled sampler (transformers' "
                               "TensorFlow generate has no min-p); drop --eager")
         check_options(top_k, top_p, temperature, repetition_penalty, num_samples, batch_size, max_new_tokens)
         prompts = self.build_prompts(openings, title, genre)
@@ -628,7 +686,8 @@ class FreeRuleProcessor:
         state = np.zeros(len(written), np.int32)
         for column in written.T:
             state = self.constraint.next_state[state, column]
-        return forms.apply_constraint_tf(scores, tf.constant(state), tf.fill([len(written)], -1), self.tables)
+        return forms.apply_constraint_tf(scores, tf.constant(state), tf.fill([len(written), forms.RHYME_WIDTH], -1),
+                                         self.tables)
 
 
 def benchmark(n_layer: int = 6, n_embd: int = 384, n_head: int = 6, n_ctx: int = 128, vocab_size: int = 5300,

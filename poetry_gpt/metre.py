@@ -58,8 +58,10 @@ SEQUENCES: dict[int, tuple[str, ...]] = {
 RHYME = {"tone": tones.PING, "one_group": True, "no_repeat": True,
          "first_line_in_group": {"strict": True, "standard": True}}
 
-# tone codes: bit 1 平 possible, bit 2 仄 possible; 0 unknown
-_CODE = {tones.PING: 1, tones.ZE: 2, tones.EITHER: 3, tones.UNKNOWN: 0, FREE: 0}
+# tone codes: bit 1 平 possible, bit 2 仄 possible; 0 unknown. A pattern's 中 (FREE) is 0 (no requirement), a
+# character's 中 (tones.EITHER, the same sign) is 3: two tables, since one dict cannot hold both
+_CODE = {tones.PING: 1, tones.ZE: 2, FREE: 0}
+_CHAR_CODE = {tones.PING: 1, tones.ZE: 2, tones.EITHER: 3, tones.UNKNOWN: 0}
 
 
 def check_leniency(leniency: str, option: str = "--leniency") -> str:
@@ -149,7 +151,7 @@ def lookups(script: str = "simplified") -> Lookups:
         cp = ord(char)
         if cp >= _LUT_SIZE or not names:
             continue
-        tone[cp] = _CODE[table.tone(char)]
+        tone[cp] = _CHAR_CODE[table.tone(char)]
         for name in names:
             i = index[name]
             if i < 30:

@@ -52,6 +52,8 @@ INPUTS = (
     ("form", "string", [], "", "五绝, 七绝, 五律 or 七律 (or 五言绝句 …, traditional spellings too); \"\" = free"),
     ("acrostic", "string", [], "", "characters that begin the clauses (needs form)"),
     ("rhyme", "bool", [], False, "make the rhyme clauses rhyme (needs form)"),
+    ("strict", "bool", [], False, "格律 (tone patterns, 平水韵 rhyme) is not in the SavedModel: a row asking for it "
+                                  "gets an error; use `poetry-gpt generate --strict`"),
     ("seed", "int64", [], RANDOM_SEED, "seed of row 0, row i uses seed + i; -1 = random"),
     ("top_k", "int32", [], DEFAULT_TOP_K, "sample among the k most likely characters (1 = greedy)"),
     ("top_p", "float32", [], 1.0, "nucleus mass in (0, 1] (1 = off)"),
@@ -151,7 +153,8 @@ class SavedPoet:
                     messages.append(str(exc).replace("--form", "form"))
                 names.append(name)
                 starts.append((forms.clause_start_states(form) + [0] * 8)[:8])
-        tables = [c.padded_tables() for c in sets]
+        rows = max(len(c.allowed) for c in sets)  # the SavedModel holds no strict tables: no padding for them
+        tables = [c.padded_tables(rows) for c in sets]
         stack = {k: np.stack([t[k] for t in tables]) for k in tables[0]}
         module.allowed = tf.Variable(stack["allowed"], trainable=False, name="allowed")
         module.next_state = tf.Variable(stack["next_state"].astype(np.int8), trainable=False, name="next_state")
@@ -172,7 +175,7 @@ class SavedPoet:
              for name, _, _, default, _ in INPUTS])
         return generate
 
-    def generate(self, prompt, title, form, acrostic, rhyme, seed, top_k, top_p, min_p, temperature,
+    def generate(self, prompt, title, form, acrostic, rhyme, strict, seed, top_k, top_p, min_p, temperature,
                  repetition_penalty, max_new_tokens) -> dict:
         """The graph of ``serving_default`` (arguments: ``INPUTS``; returns ``OUTPUTS``)."""
         import tensorflow as tf
@@ -186,6 +189,8 @@ class SavedPoet:
                 ok = test(values[name]) | (max_new_tokens == 0 if name == "max_new_tokens" else False)
                 errors = _first_error(errors, tf.fill([n], ~ok),
                                       tf.strings.format(f"{name}: {expected}, got {{}}", values[name]))
+        errors = _first_error(errors, tf.fill([n], strict), "strict: the SavedModel has no 格律 (tone pattern) "
+                              "tables; leave strict off or use `poetry-gpt generate --strict`")
         text, errors = self._prompts(prompt, title, errors)
         chars = tf.strings.unicode_split(text, "UTF-8")
         ids = self.module.char_ids.lookup(chars)
@@ -305,10 +310,11 @@ class SavedPoet:
             fits = tf.gather(mask, token, batch_dims=1)
             new_state, new_group = forms.advance_tf(state, group, token, tables)
             go = live & fits
-            return (t + 1, tf.where(go, new_state, state), tf.where(go, new_group, group),
+            return (t + 1, tf.where(go, new_state, state), tf.where(go[:, None], new_group, group),
                     tf.where(live & ~fits, t, bad_at))
 
-        start = (tf.constant(0), tf.zeros([n], tf.int32), -tf.ones([n], tf.int32), -tf.ones([n], tf.int32))
+        start = (tf.constant(0), tf.zeros([n], tf.int32), -tf.ones([n, forms.RHYME_WIDTH], tf.int32),
+                 -tf.ones([n], tf.int32))
         _, state, group, bad_at = tf.while_loop(lambda t, *_: t < tf.shape(dense)[1], step, start)
         char = _quoted(tf.gather(chars.to_tensor(""), tf.maximum(bad_at, 0), batch_dims=1))
         misfit = tf.where(set_index > 0, tf.strings.join([
@@ -351,7 +357,7 @@ class SavedPoet:
         rows = {"ids": tf.where(active[:, None], prompts, sep_only[None]),
                 "lengths": tf.where(active, 1 + tf.cast(ids.row_lengths(), tf.int32), 1),
                 "seeds": row_seeds(seeds), "done": ~active,
-                "state": tf.where(active, state, 0), "group": tf.where(active, group, -1)}
+                "state": tf.where(active, state, 0), "group": tf.where(active[:, None], group, -1)}
         cap = tf.gather(self.cap_index, tf.clip_by_value(top_k, 0, self.V))
         batch = tf.gather(self.batch_index, tf.minimum(n, self.batch_sizes[-1]))
         branches = [lambda B=B: self._run_batches(B, rows, tables, options, cap) for B in self.batch_sizes]

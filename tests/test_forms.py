@@ -154,12 +154,13 @@ def test_prompt_misfit(vocab, form, acrostic, rhyme, prompt, match):
 
 def test_initial_state(vocab):
     c = forms.build_constraint("五绝", vocab, rhyme=True)
-    assert c.initial_state("") == (0, -1)
-    assert c.initial_state("春晓 唐诗：") == (0, -1)
-    assert c.initial_state("春晓 唐诗：【") == (1, -1)
-    assert c.initial_state("春晓 唐诗：【春眠不觉晓") == (6, -1)
-    state, group = c.initial_state("题 唐诗：【床前明月光，疑是地上霜。")
-    assert state == 13 and forms.GROUP_NAMES[group] == "唐"
+    none = forms.NO_RHYME
+    assert c.initial_state("") == (0, none)
+    assert c.initial_state("春晓 唐诗：") == (0, none)
+    assert c.initial_state("春晓 唐诗：【") == (1, none)
+    assert c.initial_state("春晓 唐诗：【春眠不觉晓") == (6, none)
+    state, rhyme = c.initial_state("题 唐诗：【床前明月光，疑是地上霜。")
+    assert state == 13 and forms.group_of(rhyme[0]) == ["唐"] and rhyme[1:] == none[1:]  # 中华新韵: no record
     assert c.initial_state("题 唐诗：【" + JINGYESI + "】")[0] == c.done_state
     assert c.initial_state("题 唐诗：【" + JINGYESI)[0] == c.done_state - 1
 
@@ -218,7 +219,8 @@ def test_free_constraint_writes_one_header(vocab):
     """issue 12 #6: free sampling is header (no 】), body (no second 【) and done, whatever the logits."""
     free = forms.free_constraint(vocab)
     o, c = vocab.id_of("【"), vocab.id_of("】")
-    assert free.initial_state("") == (0, -1) and free.initial_state("春晓 唐诗：【春眠") == (1, -1)
+    none = forms.NO_RHYME
+    assert free.initial_state("") == (0, none) and free.initial_state("春晓 唐诗：【春眠") == (1, none)
     assert free.initial_state("题 唐诗：【春眠】")[0] == free.done_state
     assert not free.allowed[:2, :3].any()  # never a special token
     with pytest.raises(OptionError, match="opening: the prompt '题 唐诗：【春【眠' has a second '【'"):
@@ -231,8 +233,8 @@ def test_free_constraint_writes_one_header(vocab):
         while state != free.done_state:
             logits = rng.normal(0.0, 3.0, len(vocab))
             logits[[o, c]] += 6.0  # both brackets are the favourites at every step
-            tok = int(np.argmax(np.where(free.allowed_tokens(state, -1), logits, -1e9) + rng.gumbel(size=len(vocab))))
-            state, text = free.advance(state, -1, tok)[0], text + vocab.tokens[tok]
+            tok = int(np.argmax(np.where(free.allowed_tokens(state, none), logits, -1e9) + rng.gumbel(size=len(vocab))))
+            state, text = free.advance(state, none, tok)[0], text + vocab.tokens[tok]
         head, _, body = text.partition("【")
         assert "】" not in head and text.endswith("】") and "【" not in body, text
 
@@ -251,11 +253,12 @@ def test_every_form_keeps_the_free_rule(vocab, form, acrostic, rhyme):
 def test_allowed_tokens_rhyme_fallback(vocab):
     c = forms.build_constraint("五绝", vocab, rhyme=True)
     match_state = int(np.flatnonzero(c.rhyme_role == forms.ROLE_MATCH)[0])
-    group = forms.GROUP_NAMES.index("唐")
-    restricted = c.allowed_tokens(match_state, group)
+    group = 1 << forms.GROUP_NAMES.index("唐")
+    rest = forms.NO_RHYME[1:]
+    restricted = c.allowed_tokens(match_state, (group, *rest))
     assert restricted.any() and (c.token_final[restricted] == group).all()
-    assert (c.allowed_tokens(match_state, 99) == c.allowed[match_state]).all()  # no token: fallback
-    assert (c.allowed_tokens(match_state, -1) == c.allowed[match_state]).all()
+    assert (c.allowed_tokens(match_state, (1 << 20, *rest)) == c.allowed[match_state]).all()  # no token: fallback
+    assert (c.allowed_tokens(match_state, forms.NO_RHYME) == c.allowed[match_state]).all()
     assert c.allowed[c.done_state].sum() == 1 and c.allowed[c.done_state, SEP_ID]
 
 
@@ -270,12 +273,13 @@ def test_tf_matches_numpy_and_fallback(vocab, tf):
     tables = c.as_tensors()
     match_state = int(np.flatnonzero(c.rhyme_role == forms.ROLE_MATCH)[0])
     states = np.array([0, 1, 6, match_state, match_state, match_state, c.done_state], np.int32)
-    groups = np.array([-1, -1, -1, forms.GROUP_NAMES.index("唐"), 99, -1, 3], np.int32)
+    groups = np.full((len(states), forms.RHYME_WIDTH), -1, np.int32)
+    groups[:, 0] = [-1, -1, -1, 1 << forms.GROUP_NAMES.index("唐"), 1 << 20, -1, 8]
     logits = np.random.default_rng(0).normal(size=(len(states), len(vocab))).astype(np.float32)
     out = forms.apply_constraint_tf(tf.constant(logits), tf.constant(states), tf.constant(groups), tables).numpy()
     assert np.isfinite(out).all()
     for row, (s, g) in enumerate(zip(states, groups)):
-        expected = c.allowed_tokens(int(s), int(g))
+        expected = c.allowed_tokens(int(s), tuple(g))
         assert ((out[row] > -1e8) == expected).all()
     half = forms.apply_constraint_tf(tf.constant(logits, tf.float16), tf.constant(states), tf.constant(groups), tables)
     assert np.isfinite(half.numpy()).all()
@@ -304,7 +308,7 @@ def test_random_logits_tf_xla(vocab, tf, form):
     for seed, (acrostic, rhyme) in enumerate(settings):
         c = forms.build_constraint(form, vocab, acrostic=acrostic, rhyme=rhyme)
         s0, g0 = c.initial_state("题 唐诗：【")
-        ids, final = sample(c.as_tensors(), tf.fill([batch], s0), tf.fill([batch], g0), tf.constant(seed))
+        ids, final = sample(c.as_tensors(), tf.fill([batch], s0), tf.constant([g0] * batch), tf.constant(seed))
         assert (final.numpy() == c.done_state).all()
         for row in ids.numpy():
             text = "【" + vocab.decode(row)

@@ -46,8 +46,8 @@ def test_info_reports_the_model(serve_url, tiny_run):
     assert info["model"]["parameters"] > 50_000
     assert info["model"]["training_step"] == 20
     assert info["forms"] == ["五绝", "七绝", "五律", "七律"]
-    # tone marks (forms.tone_marks) exist; --strict and 词牌 constraints do not yet: reported absent
-    assert info["strict"] is False and info["cipai"] == [] and info["tones"] is True
+    # the vocabulary has tone data, so strict is offered; the corpus has no 词牌 (no title heads 20 poems)
+    assert info["strict"] is True and info["cipai"] == [] and info["tones"] is True
     assert info["defaults"]["top_k"] == 64 and info["defaults"]["min_p"] == 0.05 and info["defaults"]["n"] == 1
 
 
@@ -74,7 +74,7 @@ def test_every_field(serve_url):
         assert report.form == "五绝", poem
         assert [clause[0] for clause in forms.split_clauses(poem["body"])[0]] == list("春花秋月")
         assert poem["tokens"] <= 30
-    assert answer["options"] == {**{k: v for k, v in body.items() if k != "strict"}}
+    assert answer["options"] == body
     assert set(answer["timings"]) == {"queued_ms", "decode_ms", "total_ms", "batch_poems"}
     # the same request again: the same poems (the seed decides them)
     assert texts(call(serve_url, "/api/generate", body)[1]) == texts(answer)
@@ -127,7 +127,9 @@ BAD = {
     "acrostic_without_form": ({"acrostic": "春花秋月"}, 400, "acrostic", ["needs --form"]),
     "unknown_form": ({"form": "八绝"}, 400, "form", ["unknown form", "五绝"]),
     "form_too_long_for_context": ({"form": "七律", "title": "春山"}, 400, "form", ["--form 七律", "context"]),
-    "strict_unsupported": ({"form": "五绝", "strict": True}, 400, "strict", ["格律"]),
+    # strict is offered (tone data), but 18 characters hold no 平水韵 group with the 4 rhyme characters a 五绝 needs
+    "strict_vocabulary_too_small": ({"form": "五绝", "strict": True}, 400, "strict", ["--strict", "平水韵", "五绝"]),
+    "strict_without_form": ({"strict": True}, 400, "strict", ["--strict", "needs --form"]),
     "closing_bracket": ({"openings": ["春花】"]}, 400, "openings", ["】"]),
     "one_megabyte": (b'{"title": "' + b"a" * (1 << 20) + b'"}', 413, None, ["larger than"]),
 }

@@ -47,7 +47,15 @@ def _sampling_options(f):
         click.option("--seed", type=int, default=None,
                      help="Seed of the first poem (poem i uses seed+i)  [default: random, reported on stderr]"),
         click.option("--form", default=None, metavar=FORMS_METAVAR,
-                     help="Constrain the body to a regulated form: 五绝, 七绝, 五律 or 七律 (or 五言绝句 … 七言律诗)."),
+                     help="Constrain the body to a regulated form: 五绝, 七绝, 五律 or 七律 (or 五言绝句 … 七言律诗); "
+                          "or to a 词牌 the model's corpus recorded (e.g. 浣溪沙: its clause lengths and marks; "
+                          "the title defaults to it)."),
+        click.option("--strict", is_flag=True,
+                     help="With a regulated --form: also follow its 格律, the tone pattern (平仄, 粘 and 对) and the "
+                          "平水韵 rhyme; every poem passes `poetry-gpt check` at --leniency."),
+        click.option("--leniency", type=click.Choice(["standard", "strict"]), default="standard", show_default=True,
+                     help="With --strict: standard frees the 1st/3rd(/5th) characters (一三五不论) but still forbids "
+                          "孤平 and 三平尾; strict fixes every position."),
         click.option("--acrostic", default=None, help="Characters that begin the clauses (藏头; needs --form)."),
         click.option("--rhyme", is_flag=True, help="Make the rhyme clauses rhyme (needs --form)."),
     ]
@@ -64,10 +72,8 @@ def _precheck(values: dict, eager: bool = False) -> None:
     if values.get("min_p") is None:
         values["min_p"] = 0.0 if eager else DEFAULT_MIN_P
     check_options(**values)
-    if values.get("form"):
-        from ..forms import get_form
-
-        get_form(values["form"])
+    if values.get("strict") and not values.get("form"):
+        raise OptionError("--strict: needs --form (五绝, 七绝, 五律 or 七律)")
 
 
 def _load(run_dir, checkpoint=None):
@@ -113,7 +119,7 @@ def format_line(sample) -> str:
 
 def _options_record(values: dict) -> dict:
     keys = ("title", "genre", "top_k", "top_p", "min_p", "temperature", "repetition_penalty", "max_new_tokens",
-            "num_samples", "batch_size", "seed", "form", "acrostic", "rhyme")
+            "num_samples", "batch_size", "seed", "form", "acrostic", "rhyme", "strict", "leniency")
     return {k: values.get(k) for k in keys}
 
 
@@ -174,6 +180,7 @@ Commands:
   :n N         poems per request           :seed S   fixed seed (:seed off = random)
   :form F      五绝/七绝/五律/七律 (:form off)   :acrostic 字字字字 (:acrostic off)
   :rhyme on|off   rhyme clauses (with :form)   :genre G   genre word of prompts
+  :strict on|off  格律 tones and 平水韵 rhyme (with :form)   :leniency standard|strict
   :show        current settings            :help     this text
   :quit        leave (Ctrl-D / Ctrl-C too)"""
 
@@ -182,6 +189,7 @@ _SETTINGS = {
     ":k": ("top_k", int), ":p": ("top_p", float), ":m": ("min_p", float), ":t": ("temperature", float), ":r": ("repetition_penalty", float),
     ":n": ("num_samples", int), ":seed": ("seed", int), ":form": ("form", str), ":acrostic": ("acrostic", str),
     ":genre": ("genre", str), ":rhyme": ("rhyme", lambda v: v.lower() in ("on", "1", "yes", "true")),
+    ":strict": ("strict", lambda v: v.lower() in ("on", "1", "yes", "true")), ":leniency": ("leniency", str),
 }
 _OFF = {"off", "none", "-"}
 _NULLABLE = {"seed", "form", "acrostic", "genre"}  # settings that ":x off" resets to their default
@@ -229,10 +237,8 @@ def chat_cmd(run_dir, checkpoint, **values):
             try:
                 value = None if key in _NULLABLE and arg.lower() in _OFF else parse(arg)
                 check_options(**{**settings, key: value})
-                if key == "form" and value is not None:
-                    from ..forms import get_form
-
-                    get_form(value)
+                if key in ("form", "leniency", "strict") and value is not None:  # a form, 词牌 or 格律 it cannot write
+                    gen.plan(None, **{**{k: settings[k] for k in ("form", "strict", "leniency")}, key: value})
                 settings[key] = value
                 click.echo(f"{key} = {value}")
             except ValueError:

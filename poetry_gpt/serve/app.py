@@ -91,14 +91,16 @@ MAX_SEED = 2**31 - 2
 def capabilities(generator) -> dict:
     """What the model and this version can constrain to, beyond the four forms.
 
-    ``strict`` (格律 tone patterns), the corpus's 词牌 and per-character tone marks come with the
-    tone data of a later version; the page shows them only when this reports them.
+    ``strict`` (格律 tone patterns) needs the 平水韵 table and a vocabulary it knows
+    (``PoemGenerator.strict_supported``); the 词牌 are those the model's corpus recorded
+    (``PoemGenerator.cipai``); the page shows them only when this reports them.
 
     Args:
         generator: a ``PoemGenerator``.
     """
     cipai = getattr(generator, "cipai", None) or getattr(forms, "CIPAI", None) or {}
-    return {"strict": "strict" in inspect.signature(generator.plan).parameters,
+    return {"strict": "strict" in inspect.signature(generator.plan).parameters
+            and bool(getattr(generator, "strict_supported", False)),
             "cipai": sorted(cipai), "tones": callable(getattr(forms, "tone_marks", None))}
 
 
