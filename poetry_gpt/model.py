@@ -111,9 +111,13 @@ def save_export(lm, vocab: CharVocab, export_dir: str | os.PathLike, meta: dict)
         lm: the model.
         vocab: its vocabulary.
         export_dir: the folder to (re)create.
-        meta: extra facts for ``poetry_gpt.json`` (genre, n_ctx, step, …).
+        meta: extra facts for ``poetry_gpt.json`` (genre, n_ctx, step, …). Without ``cipai``, the 词牌
+            patterns the run recorded (``run.json`` beside the export, ``data.cipai``) are added, so that
+            ``generate --form 浣溪沙`` needs neither the RUN_DIR nor the DATA_DIR.
     """
     export = Path(export_dir)
+    if "cipai" not in meta:
+        meta = {**meta, "cipai": _run_cipai(export.parent)}
     tmp = export.with_name(export.name + ".tmp")
     old = export.with_name(export.name + ".old")
     # a fallback swap (no atomic exchange) killed between its two renames left export.old as the only
@@ -127,6 +131,16 @@ def save_export(lm, vocab: CharVocab, export_dir: str | os.PathLike, meta: dict)
     fsync_dir(tmp)
     replace_dir(tmp, export, old)
     return export
+
+
+def _run_cipai(run_dir: Path) -> dict:
+    """The 词牌 patterns ``run.json`` in ``run_dir`` records (``RunDir.write_run``), {} without any."""
+    import json
+
+    try:
+        return json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("data", {}).get("cipai") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def resolve_export(path: str | os.PathLike) -> Path:

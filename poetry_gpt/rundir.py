@@ -105,7 +105,8 @@ class RunDir:
         atomic_write_json(self.run_file, {
             "config": config.to_dict(),
             "data": {"path": str(Path(manifest.path).resolve()), "hash": manifest.hash,
-                     "genre": manifest.genre, "genres": manifest.data.get("genres", {})},
+                     "genre": manifest.genre, "genres": manifest.data.get("genres", {}),
+                     "cipai": manifest.data.get("cipai") or {}},  # 词牌 patterns, copied into the export
             "vocab": {"hash": manifest.vocab_hash, "size": manifest.vocab_size},
             "versions": versions(),
             **(extra or {}),

@@ -34,3 +34,83 @@ def test_prepare_records_patterns_in_the_manifest_and_stats_lists_them(tmp_path)
     assert manifest["cipai"]["浣溪沙"]["poems"] == 24 and manifest["report"]["cipai"] == manifest["cipai"]
     report = read_only_report([raw])
     assert "词牌 patterns (titles heading ≥ 20 poems): 1; top: 浣溪沙 24 poems" in format_report(report)
+
+
+# ----------------------------------------------------------------------- generate --form <词牌>
+TUNE, TUNE_LENGTHS, TUNE_MARKS = "春风令", (3, 3, 7, 4, 5), "，，。，。"
+
+
+def _tune_corpus(path, poems: int = 24):
+    """A raw.txt of ``poems`` random 词 to the made-up tune 春风令 (3，3，7。4，5。) and as many random quatrains."""
+    import random
+
+    from helpers import CHARS
+
+    rng = random.Random(0)
+    words = (lambda n: "".join(rng.choice(CHARS) for _ in range(n)))  # noqa: E731
+    lines = [f"{TUNE} 宋词：【{''.join(words(n) + m for n, m in zip(TUNE_LENGTHS, TUNE_MARKS))}】" for _ in range(poems)]
+    lines += [f"{words(2)} 宋词：【{words(5)}，{words(5)}。{words(5)}，{words(5)}。】" for _ in range(poems)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_cipai_layout_constraint_follows_the_pattern():
+    import numpy as np
+
+    from poetry_gpt import forms
+    from poetry_gpt.vocab import CharVocab
+
+    vocab = CharVocab.from_counts(CharVocab.count_chars([f"{TUNE} 宋词：【{HUANXISHA}】", "春 宋词：【花，月。】"]))
+    layout = forms.Layout(TUNE, TUNE_LENGTHS, tuple(TUNE_MARKS))
+    c = forms.layout_constraint(layout, vocab, acrostic="一去")
+    entry = {"clauses": list(TUNE_LENGTHS)}
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        state, rhyme, text = *c.initial_state(f"{TUNE} 宋词：【"), ""
+        while state != c.done_state:
+            logits = np.where(c.allowed_tokens(state, rhyme), rng.normal(0, 3, len(vocab)), -1e9)
+            token = int(np.argmax(logits + rng.gumbel(size=len(logits))))
+            state, rhyme = c.advance(state, rhyme, token)
+            text += vocab.tokens[token]
+        body = text[:text.index("】")]
+        assert cipai.follows(body, entry) and cipai.clause_pattern(body)[1] == TUNE_MARKS, body
+        assert body.startswith("一") and body[4] == "去"
+    assert c.tokens_to_finish(c.initial_state(f"{TUNE} 宋词：【")[0]) == layout.body_len + 1 == 28
+
+
+def test_generate_form_cipai_from_the_export_alone(tmp_path):
+    """prepare records the tune, train copies it into export/poetry_gpt.json (via run.json), and generate
+    constrains to it from the export alone (DATA_DIR gone), title defaulting to the tune."""
+    import json
+    import shutil
+
+    import pytest
+
+    from poetry_gpt.config import DataConfig, config_from_preset
+    from poetry_gpt.errors import OptionError
+    from poetry_gpt.generate import PoemGenerator
+    from poetry_gpt.prepare import prepare
+    from poetry_gpt.train import set_precision, train
+
+    prepare([_tune_corpus(tmp_path / "ci.raw.txt")], tmp_path / "data", DataConfig(valid_fraction=0.1), n_ctx=64)
+    config = config_from_preset("tiny").replace(train=dict(epochs=1, steps_per_epoch=2, samples_per_epoch=0,
+                                                           precision="fp32"))
+    try:
+        train(tmp_path / "data", tmp_path / "run", config, echo=lambda s: None, verbose=0)
+    finally:
+        set_precision("fp32")
+    shutil.rmtree(tmp_path / "data")
+    meta = json.loads((tmp_path / "run" / "export" / "poetry_gpt.json").read_text(encoding="utf-8"))
+    assert meta["cipai"][TUNE]["clauses"] == list(TUNE_LENGTHS)
+    gen = PoemGenerator(tmp_path / "run" / "export")
+    assert list(gen.cipai) == [TUNE] and gen.form_names()[-1] == TUNE
+    traces = dict(gen.sampler.traces)
+    samples = gen.generate(None, form=TUNE, num_samples=24, batch_size=8, seed=3)
+    for s in samples:
+        assert s.closed and s.prompt == f"{TUNE} 宋词：【" and cipai.follows(s.body, meta["cipai"][TUNE]), s.text
+    gen.generate(None, form="五绝", num_samples=8, batch_size=8, seed=3)  # the forms share the program
+    assert gen.sampler.traces["decode"] == traces["decode"] + 1
+    with pytest.raises(OptionError, match="--strict: a 词牌's pattern records clause lengths"):
+        gen.generate(None, form=TUNE, strict=True)
+    with pytest.raises(OptionError, match=f"unknown form '八绝'.*or a 词牌 of this model's corpus: {TUNE}"):
+        gen.generate(None, form="八绝")

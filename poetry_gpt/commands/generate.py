@@ -15,7 +15,7 @@ from ..errors import OptionError
 from ..fsutil import atomic_write_text
 from ..generate import DEFAULT_MIN_P, DEFAULT_TOP_K
 
-FORMS_METAVAR = "[五绝|七绝|五律|七律]"
+FORMS_METAVAR = "[五绝|七绝|五律|七律|词牌]"
 
 
 def _sampling_options(f):
