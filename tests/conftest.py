@@ -37,22 +37,10 @@ def _tree(path: Path) -> dict:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A RUN_DIR of the ``tiny`` preset trained a few steps on random quatrains, once per test run."""
-    from helpers import write_raw
-
-    from poetry_gpt.config import DataConfig, config_from_preset
-    from poetry_gpt.prepare import prepare
-    from poetry_gpt.train import set_precision, train
+    from helpers import train_tiny, write_raw
 
     root = tmp_path_factory.mktemp("tiny_run")
-    raw = write_raw(root / "raw.txt", 200)
-    prepare([raw], root / "data", DataConfig(valid_fraction=0.1), n_ctx=64)
-    config = config_from_preset("tiny").replace(train=dict(epochs=1, steps_per_epoch=20, samples_per_epoch=0,
-                                                           precision="fp32"))
-    try:
-        train(root / "data", root / "run", config, echo=lambda s: None, verbose=0)
-    finally:
-        set_precision("fp32")
-    return root / "run"
+    return train_tiny(write_raw(root / "raw.txt", 200), root, steps=20)
 
 
 @pytest.fixture(scope="session")

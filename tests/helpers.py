@@ -29,6 +29,29 @@ def write_raw(path: Path, n: int, seed: int = 0, chars: str = CHARS, genre: str 
     return path
 
 
+def train_tiny(raw: Path, root: Path, steps: int = 20) -> Path:
+    """Prepare ``raw`` into ``root/data`` (context 64) and train the ``tiny`` preset ``steps`` steps into
+    ``root/run`` (float32); returns the RUN_DIR.
+
+    Args:
+        raw: a raw.txt.
+        root: the folder for ``data`` and ``run``.
+        steps: training steps (one epoch).
+    """
+    from poetry_gpt.config import DataConfig, config_from_preset
+    from poetry_gpt.prepare import prepare
+    from poetry_gpt.train import set_precision, train
+
+    prepare([raw], root / "data", DataConfig(valid_fraction=0.1), n_ctx=64)
+    config = config_from_preset("tiny").replace(train=dict(epochs=1, steps_per_epoch=steps, samples_per_epoch=0,
+                                                           precision="fp32"))
+    try:
+        train(root / "data", root / "run", config, echo=lambda s: None, verbose=0)
+    finally:
+        set_precision("fp32")
+    return root / "run"
+
+
 def cli() -> list[str]:
     """The ``poetry-gpt`` command of the Python running the tests, for subprocesses."""
     return [sys.executable, "-c", "from poetry_gpt.cli import main; main()"]

@@ -86,19 +86,12 @@ def test_generate_form_cipai_from_the_export_alone(tmp_path):
 
     import pytest
 
-    from poetry_gpt.config import DataConfig, config_from_preset
+    from helpers import train_tiny
+
     from poetry_gpt.errors import OptionError
     from poetry_gpt.generate import PoemGenerator
-    from poetry_gpt.prepare import prepare
-    from poetry_gpt.train import set_precision, train
 
-    prepare([_tune_corpus(tmp_path / "ci.raw.txt")], tmp_path / "data", DataConfig(valid_fraction=0.1), n_ctx=64)
-    config = config_from_preset("tiny").replace(train=dict(epochs=1, steps_per_epoch=2, samples_per_epoch=0,
-                                                           precision="fp32"))
-    try:
-        train(tmp_path / "data", tmp_path / "run", config, echo=lambda s: None, verbose=0)
-    finally:
-        set_precision("fp32")
+    train_tiny(_tune_corpus(tmp_path / "ci.raw.txt"), tmp_path, steps=2)
     shutil.rmtree(tmp_path / "data")
     meta = json.loads((tmp_path / "run" / "export" / "poetry_gpt.json").read_text(encoding="utf-8"))
     assert meta["cipai"][TUNE]["clauses"] == list(TUNE_LENGTHS)
