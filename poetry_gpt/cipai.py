@@ -87,6 +87,20 @@ def follows(body: str, entry: dict) -> bool:
     return list(clause_pattern(body)[0]) == entry["clauses"]
 
 
+def format_accuracy(poems: Iterable[tuple[str, str]], patterns: dict[str, dict]) -> dict:
+    """Among poems titled with a recorded 词牌, the share that follows its pattern ("format accuracy").
+
+    Args:
+        poems: ``(title, body)`` pairs (an unfinished poem's body "" never follows).
+        patterns: ``learn_patterns`` output.
+
+    Returns:
+        ``poems`` (those judged) and ``share`` (None without any).
+    """
+    judged = [follows(body, patterns[title]) for title, body in poems if title in patterns]
+    return {"poems": len(judged), "share": round(sum(judged) / len(judged), 4) if judged else None}
+
+
 def format_patterns(patterns: dict[str, dict], top: int = 10) -> list[str]:
     """Report lines: how many titles have a pattern, and the ``top`` most frequent.
 

@@ -308,7 +308,8 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
 
     say("Reading the splits …")
     valid_poems = parse_lines(read_split_lines(manifest, vocab, "valid"))
-    train_bodies = [body for _, _, body in parse_lines(read_split_lines(manifest, vocab, "train"))]
+    train_poems = parse_lines(read_split_lines(manifest, vocab, "train"))
+    train_bodies = [body for _, _, body in train_poems]
     index = poem_metrics.CopyIndex(train_bodies, MIN_CLAUSE_LEN)
     prompts, ref_bodies, prompt_info = held_out_prompts(valid_poems, samples, n_ctx)
 
@@ -321,6 +322,10 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     sample_seconds = time.perf_counter() - t0
     tokens = sum(s.tokens for s in drawn)
     sample_block = poem_metrics.sample_figures([(s.text, s.closed) for s in drawn], index)
+    patterns = manifest.data.get("cipai") or generator.cipai
+    prompt_titles = [s.text.partition("：【")[0].rpartition(" ")[0] for s in drawn]
+    sample_block["metre"] = poem_metrics.metre_block([s.body if s.closed else "" for s in drawn], prompt_titles,
+                                                     patterns)
     sample_block.update({
         "prompts": "titles and genres of held-out poems: `title 体裁：【`",
         "prompt_poems": prompt_info,
@@ -331,10 +336,13 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     })
     held_out = poem_metrics.sample_figures([("【" + b + "】", True) for b in ref_bodies], index)
     held_out["what"] = "the held-out poems whose titles prompted the samples, one per sample"
+    held_out["metre"] = poem_metrics.metre_block(ref_bodies, prompt_titles, patterns)
 
     say("Corpus figures …")
     chosen, sampled = corpus_sample(train_bodies, corpus_poems)
     corpus_block = poem_metrics.corpus_figures(chosen)
+    train_titles = {body: title for title, _, body in train_poems}
+    corpus_block["metre"] = poem_metrics.metre_block(chosen, [train_titles.get(b, "") for b in chosen], patterns)
     sample_bodies = [s.body for s in drawn]
     for n in (1, 2):  # distinct-n depends on the text's size: the corpus at the samples' size
         corpus_block[f"distinct_{n}_at_sample_size"] = poem_metrics.distinct_n_at_size(

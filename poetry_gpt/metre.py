@@ -255,6 +255,33 @@ def metre_figures(bodies: Sequence[str], script: str = "simplified") -> dict:
     return {**_shares(total), "by_form": by_form}
 
 
+def tone_accuracy(bodies: Sequence[str], script: str = "simplified") -> dict:
+    """Per form, the per-position tone accuracy of the regular bodies: at each character position of a line
+    (1 … 5 or 7), the share of characters with a known tone that have the tone the poem's nearest strict
+    pattern (the ``SEQUENCES`` pattern it fits best) requires there. A character with both tones fits any.
+
+    Args:
+        bodies: poem bodies (irregular ones are not judged).
+        script: the script of the tone table.
+
+    Returns:
+        form name -> ``{"poems": n, "by_position": [share per position]}`` for forms with a regular body.
+    """
+    look = lookups(script)
+    out = {}
+    for form in forms.FORMS.values():
+        cps = _clauses(_regular_codes(bodies, form), form)
+        if not len(cps):
+            continue
+        tone = _lut(look.tone, cps)  # [n, clauses, clause_len]
+        fits = (tone[:, None] & required(form, "strict")[None]) != 0  # [n, patterns, clauses, clause_len]
+        chosen = fits[np.arange(len(cps)), fits.sum(axis=(2, 3)).argmax(axis=1)]
+        known = tone > 0
+        share = (chosen & known).sum(axis=(0, 1)) / np.maximum(known.sum(axis=(0, 1)), 1)
+        out[form.name] = {"poems": len(cps), "by_position": [round(float(x), 4) for x in share]}
+    return out
+
+
 def _shares(counts: dict) -> dict:
     n = counts["regular"]
     share = (lambda k: round(counts[k] / n, 4) if n else None)

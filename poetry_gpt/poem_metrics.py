@@ -246,3 +246,26 @@ def sample_figures(samples: Sequence[str | tuple[str, bool]],
     if training_bodies is not None:
         figures.update(copy_rate(bodies, training_bodies, min_len))
     return figures
+
+
+def metre_block(bodies: Sequence[str], titles: Sequence[str] | None = None, patterns: dict | None = None) -> dict:
+    """The 格律 figures of ``eval``: for the regular bodies the 平水韵 rhyme rate and the shares passing the tone
+    check (``metre.metre_figures``) with the per-position tone accuracy (``metre.tone_accuracy``); for
+    bodies whose title is a recorded 词牌, the format accuracy (``cipai.format_accuracy``).
+
+    Args:
+        bodies: poem bodies ("" for an unfinished one).
+        titles: their titles (None: no format accuracy).
+        patterns: the 词牌 patterns (``cipai.learn_patterns``; None or {}: no format accuracy).
+
+    Returns:
+        ``metre.corpus_metre``'s figures (or its ``error``) plus ``tone_accuracy`` and ``format_accuracy``.
+    """
+    from . import cipai, metre
+
+    block = metre.corpus_metre(list(bodies))
+    if "error" not in block:
+        block["tone_accuracy"] = metre.tone_accuracy(bodies, block["script"])
+    if titles is not None and patterns:
+        block["format_accuracy"] = cipai.format_accuracy(zip(titles, bodies), patterns)
+    return block

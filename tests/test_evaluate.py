@@ -228,6 +228,28 @@ def test_corpus_and_held_out_figures_are_poem_metrics_of_the_splits(cli_report, 
     refs = [valid[i] for i in prompt_order(len(valid), N_SAMPLES)]
     expected = poem_metrics.sample_figures([("【" + b + "】", True) for b in refs], train)
     assert {k: cli_report["held_out"][k] for k in expected} == pytest.approx(expected)
+    # 格律: the metre block of each (the random quatrains rhyme rarely and pass the tone check less)
+    assert cli_report["corpus"]["metre"] == json.loads(json.dumps(poem_metrics.metre_block(train)))
+    assert cli_report["held_out"]["metre"] == json.loads(json.dumps(poem_metrics.metre_block(refs)))
+    for block in ("samples", "held_out", "corpus"):
+        metre = cli_report[block]["metre"]
+        assert {"pingshui_rhyme_rate", "pass_standard", "pass_strict", "tone_accuracy"} <= set(metre)
+        assert "format_accuracy" not in metre  # no title heads 20 poems: no 词牌
+
+
+def test_metre_block_of_known_poems():
+    from poetry_gpt.cipai import learn_patterns
+
+    chunwang = "国破山河在，城春草木深。感时花溅泪，恨别鸟惊心。烽火连三月，家书抵万金。白头搔更短，浑欲不胜簪。"
+    jingyesi = "床前明月光，疑是地上霜。举头望明月，低头思故乡。"
+    ci = "一曲新词酒一杯。去年天气旧亭台。夕阳西下几时回。无可奈何花落去，似曾相识燕归来。小园香径独徘徊。"
+    patterns = learn_patterns([("浣溪沙", ci)] * 20)
+    block = poem_metrics.metre_block([chunwang, jingyesi, ci, ci[:-8]], ["春望", "静夜思", "浣溪沙", "浣溪沙"], patterns)
+    assert block["regular"] == 2 and block["pass_standard"] == 0.5 and block["pingshui_rhyme_rate"] == 1.0
+    by_position = {f: v["by_position"] for f, v in block["tone_accuracy"].items()}
+    assert set(by_position) == {"五绝", "五律"} and by_position["五律"][1] == by_position["五律"][3] == 1.0
+    assert by_position["五律"][0] < 1.0  # 一三五不论: 春望 frees some first characters
+    assert block["format_accuracy"] == {"poems": 2, "share": 0.5}
 
 
 @pytest.mark.slow
