@@ -265,13 +265,16 @@ def test_ctrl_c_refreshes_export_without_max_time_and_checkpoints_hold_no_plan(t
 
 def test_a_run_without_budget_resumed_with_one_continues_its_decay(tmp_path, monkeypatch, data_dir):
     config = tiny(steps_per_epoch=40)
-    first = VirtualClock(monkeypatch, stop_at=25)
+    VirtualClock(monkeypatch, stop_at=25)
     with pytest.raises(KeyboardInterrupt):
         train(data_dir, tmp_path / "run", config, echo=lambda s: None, verbose=0)
     monkeypatch.undo()
+    t = config.train
+    interrupted = lr_at(25, t.learning_rate, t.warmup_steps, 40, t.schedule, t.min_lr_ratio)
+    assert RunDir(tmp_path / "run").read_state()["learning_rate"] == interrupted < t.learning_rate * 0.9
     second = VirtualClock(monkeypatch)
     train(None, tmp_path / "run", config, echo=lambda s: None, verbose=0, max_time=15.0)
-    assert second.lrs[25] == pytest.approx(first.lrs[25], rel=1e-6)
+    assert second.lrs[25] == pytest.approx(interrupted, rel=1e-6)
     assert RunDir(tmp_path / "run").read_state()["learning_rate"] == pytest.approx(final_lr(config), rel=1e-6)
 
 
