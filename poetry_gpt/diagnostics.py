@@ -12,6 +12,8 @@ from typing import Sequence
 import numpy as np
 
 from .corpus import SKIP_REASONS, ReadResult
+from .cipai import format_patterns, learn_patterns
+from .metre import corpus_metre
 from .vocab import UNK_ID, CharVocab
 
 COVERAGE_TOP = (500, 1000, 2000, 3000, 5000)
@@ -116,11 +118,31 @@ def corpus_report(read: ReadResult, vocab: CharVocab, ids: np.ndarray | None, le
         "regular_form": {"poems": regular, "share": round(regular / max(len(poems), 1), 4),
                          "by_form": dict(forms.most_common())},
         "genres": dict(Counter(p.genre for p in poems).most_common()),
+        "metre": corpus_metre([p.body for p in poems], chars),
+        "cipai": learn_patterns((p.title, p.body) for p in poems),
     }
+    for key in ("pass_standard", "pass_strict", "pingshui_rhyme_rate"):
+        report["regular_form"][key] = report["metre"].get(key)
     if vocab_given:
         report["not_in_vocab"] = {"characters": len(missing), "occurrences": sum(missing.values()),
                                   "most_common": "".join(c for c, _ in missing.most_common(50))}
     return report
+
+
+def _format_metre(m: dict) -> list[str]:
+    """The 格律 lines of ``format_report``."""
+    if "error" in m:
+        return [f"格律: not measured: {m['error']}."]
+    if not m.get("regular"):
+        return []
+    out = [f"格律 of the regular poems ({m['script']} 平水韵 table): {m['pass_standard']:.1%} pass at standard "
+           f"leniency, {m['pass_strict']:.1%} strict; rhyme in one 平水韵 group {m['pingshui_rhyme_rate']:.1%}."]
+    unknown = m.get("unknown")
+    if unknown and unknown["characters"]:
+        out.append(f"Not in the tone table: {unknown['unknown_occurrence_share']:.2%} of character occurrences "
+                   f"({unknown['unknown_characters']} of {unknown['characters']} distinct characters), "
+                   f"most common: {unknown['most_common_unknown'][:20] or '-'}.")
+    return out
 
 
 def _percentiles(values: np.ndarray) -> dict:
@@ -154,9 +176,11 @@ def format_report(report: dict) -> str:
     by = ", ".join(f"{k} {v}" for k, v in rf["by_form"].items()) or "none"
     rhyme = f"; rhyme rate of the regular ones {rf['rhyme_rate']:.1%} (modern finals)" if rf.get("rhyme_rate") is not None else ""
     out.append(f"Regular 绝句/律诗 form: {rf['poems']} ({rf['share']:.1%}): {by}{rhyme}.")
+    out.extend(_format_metre(report.get("metre") or {}))
     if "distinct" in report:
         out.append(f"Distinct-1 / distinct-2 of the bodies: {report['distinct']['distinct_1']:.4f} / "
                    f"{report['distinct']['distinct_2']:.4f}.")
+    out.extend(format_patterns(report.get("cipai") or {}))
     genres = ", ".join(f"{k} {v}" for k, v in list(report["genres"].items())[:5])
     out.append(f"Genres: {genres}.")
     if "not_in_vocab" in report:

@@ -165,6 +165,18 @@ def rhyme_final(char: str) -> str | None:
     return _FINAL_TO_GROUP.get(finals[0]) if finals else None
 
 
+def tone_marks(body: str) -> tuple[list[str], list[int]]:
+    """Each character's tone (平/仄/中, "" for marks and unknown characters) and the rhyme characters'
+    indices: ``metre.tone_marks`` (the 平水韵 table is loaded on first use).
+
+    Args:
+        body: a poem body.
+    """
+    from .metre import tone_marks as marks
+
+    return marks(body)
+
+
 # ---------------------------------------------------------------------------------- check
 @dataclass
 class FormReport:

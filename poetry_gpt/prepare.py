@@ -30,6 +30,7 @@ from .config import DataConfig
 from .corpus import ReadResult, read_corpus
 from .diagnostics import corpus_report
 from .errors import DataDirError, OptionError
+from .metre import warm_up
 from .fsutil import is_within, recover_aside, replace_dir
 from .records import FORMAT_VERSION, MANIFEST, serialize_buffer, write_manifest, write_shards
 from .vocab import UNK_ID, CharVocab, codepoints, counts_from_bincount, line_lengths
@@ -121,12 +122,17 @@ def prepare(raw_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
     """
     out = Path(out_dir)
     _remove_stale_partials(out)  # first: it may put back a DATA_DIR that a killed run had moved aside
-    inputs = [("RAW", p) for p in raw_paths] + ([("--vocab", vocab_dir)] if vocab_dir is not None else [])
+    # a RAW that is not a file is refused by the reading, with its own message
+    inputs = [("RAW", p) for p in raw_paths if Path(p).is_file()] + \
+        ([("--vocab", vocab_dir)] if vocab_dir is not None else [])
     check_output_dir(out, overwrite, inputs, out_option)
     start = time.perf_counter()
     vocab_given = vocab_dir is not None
     vocab = CharVocab.load(vocab_dir) if vocab_given else None  # a bad --vocab fails before the reading
     read = read_corpus(raw_paths, max_chars=config.max_chars, keep_duplicates=config.keep_duplicates)
+    warm = time.perf_counter()
+    warm_up([p.body for p in read.poems[:200]])  # the tone table: start-up, like TensorFlow's import below
+    start += time.perf_counter() - warm
     vocab, all_records, lengths, report = _encode_and_report(read, config, n_ctx, vocab, serialize=True)
     vocab_source = str(vocab_dir) if vocab_given else "built from the corpus"
     train_idx, valid_idx = split_indices(len(lengths), config.valid_fraction, config.seed)
@@ -165,6 +171,7 @@ def prepare(raw_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
                       "pad_id": vocab.pad_id, "unk_id": vocab.unk_id, "sep_id": vocab.sep_id},
             "splits": splits,
             "genres": dict(report["genres"]),
+            "cipai": report["cipai"],  # 词牌 -> its learned clause pattern (cipai.learn_patterns)
             "hash": digest.hexdigest(),
             "report": report,
         }

@@ -46,8 +46,8 @@ def test_info_reports_the_model(serve_url, tiny_run):
     assert info["model"]["parameters"] > 50_000
     assert info["model"]["training_step"] == 20
     assert info["forms"] == ["五绝", "七绝", "五律", "七律"]
-    # the 格律 data (strict, 词牌, tones) does not exist in this version: reported absent
-    assert info["strict"] is False and info["cipai"] == [] and info["tones"] is False
+    # tone marks (forms.tone_marks) exist; --strict and 词牌 constraints do not yet: reported absent
+    assert info["strict"] is False and info["cipai"] == [] and info["tones"] is True
     assert info["defaults"]["top_k"] == 64 and info["defaults"]["min_p"] == 0.05 and info["defaults"]["n"] == 1
 
 

@@ -16,6 +16,7 @@ _COMMANDS = [
     ("generate", "chat_cmd", "main"),
     ("evaluate", "eval_cmd", "main"),
     ("serve", "serve_cmd", "main"),
+    ("check", "check_cmd", "main"),
     ("export", "export_cmd", "main"),
 ]
 

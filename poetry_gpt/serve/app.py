@@ -38,6 +38,9 @@ from ..generate import FORM_NAMES, SAMPLING_DEFAULTS
 from .batcher import Batcher, QueueFull
 
 
+#: an oversized body up to this size is read and dropped before the 413 (see ``Service.read_body``)
+DRAIN_BYTES = 4 << 20
+
 @dataclass
 class Limits:
     """The server's caps on a request.
@@ -229,17 +232,25 @@ class PoemService:
         self.page = resources.files(__package__).joinpath("page/index.html").read_text(encoding="utf-8")
 
     async def read_body(self, request: Request) -> bytes:
-        """The body, refused (413) past ``max_body`` bytes without reading the rest."""
+        """The body, refused (413) past ``max_body`` bytes.
+
+        An oversized body of up to ``DRAIN_BYTES`` is read to its end and dropped before the answer:
+        a client still sending when the server answers and closes would get a broken pipe instead of
+        the 413 and its message. A larger one is refused without reading it.
+        """
         declared = request.headers.get("content-length", "")
         too_big = RequestError(f"body: larger than this server's {self.limits.max_body} bytes", status=413)
-        if declared.isdigit() and int(declared) > self.limits.max_body:
+        if declared.isdigit() and int(declared) > max(self.limits.max_body, DRAIN_BYTES):
             raise too_big
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > self.limits.max_body:
+            if size > DRAIN_BYTES:
                 raise too_big
-            chunks.append(chunk)
+            if size <= self.limits.max_body:
+                chunks.append(chunk)
+        if size > self.limits.max_body:
+            raise too_big
         return b"".join(chunks)
 
     async def plan(self, request: Request):
