@@ -7,9 +7,9 @@ the clock is then the same on every machine, and the deadline assertions are exa
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -285,7 +285,7 @@ def test_cli_max_time_for_real(tmp_path, data_dir):
     proc = subprocess.run(cli() + ["train", "--data", str(data_dir), "--run", str(run), "--config", "tiny",
                                    "--steps-per-epoch", "100", "--precision", "fp32", "--max-time", "30s", "--quiet"],
                           capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = RunDir(run).read_state()
     budget = state["time_budget"]
