@@ -186,6 +186,7 @@ def test_budget_plans_from_the_training_rate_and_the_epoch_end_cost():
 
 # --- runs ----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a real tiny training run: 10-25 s on 2 shared cores
 def test_max_time_ends_at_the_deadline_decayed_with_a_loadable_export(tmp_path, monkeypatch, data_dir):
     from transformers import TFGPT2LMHeadModel
 
@@ -218,6 +219,7 @@ def test_max_time_ends_at_the_deadline_decayed_with_a_loadable_export(tmp_path, 
     assert model(np.array([[2, 5, 6]])).logits.shape[-1] == model.config.vocab_size
 
 
+@pytest.mark.slow  # a real tiny training run: 10-25 s on 2 shared cores
 @pytest.mark.parametrize("stop_with, resumed_at", [(RuntimeError, 250), (KeyboardInterrupt, 262)],
                          ids=["kill-resumes-from-interval-ckpt", "ctrl-c-saves-and-exports"])
 def test_resume_keeps_the_schedule_continuous(tmp_path, monkeypatch, data_dir, stop_with, resumed_at):
@@ -249,6 +251,7 @@ def test_resume_keeps_the_schedule_continuous(tmp_path, monkeypatch, data_dir, s
     assert ends_in_time(second.now, 20.0), second.now
 
 
+@pytest.mark.slow  # a real tiny training run: 10-25 s on 2 shared cores
 def test_ctrl_c_refreshes_export_without_max_time_and_checkpoints_hold_no_plan(tmp_path, monkeypatch, data_dir):
     from test_train import checkpoint_tensors
 
@@ -263,6 +266,7 @@ def test_ctrl_c_refreshes_export_without_max_time_and_checkpoints_hold_no_plan(t
     assert not any(k.startswith("lr_plan") for k in checkpoint_tensors(tmp_path / "run"))
 
 
+@pytest.mark.slow  # a real tiny training run: 10-25 s on 2 shared cores
 def test_a_run_without_budget_resumed_with_one_continues_its_decay(tmp_path, monkeypatch, data_dir):
     config = tiny(steps_per_epoch=40)
     VirtualClock(monkeypatch, stop_at=25)
