@@ -2,13 +2,44 @@
 
 Defined on ``optimizer.iterations``, which the checkpoint restores, so a resumed run
 continues the schedule where it stopped instead of warming up again.
+
+A run whose length changes as it goes (``train --max-time``) lays the decay over a *plan*
+``(p0, s0, end)``: the decay's progress is ``p0`` at step ``s0`` and grows linearly to 1 at step
+``end``. The fixed schedule is the plan ``(0, warmup, total)``. Re-planning at step s keeps the
+progress reached at s and only changes how fast the rest goes (``replan``), so the learning rate
+stays continuous; the plan is a ``tf.Variable`` that the checkpoint holds.
 """
 from __future__ import annotations
 
 import math
 
 
-def lr_at(step: int, peak: float, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+def progress_at(step: int, plan: tuple[float, float, float]) -> float:
+    """The decay's progress (0 at its start, 1 at its end) at ``step`` under ``plan``.
+
+    Args:
+        step: the global step.
+        plan: ``(p0, s0, end)``: progress ``p0`` at step ``s0``, 1 at step ``end``.
+    """
+    p0, s0, end = plan
+    return min(1.0, max(0.0, p0 + (1.0 - p0) * (step - s0) / max(1.0, end - s0)))
+
+
+def replan(plan: tuple[float, float, float], step: int, end: int, warmup: int) -> tuple[float, float, float]:
+    """The plan that keeps ``plan``'s progress at ``step`` (or at the end of warm-up, if later) and ends at ``end``.
+
+    Args:
+        plan: the plan in force.
+        step: the global step now.
+        end: the step at which the decay should now end.
+        warmup: warm-up steps.
+    """
+    start = max(step, warmup)
+    return (progress_at(start, plan), float(start), float(max(end, start + 1)))
+
+
+def lr_at(step: int, peak: float, warmup: int, total: int, schedule: str, min_ratio: float,
+          plan: tuple[float, float, float] | None = None) -> float:
     """The learning rate at ``step`` (plain Python; the Keras schedule below computes the same).
 
     Args:
@@ -18,12 +49,13 @@ def lr_at(step: int, peak: float, warmup: int, total: int, schedule: str, min_ra
         total: total steps of the run (decay ends there, then stays at the minimum).
         schedule: "cosine", "linear" or "constant".
         min_ratio: the final rate as a share of the peak.
+        plan: ``(p0, s0, end)`` of a re-planned decay (``total`` is then unused); None: ``(0, warmup, total)``.
     """
     if warmup > 0 and step < warmup:
         return peak * (step + 1) / warmup
-    if schedule == "constant" or total <= warmup:
+    if schedule == "constant" or (plan is None and total <= warmup):
         return peak
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = progress_at(step, plan or (0.0, warmup, total))
     if schedule == "cosine":
         shape = 0.5 * (1.0 + math.cos(math.pi * progress))
     else:
@@ -31,7 +63,7 @@ def lr_at(step: int, peak: float, warmup: int, total: int, schedule: str, min_ra
     return peak * (min_ratio + (1.0 - min_ratio) * shape)
 
 
-def keras_schedule(peak: float, warmup: int, total: int, schedule: str, min_ratio: float):
+def keras_schedule(peak: float, warmup: int, total: int, schedule: str, min_ratio: float, plan=None):
     """A serialisable ``tf_keras`` LearningRateSchedule computing ``lr_at`` in the graph.
 
     Args:
@@ -40,22 +72,30 @@ def keras_schedule(peak: float, warmup: int, total: int, schedule: str, min_rati
         total: total steps of the run.
         schedule: "cosine", "linear" or "constant".
         min_ratio: the final rate as a share of the peak.
+        plan: a float64 ``tf.Variable`` ``[p0, s0, end]`` read at every step (``train --max-time``), or
+            None for the fixed schedule over ``total`` (computed exactly as without the option).
     """
     import tensorflow as tf
     import tf_keras
 
     class WarmupDecay(tf_keras.optimizers.schedules.LearningRateSchedule):
-        def __init__(self, peak, warmup, total, schedule, min_ratio):
+        def __init__(self, peak, warmup, total, schedule, min_ratio, plan=None):
             self.peak, self.warmup, self.total = float(peak), int(warmup), int(total)
-            self.schedule, self.min_ratio = schedule, float(min_ratio)
+            self.schedule, self.min_ratio, self.plan = schedule, float(min_ratio), plan
+
+        def _progress(self, step):
+            if self.plan is None:
+                return tf.clip_by_value((step - self.warmup) / max(1, self.total - self.warmup), 0.0, 1.0)
+            p0, s0, end = tf.unstack(tf.cast(self.plan, tf.float32))
+            return tf.clip_by_value(p0 + (1.0 - p0) * (step - s0) / tf.maximum(1.0, end - s0), 0.0, 1.0)
 
         def __call__(self, step):
             step = tf.cast(step, tf.float32)
             warm = self.peak * (step + 1.0) / max(self.warmup, 1)
-            if self.schedule == "constant" or self.total <= self.warmup:
+            if self.schedule == "constant" or (self.plan is None and self.total <= self.warmup):
                 decayed = tf.constant(self.peak, tf.float32)
             else:
-                progress = tf.clip_by_value((step - self.warmup) / max(1, self.total - self.warmup), 0.0, 1.0)
+                progress = self._progress(step)
                 if self.schedule == "cosine":
                     shape = 0.5 * (1.0 + tf.cos(math.pi * progress))
                 else:
@@ -67,4 +107,4 @@ def keras_schedule(peak: float, warmup: int, total: int, schedule: str, min_rati
             return {"peak": self.peak, "warmup": self.warmup, "total": self.total,
                     "schedule": self.schedule, "min_ratio": self.min_ratio}
 
-    return WarmupDecay(peak, warmup, total, schedule, min_ratio)
+    return WarmupDecay(peak, warmup, total, schedule, min_ratio, plan)

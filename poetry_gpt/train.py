@@ -10,6 +10,10 @@
   continues the data stream at the same batch (see ``records.train_dataset``).
 * Each epoch: validation loss/perplexity, sample poems, checkpoint, export, trainer_state.json.
 * A NaN/inf loss stops training; the last good checkpoint stays the latest.
+* ``max_time`` (``--max-time``): the decay is planned to end at the deadline (``budget.py``), the plan
+  kept in a checkpointed variable; ``--epochs`` is then no limit, and the run ends with a final
+  validation, checkpoint, export and samples at the step reached.
+* Ctrl-C saves a checkpoint and refreshes ``export/`` at the step reached.
 """
 from __future__ import annotations
 
@@ -22,16 +26,19 @@ from typing import Callable, Sequence
 
 from .config import RunConfig
 from .envcheck import cpu_flags
-from .errors import PoetryGPTError, RunDirError
+from . import budget as _budget
+from .budget import TimeBudget, format_duration
+from .errors import OptionError, PoetryGPTError, RunDirError
 from .records import batches_per_pass, eval_dataset, train_dataset
 from .distribute import (check_global_batch, check_same_start, checkpoint_managers, distribute_options, is_chief,
                          make_strategy, open_as_worker)
 from .rundir import RunDir, check_resume_compatible, data_manifest, open_for_training
-from .schedule import keras_schedule, lr_at
+from .schedule import keras_schedule, lr_at, replan
 from .vocab import CharVocab
 
 SAMPLE_TITLES = ("春晓", "月夜", "", "秋思")  # "" = the model writes the title too
 MAX_PERPLEXITY_LOSS = 80.0  # exp() overflow guard: report perplexity as inf above this
+PLAN_KEY = "lr_plan/.ATTRIBUTES/VARIABLE_VALUE"  # the decay plan's name in a checkpoint
 
 
 class TrainingDiverged(PoetryGPTError):
@@ -50,6 +57,7 @@ class TrainResult:
         restored_step: the step resumed from (0 for a fresh run).
         seconds: wall time of fitting.
         tokens_per_second: trained tokens per second over this call (all packed tokens are useful).
+        budget: with ``max_time``: the budget, planned and reached steps (``TimeBudget.record``); else None.
     """
 
     run_dir: Path
@@ -59,6 +67,7 @@ class TrainResult:
     restored_step: int
     seconds: float
     tokens_per_second: float
+    budget: dict | None = None
 
 
 def resolve_precision(name: str) -> str:
@@ -165,18 +174,19 @@ def build_lm_trainer(lm, seed: int = 0):
     return PoemLM(lm)
 
 
-def make_optimizer(config: RunConfig, total_steps: int, precision: str):
+def make_optimizer(config: RunConfig, total_steps: int, precision: str, plan=None):
     """AdamW with the warm-up/decay schedule, clipping, and loss scaling for fp16.
 
     Args:
         config: the run configuration.
         total_steps: the run's total steps (end of the decay).
         precision: fp32, bf16 or fp16.
+        plan: the decay plan variable of a run whose length changes (``schedule.keras_schedule``), or None.
     """
     import tf_keras
 
     t = config.train
-    schedule = keras_schedule(t.learning_rate, t.warmup_steps, total_steps, t.schedule, t.min_lr_ratio)
+    schedule = keras_schedule(t.learning_rate, t.warmup_steps, total_steps, t.schedule, t.min_lr_ratio, plan)
     opt = tf_keras.optimizers.AdamW(learning_rate=schedule, weight_decay=t.weight_decay, beta_1=t.beta1,
                                     beta_2=t.beta2, epsilon=1e-8, global_clipnorm=t.grad_clip or None)
     # no decay on biases and layer-norm scales/offsets (nanoGPT's rule: decay only matrices)
@@ -194,7 +204,8 @@ def perplexity(loss: float) -> float:
 def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config: RunConfig,
           overwrite: bool = False, init_from: str | os.PathLike | None = None,
           echo: Callable[[str], None] = print, verbose: int = 1, own_entries: tuple[str, ...] = (),
-          inputs: Sequence[tuple[str, str | os.PathLike]] = ()) -> TrainResult:
+          inputs: Sequence[tuple[str, str | os.PathLike]] = (), max_time: float | None = None,
+          started: float | None = None) -> TrainResult:
     """Train (or resume training) a poem model.
 
     Args:
@@ -208,9 +219,14 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
         own_entries: entries of a new RUN_DIR that are not foreign (``pipeline``'s ``data/``).
         inputs: more ``(option, path)`` inputs (``pipeline``'s RAW files) that ``--overwrite`` keeps in
             place like ``data_dir`` and ``init_from`` when they lie inside RUN_DIR.
+        max_time: a time budget in seconds (``--max-time``): train until it is spent, the decay planned to
+            end there (``--epochs`` is then no limit); None: train ``--epochs``.
+        started: ``budget.clock()`` when the budget began (default: now); ``pipeline`` counts its prepare.
     """
     from .envcheck import require_compatible
 
+    started = _budget.clock() if started is None else started
+    _check_max_time(max_time, config.train.strategy)
     require_compatible()
     import tensorflow as tf
 
@@ -244,6 +260,8 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
                           "tokens; add poems or lower --batch-size")
     steps_per_epoch = t.steps_per_epoch or per_pass
     total_steps = steps_per_epoch * t.epochs
+    # a run whose length changes lays its decay over a plan variable; one trained so keeps it on resume
+    use_plan = max_time is not None or (resuming and _has_lr_plan(run.checkpoints))
 
     with strategy.scope():
         if init_from is not None:
@@ -251,25 +269,34 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
         else:
             lm = build_model(config.model, vocab, seed=t.seed)
         trainer = build_lm_trainer(lm, seed=t.seed)
-        optimizer = make_optimizer(config, total_steps, precision)
+        plan = (tf.Variable([0.0, t.warmup_steps, total_steps], dtype=tf.float64, trainable=False, name="lr_plan")
+                if use_plan else None)
+        optimizer = make_optimizer(config, total_steps, precision, plan)
         trainer.compile(optimizer=optimizer)
         inner = optimizer.inner_optimizer if hasattr(optimizer, "inner_optimizer") else optimizer
         inner.build(lm.trainable_variables)
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         best_val = tf.Variable(float("inf"), dtype=tf.float32, trainable=False, name="best_val_loss")
         ckpt = tf.train.Checkpoint(model=lm, optimizer=optimizer, epoch=epoch_var, best_val_loss=best_val)
+        # the plan is saved with the rest but restored on its own: a checkpoint written without one still fits
+        saved = ckpt if plan is None else tf.train.Checkpoint(model=lm, optimizer=optimizer, epoch=epoch_var,
+                                                                best_val_loss=best_val, lr_plan=plan)
 
     # a non-chief saves into a temporary folder (deleted at exit) but resumes from the chief's checkpoints
-    manager, source = checkpoint_managers(ckpt, run.checkpoints, chief, t.keep_checkpoints)
+    manager, source = checkpoint_managers(saved, run.checkpoints, chief, t.keep_checkpoints)
     ckpt_dir = str(run.checkpoints)
     restored_step = 0
     # the manager lists checkpoints from its state file; if that file is lost, look at the files themselves
     candidates = list(source.checkpoints) or _checkpoint_files(Path(ckpt_dir))
     if resuming and candidates:
-        restored_step, restored_path = _restore(ckpt, candidates, ckpt_dir, optimizer, echo)
+        restored_step, restored_path = _restore(ckpt, candidates, ckpt_dir, optimizer, echo, partial=plan is not None)
+        if plan is not None:
+            _restore_plan(plan, restored_path)
+        lr = lr_at(restored_step, t.learning_rate, t.warmup_steps, total_steps, t.schedule, t.min_lr_ratio,
+                   _plan_values(plan))
         echo(f"Resumed {run.path} from {Path(restored_path).name}: step {restored_step}, "
              f"epoch {int(epoch_var.numpy())}, best val loss {float(best_val.numpy()):.4f}, "
-             f"learning rate {lr_at(restored_step, t.learning_rate, t.warmup_steps, total_steps, t.schedule, t.min_lr_ratio):.3g}.")
+             f"learning rate {lr:.3g}.")
         if changes:
             echo("Changed on resume: " + "; ".join(changes) + ".")
     elif resuming:
@@ -285,7 +312,7 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
         vocab.save(run.path)
 
     start_epoch = restored_step // steps_per_epoch
-    if start_epoch >= t.epochs:
+    if start_epoch >= t.epochs and max_time is None:
         echo(f"Nothing to do: {run.path} has already trained {start_epoch} of --epochs {t.epochs} epoch(s); "
              "pass a larger --epochs to train more.")
         if chief and _export_step(run) != restored_step:
@@ -301,38 +328,59 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
     history = [h for h in state.get("history", []) if (h.get("global_step") or 0) <= restored_step]
     meta = {"genre": manifest.genre, "genres": manifest.data.get("genres", {}), "n_ctx": n_ctx,
             "data_hash": manifest.hash}
+    budget = (TimeBudget(max_time, started, restored_step, steps_per_epoch,
+                         -(-manifest.poems("valid") // t.batch_size))
+              if max_time is not None else None)
     callback = _RunCallback(run, manager, ckpt, epoch_var, best_val, lm, vocab, config, manifest, total_steps,
-                            steps_per_epoch, history, meta, chief, echo, precision)
+                            steps_per_epoch, history, meta, chief, echo, precision, budget=budget, plan=plan)
     val = distribute_options(eval_dataset(manifest, t.batch_size, n_ctx, pad_id=vocab.pad_id, sep_id=vocab.sep_id),
                              strategy)
     params = count_parameters(lm)
+    length = (f"{t.epochs} epoch(s) × {steps_per_epoch} steps" if budget is None else
+              f"for {format_duration(max_time)} (until {time.strftime('%H:%M:%S', time.localtime(budget.deadline_wall))}"
+              f", the decay planned to end there), epochs of {steps_per_epoch} steps")
     echo(f"Training {params / 1e6:.2f}M parameters ({config.model.n_layer} layers, width {config.model.n_embd}, "
-         f"context {n_ctx}) on {manifest.poems('train')} poems: {t.epochs} epoch(s) × {steps_per_epoch} steps of "
+         f"context {n_ctx}) on {manifest.poems('train')} poems: {length} of "
          f"{t.batch_size}×{n_ctx} tokens, {precision}, {strategy.num_replicas_in_sync} replica(s).")
+
+    def fit(first_epoch: int, end_epoch: int, steps: int, step: int) -> int:
+        """Keras ``fit`` from global step ``step`` over epochs [first_epoch, end_epoch); the step reached."""
+        data = train_dataset(manifest, t.batch_size, n_ctx, seed=t.seed, start_step=step,
+                             pad_id=vocab.pad_id, sep_id=vocab.sep_id)
+        trainer.fit(distribute_options(data, strategy), epochs=end_epoch, initial_epoch=first_epoch,
+                    steps_per_epoch=steps, validation_data=val, callbacks=[callback], verbose=verbose)
+        return int(inner.iterations.numpy())
 
     start = time.perf_counter()
     step = restored_step
     try:
-        # a run stopped inside an epoch first finishes that epoch's remaining steps
-        segments = []
-        if restored_step % steps_per_epoch:
-            segments.append((start_epoch, start_epoch + 1, steps_per_epoch - restored_step % steps_per_epoch))
-            start_epoch += 1
-        if start_epoch < t.epochs:
-            segments.append((start_epoch, t.epochs, steps_per_epoch))
-        for first_epoch, end_epoch, steps in segments:
-            data = train_dataset(manifest, t.batch_size, n_ctx, seed=t.seed, start_step=step,
-                                 pad_id=vocab.pad_id, sep_id=vocab.sep_id)
-            data = distribute_options(data, strategy)
-            trainer.fit(data, epochs=end_epoch, initial_epoch=first_epoch, steps_per_epoch=steps,
-                        validation_data=val, callbacks=[callback], verbose=verbose)
-            step = int(inner.iterations.numpy())
-            if callback.diverged:
-                break
+        if budget is not None:
+            # one epoch a call (the next starts where this one stopped) until the budget stops one
+            budget.begin(_budget.clock())
+            first = True
+            while first or not (callback.diverged or budget.should_stop(step, _budget.clock())):
+                first = False
+                step = fit(step // steps_per_epoch, step // steps_per_epoch + 1,
+                           steps_per_epoch - step % steps_per_epoch, step)
+        else:
+            # a run stopped inside an epoch first finishes that epoch's remaining steps
+            segments = []
+            if restored_step % steps_per_epoch:
+                segments.append((start_epoch, start_epoch + 1, steps_per_epoch - restored_step % steps_per_epoch))
+                start_epoch += 1
+            if start_epoch < t.epochs:
+                segments.append((start_epoch, t.epochs, steps_per_epoch))
+            for first_epoch, end_epoch, steps in segments:
+                step = fit(first_epoch, end_epoch, steps, step)
+                if callback.diverged:
+                    break
     except KeyboardInterrupt:
         callback.save_now("interrupted")
+        callback.export_now("interrupted")
         raise
     seconds = time.perf_counter() - start
+    if budget is not None and chief and not callback.diverged and callback.last_good == f"ckpt-{step}":
+        callback._write_state(step)  # the budget's final record: why it stopped, the time it took
     if callback.diverged:
         kept = (f"the last good checkpoint ({callback.last_good}) is kept; resume with a lower --learning-rate"
                 if callback.last_good else "no checkpoint was written before it; start over (--overwrite) "
@@ -342,7 +390,46 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
     done = int(inner.iterations.numpy())
     trained = (done - restored_step) * t.batch_size * n_ctx
     return TrainResult(run.path, done, int(epoch_var.numpy()), callback.new_history, restored_step, seconds,
-                       trained / seconds if seconds > 0 else 0.0)
+                       trained / seconds if seconds > 0 else 0.0, budget.record(done) if budget else None)
+
+
+def _check_max_time(max_time: float | None, strategy: str) -> None:
+    """Refuse a budget that is not positive, or one with a multi-worker strategy (each worker would plan
+    its own schedule from its own clock)."""
+    if max_time is None:
+        return
+    if not max_time > 0:
+        raise OptionError(f"--max-time: must be more than zero, got {max_time} s")
+    if strategy == "multi-worker" or (strategy == "auto" and os.environ.get("TF_CONFIG")):
+        raise OptionError("--max-time: not available with a multi-worker strategy (each worker would plan its own "
+                          "schedule); set the length with --epochs and --steps-per-epoch")
+
+
+def _has_lr_plan(directory: Path) -> bool:
+    """Whether the newest checkpoint in ``directory`` holds a decay plan (a ``--max-time`` run wrote it)."""
+    import tensorflow as tf
+
+    files = _checkpoint_files(directory)
+    latest = tf.train.latest_checkpoint(str(directory)) or (files[-1] if files else None)
+    try:
+        return latest is not None and tf.train.load_checkpoint(latest).has_tensor(PLAN_KEY)
+    except Exception:  # a damaged checkpoint: _restore reports it
+        return False
+
+
+def _restore_plan(plan, path: str) -> None:
+    """Load the decay plan saved in checkpoint ``path``; without one (the run trained without --max-time so
+    far) ``plan`` keeps the fixed schedule ``(0, warmup, total)``, which is where that run's decay stands."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(path)
+    if reader.has_tensor(PLAN_KEY):
+        plan.assign(reader.get_tensor(PLAN_KEY))
+
+
+def _plan_values(plan) -> tuple[float, float, float] | None:
+    """The plan variable's ``(p0, s0, end)``, or None without one."""
+    return None if plan is None else tuple(float(x) for x in plan.numpy())
 
 
 def _checkpoint_files(directory: Path) -> list[str]:
@@ -366,13 +453,14 @@ def _export_step(run) -> int | None:
         return None
 
 
-def _restore(ckpt, paths, directory, optimizer, echo) -> tuple[int, str]:
+def _restore(ckpt, paths, directory, optimizer, echo, partial: bool = False) -> tuple[int, str]:
     """Restore the newest checkpoint of ``paths`` (oldest first); return ``(step, path)``.
 
     A checkpoint that fails to restore is skipped (for an older one) only when its files are
     damaged. An intact one that does not fit this model (another version of the code, another
     shape or set of variables) stops the search: restoring an older one would lose its progress,
-    and the next saves would delete it.
+    and the next saves would delete it. ``partial``: the checkpoint may hold more than ``ckpt`` (the decay
+    plan, restored on its own), which is not to be warned about.
     """
     inner = optimizer.inner_optimizer if hasattr(optimizer, "inner_optimizer") else optimizer
     damaged = []
@@ -380,6 +468,8 @@ def _restore(ckpt, paths, directory, optimizer, echo) -> tuple[int, str]:
         try:
             status = ckpt.restore(path)
             status.assert_existing_objects_matched()
+            if partial:
+                status.expect_partial()
             step = int(inner.iterations.numpy())
             expected = int(path.rsplit("-", 1)[-1])
             if step != expected:
@@ -512,11 +602,14 @@ def _RunCallback(*args, **kwargs):
             chief: whether this process writes files.
             echo: where progress lines go.
             precision: the resolved precision.
+            budget: the ``TimeBudget`` of a ``--max-time`` run (it may stop an epoch early), or None.
+            plan: the decay plan variable (``schedule.replan``), or None for the fixed schedule.
         """
 
         def __init__(self, run, manager, ckpt, epoch_var, best_val, lm, vocab, config, manifest, total_steps,
-                     steps_per_epoch, history, meta, chief, echo, precision):
+                     steps_per_epoch, history, meta, chief, echo, precision, budget=None, plan=None):
             super().__init__()
+            self.budget, self.plan = budget, plan
             self.run, self.manager, self.ckpt = run, manager, ckpt
             self.epoch_var, self.best_val, self.lm, self.vocab = epoch_var, best_val, lm, vocab
             self.config, self.manifest, self.total_steps = config, manifest, total_steps
@@ -537,7 +630,8 @@ def _RunCallback(*args, **kwargs):
 
         def _lr(self, step: int) -> float:
             t = self.config.train
-            return lr_at(step, t.learning_rate, t.warmup_steps, self.total_steps, t.schedule, t.min_lr_ratio)
+            return lr_at(step, t.learning_rate, t.warmup_steps, self.total_steps, t.schedule, t.min_lr_ratio,
+                         _plan_values(self.plan))
 
         def save_now(self, why: str) -> None:
             """Write a checkpoint at the current step (not after a NaN, nor of non-finite weights)."""
@@ -554,16 +648,35 @@ def _RunCallback(*args, **kwargs):
             if self.chief:
                 self._write_state(step)
 
+        def export_now(self, why: str) -> None:
+            """Refresh ``export/`` to the checkpoint just saved at the current step (after a Ctrl-C), so that
+            ``generate --run`` uses the model the user stopped, not the last epoch end's."""
+            step = self._step()
+            if not self.chief or self.diverged or self.last_good != f"ckpt-{step}":
+                return
+            self._export(step)
+            self.echo(f"{why.capitalize()} at step {step}: checkpoint {self.last_good} saved, export/ updated.")
+
+        def _export(self, step: int) -> None:
+            from .model import save_export
+
+            save_export(self.lm, self.vocab, self.run.export,
+                        {**self.meta, "global_step": step, "epoch": int(self.epoch_var.numpy())})
+
         def _write_state(self, step: int) -> None:
+            plan = _plan_values(self.plan)
             self.run.write_state({
                 "global_step": step,
                 "epoch": int(self.epoch_var.numpy()),
                 "best_val_loss": _finite_or_none(float(self.best_val.numpy())),
                 "learning_rate": self._lr(step),
                 "steps_per_epoch": self.steps_per_epoch,
-                "total_steps": self.total_steps,
+                "total_steps": self.total_steps if plan is None else int(plan[2]),
                 "latest_checkpoint": self.last_good,
                 "history": self.history,
+                **({"lr_plan": {"progress": plan[0], "from_step": int(plan[1]), "end_step": int(plan[2])}}
+                   if plan else {}),
+                **({"time_budget": self.budget.record(step)} if self.budget else {}),
             })
 
         def _log_scalars(self, step: int, record: dict) -> None:
@@ -608,6 +721,17 @@ def _RunCallback(*args, **kwargs):
             step = self._step()
             if every and step % every == 0 and step % self.steps_per_epoch:
                 self.save_now("interval")
+            if self.budget is not None:
+                self._follow_budget(step)
+
+        def _follow_budget(self, step: int) -> None:
+            """Re-plan the decay's end from the measured step rate, and stop at the planned step or the deadline."""
+            now = _budget.clock()
+            end = self.budget.after_step(step, now)
+            if end is not None and self.plan is not None:
+                self.plan.assign(replan(_plan_values(self.plan), step, end, self.config.train.warmup_steps))
+            if self.budget.should_stop(step, now):
+                self.model.stop_training = True
 
         def on_epoch_end(self, epoch, logs=None):
             if self.diverged:
@@ -618,7 +742,8 @@ def _RunCallback(*args, **kwargs):
             steps_done = step - self._epoch_start_step
             tokens = steps_done * self.config.train.batch_size * self.config.model.n_ctx
             val_loss = logs.get("val_loss")
-            self.epoch_var.assign(epoch + 1)
+            partial = self.budget is not None and step % self.steps_per_epoch != 0  # stopped by the time budget
+            self.epoch_var.assign(epoch + (0 if partial else 1))
             if val_loss is not None and val_loss < float(self.best_val.numpy()):
                 self.best_val.assign(val_loss)
             record = {"epoch": epoch + 1, "global_step": step, "loss": _finite_or_none(logs.get("loss")),
@@ -626,27 +751,31 @@ def _RunCallback(*args, **kwargs):
                       "val_perplexity": perplexity(val_loss) if val_loss is not None else None,
                       "learning_rate": self._lr(step), "seconds": round(seconds, 1),
                       "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None}
+            if partial:
+                record["partial"] = True
             self.history.append(record)
             self.new_history.append(record)
             self.save_now("epoch")
             if self.diverged:
                 return
             if self.chief:
-                from .model import save_export
-
                 # export first: a Ctrl-C while the samples are written must not leave export/ an epoch behind
-                save_export(self.lm, self.vocab, self.run.export, {**self.meta, "global_step": step, "epoch": epoch + 1})
+                self._export(step)
                 self._log_scalars(step, record)
-                samples = self._samples(epoch + 1)
+                samples = self._samples(epoch + 1, f"epoch-{epoch + 1:03d}-step-{step}" if partial else None)
                 val_text = (f"val loss {val_loss:.4f} (perplexity {record['val_perplexity']:.1f})"
                             if val_loss is not None else "no validation")
-                self.echo(f"epoch {epoch + 1}: step {step}, loss {logs.get('loss', float('nan')):.4f}, {val_text}, "
+                where = f"time budget reached in epoch {epoch + 1}" if partial else f"epoch {epoch + 1}"
+                self.echo(f"{where}: step {step}, loss {logs.get('loss', float('nan')):.4f}, {val_text}, "
                           f"lr {record['learning_rate']:.3g}, {record['tokens_per_second'] or 0:.0f} tokens/s; "
                           f"checkpoint {self.last_good}, export/ updated")
                 for line in samples:
                     self.echo(f"  {line}")
+            if self.budget is not None:
+                self.budget.epoch_ended()
 
-        def _samples(self, epoch: int) -> list[str]:
+        def _samples(self, epoch: int, name: str | None = None) -> list[str]:
+            """Sample poems (seeded by the epoch), saved as ``samples/NAME.txt`` (default ``epoch-NNN``)."""
             n = self.config.train.samples_per_epoch
             if n <= 0:
                 return []
@@ -657,7 +786,7 @@ def _RunCallback(*args, **kwargs):
                                  n_ctx=self.config.model.n_ctx, seed=epoch)
             from .fsutil import atomic_write_text
 
-            atomic_write_text(self.run.samples / f"epoch-{epoch:03d}.txt", "\n".join(lines) + "\n")
+            atomic_write_text(self.run.samples / f"{name or f'epoch-{epoch:03d}'}.txt", "\n".join(lines) + "\n")
             return lines
 
     return RunCallback(*args, **kwargs)

@@ -831,6 +831,7 @@ def test_ctrl_c_saves_and_train_again_continues(tmp_path, tiny_data_dir):
     assert stderr.strip().splitlines()[-1] == "Interrupted." and "Traceback" not in stderr
     stopped_at = RunDir(run).read_state()["global_step"]
     assert 5 <= stopped_at < 150
+    assert train_mod._export_step(RunDir(run)) == stopped_at  # export/ refreshed too, not left at an older step
 
     proc = _poetry_gpt("train", "--run", run, "--quiet", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stdout, stderr = proc.communicate(timeout=300)

@@ -24,6 +24,8 @@ def _train_options(f):
         click.option("--config", "preset", default=None,
                      help="Preset from configs.py: tiny, small, base, medium [default: small; on resume: the run's]."),
         click.option("--epochs", type=int, help="Total epochs (a resumed run trains until this many are done)."),
+        click.option("--max-time", help="Train for this long instead (90s, 30m, 2h, 1h30m): the decay is planned to "
+                                        "end at the deadline; --epochs is then no limit. Not remembered on resume."),
         click.option("--steps-per-epoch", type=int, help="Steps per epoch (0 = one pass over the training split)."),
         click.option("--batch-size", type=int, help="Sequences per step."),
         click.option("--learning-rate", type=float, help="Peak AdamW learning rate."),
@@ -63,6 +65,20 @@ def _report(result):
                f"{result.tokens_per_second:.0f} tokens/s. Run: {result.run_dir}/ (checkpoints/, export/, "
                f"samples/, logs/, trainer_state.json)"
                + (f"; val loss {last['val_loss']:.4f}" if last.get("val_loss") is not None else "") + ".")
+    b = result.budget
+    if b:
+        why = {"decay": "the decay ended", "deadline": "the deadline came first"}.get(b["stopped_by"], "stopped")
+        click.echo(f"Time budget {b['max_time']} (deadline {b['deadline'][11:]}): planned {b['planned_steps']} steps, "
+                   f"reached {b['reached_steps']} ({why}) in {b['elapsed_seconds']:.0f} s; learning rate "
+                   f"{last.get('learning_rate', float('nan')):.3g}.")
+
+
+def _max_time(values) -> float | None:
+    """``--max-time`` in seconds (None when not given); removes it from ``values``."""
+    from ..budget import parse_duration
+
+    text = values.pop("max_time", None)
+    return None if text is None else parse_duration(text)
 
 
 @click.command("train")
@@ -75,11 +91,13 @@ def _report(result):
 @_train_options
 def train_cmd(data_dir, run_dir, init_from, preset, overwrite, quiet, **values):
     """Train a poem model on DATA_DIR, or continue the run in RUN_DIR."""
+    from ..budget import clock
     from ..train import train
 
+    started, max_time = clock(), _max_time(values)
     config = _resolve(run_dir, preset, overwrite, values)
     result = train(data_dir, run_dir, config, overwrite=overwrite, init_from=init_from, echo=click.echo,
-                   verbose=2 if quiet else 1)
+                   verbose=2 if quiet else 1, max_time=max_time, started=started)
     _report(result)
 
 
@@ -98,8 +116,10 @@ def pipeline_cmd(raw, run_dir, n_samples, preset, overwrite, quiet, **values):
     from ..prepare import prepare
     from ..records import MANIFEST
     from ..rundir import check_run_target
+    from ..budget import clock
     from ..train import train
 
+    started, max_time = clock(), _max_time(values)  # the budget counts prepare too
     config = _resolve(run_dir, preset, overwrite, values)
     data_dir = Path(run_dir) / "data"
     has_data = (data_dir / MANIFEST).is_file()  # a RUN_DIR/data without a manifest is not ours: foreign
@@ -113,7 +133,7 @@ def pipeline_cmd(raw, run_dir, n_samples, preset, overwrite, quiet, **values):
         click.echo(format_report(prepared.report))
         click.echo(f"Prepared {data_dir}/ in {prepared.seconds:.1f} s.")
     result = train(str(data_dir), run_dir, config, overwrite=overwrite, echo=click.echo, verbose=2 if quiet else 1,
-                   own_entries=("data",), inputs=inputs)
+                   own_entries=("data",), inputs=inputs, max_time=max_time, started=started)
     _report(result)
     if n_samples > 0:
         from ..samples import sample_poems
