@@ -102,7 +102,7 @@ def test_the_page_writes_the_apis_poems_and_shows_errors(serve_url, browser, sho
     browser.find_element("css selector", "#sampling summary").click()
     assert browser.find_element("id", "top_k").get_attribute("value") == "64"
     assert browser.find_element("id", "min_p").get_attribute("value") == "0.05"
-    assert not browser.find_element("id", "strict-row").is_displayed()  # no 格律 data in this model
+    assert browser.find_element("id", "strict-row").is_displayed()  # the vocabulary has 格律 (tone) data
 
     _type(browser, "opening", "春花")
     _type(browser, "title", "山月")
