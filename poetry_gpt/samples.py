@@ -45,7 +45,7 @@ def sample_poems(lm, vocab: CharVocab, titles: Sequence[str], genre: str, n_ctx:
     close_id = vocab.id_of(CLOSE)
     done = np.zeros(len(prompts), dtype=bool)
     rule = free_constraint(vocab)  # header, body, done; it also never allows the special tokens
-    states = [rule.initial_state(prompt_prefix(t, genre) if t else "")[0] for t in titles]
+    states = [rule.initial_state(prompt_prefix(t, genre) if t else "") for t in titles]  # (state, rhyme)
 
     @tf.function(reduce_retracing=True)
     def next_logits(tokens, positions):
@@ -58,13 +58,13 @@ def sample_poems(lm, vocab: CharVocab, titles: Sequence[str], genre: str, n_ctx:
             if lengths[i] >= n_ctx:
                 done[i] = True
                 continue
-            logits[i, ~rule.allowed_tokens(states[i], -1)] = -np.inf
+            logits[i, ~rule.allowed_tokens(*states[i])] = -np.inf
             k = min(top_k, logits.shape[1] - 1)
             top = np.argpartition(-logits[i], k)[:k]
             p = np.exp(logits[i, top] - logits[i, top].max())
             p[p < min_p] = 0.0  # p is relative to the most likely candidate (1.0): min-p
             token = int(rng.choice(top, p=p / p.sum()))
-            states[i] = rule.advance(states[i], -1, token)[0]
+            states[i] = rule.advance(*states[i], token)
             batch[i, lengths[i]] = token
             lengths[i] += 1
             done[i] = token == close_id
