@@ -32,7 +32,7 @@ import numpy as np
 from . import __version__, forms
 from .corpus import CLOSE, prompt_prefix
 from .errors import OptionError
-from .fsutil import atomic_write_json, fsync_dir
+from .fsutil import atomic_write_json, fsync_dir, is_within, recover_aside, replace_dir
 from .generate import DEFAULT_MIN_P, DEFAULT_TOP_K, OPTION_RULES
 from .sampler import NEG, bucket_length, row_seeds, top_k_cap
 from .vocab import PAD_ID, SEP_ID
@@ -443,6 +443,32 @@ def parse_batch_sizes(text: str | Sequence[int]) -> list[int]:
     return sorted(set(sizes))
 
 
+def check_target(out: Path, overwrite: bool, run: str | os.PathLike) -> None:
+    """Refuse a ``--saved-model`` folder whose replacement would lose something the user had.
+
+    ``out`` may not be a file, hold the run or lie inside it; an existing non-empty ``out`` is
+    replaced only with ``overwrite``, and only when it is a SavedModel this command wrote
+    (``assets/poetry_gpt.json``).
+
+    Args:
+        out: the SavedModel folder to write.
+        overwrite: ``--overwrite`` was given.
+        run: the RUN_DIR or export folder read.
+    """
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"--saved-model: {out} is a file; choose a folder name")
+    if is_within(run, out) or is_within(out, run):
+        raise OptionError(f"--saved-model: {out} holds or lies inside the --run {run}; choose a folder outside it")
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not (out / "assets" / ASSET).is_file():
+        raise OptionError(f"--saved-model: {out} is not empty and is not a SavedModel written by `poetry-gpt export` "
+                          f"(no assets/{ASSET}); --overwrite replaces only those; choose another folder")
+    if not overwrite:
+        raise OptionError(f"--saved-model: {out} already exists; pass --overwrite to replace it, or choose another "
+                          "folder")
+
+
 def export_saved_model(run: str | os.PathLike, out: str | os.PathLike, checkpoint: str | None = None,
                        batch_sizes: str | Sequence[int] = DEFAULT_BATCH_SIZES, overwrite: bool = False) -> dict:
     """Write the SavedModel of a run to ``out`` atomically (a temporary folder next to it, then a rename).
@@ -467,9 +493,9 @@ def export_saved_model(run: str | os.PathLike, out: str | os.PathLike, checkpoin
 
     sizes = parse_batch_sizes(batch_sizes)
     out = Path(out)
-    if out.exists() and (not overwrite or not out.is_dir()):
-        raise OptionError(f"--saved-model: {out} already exists; pass --overwrite to replace it, or choose another "
-                          "folder" if out.is_dir() else f"--saved-model: {out} is a file; choose a folder name")
+    aside = out.with_name(f".{out.name}.old")
+    recover_aside(out, aside)  # a replace killed between its two renames (where no atomic exchange exists)
+    check_target(out, overwrite, run)
     t0 = time.perf_counter()
     gen = PoemGenerator(run, checkpoint)
     poet = SavedPoet(gen, sizes)
@@ -482,22 +508,11 @@ def export_saved_model(run: str | os.PathLike, out: str | os.PathLike, checkpoin
         (tmp / "assets").mkdir(exist_ok=True)
         atomic_write_json(tmp / "assets" / ASSET, info)
         fsync_dir(tmp)
-        _swap_in(tmp, out)
+        replace_dir(tmp, out, aside)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {**info, "seconds": round(time.perf_counter() - t0, 2), "bytes": size}
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is kept as ``out.old`` until the new one is in place."""
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-    fsync_dir(out.parent)
 
 
 def read_info(saved_model: str | os.PathLike) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -32,7 +33,7 @@ DEFAULTS = {name: default for name, _, _, default, _ in INPUTS if name != "promp
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A trained tiny RUN_DIR and its SavedModel, written by the CLI over an existing folder (--overwrite)."""
+    """A trained tiny RUN_DIR and its SavedModel, written by the CLI, then refused and replaced (--overwrite)."""
     from click.testing import CliRunner
 
     from poetry_gpt.cli import main
@@ -46,9 +47,10 @@ def exported(tmp_path_factory):
                                                         precision="fp32"))
     train(root / "data", root / "run", cfg, echo=lambda line: None, verbose=0)
     out = root / "poet"
-    out.mkdir()
-    (out / "mine.txt").write_text("keep me")
     args = ["export", "--run", str(root / "run"), "--saved-model", str(out), "--batch-sizes", "2,1"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    (out / "stale.txt").write_text("from the first export")
     refused = CliRunner().invoke(main, args)
     written = CliRunner().invoke(main, args + ["--overwrite"])
     return {"root": root, "run": root / "run", "out": out, "refused": refused, "written": written}
@@ -75,7 +77,7 @@ def test_export_refuses_an_existing_folder_then_overwrites_it_and_records_its_so
     refused, written, out = exported["refused"], exported["written"], exported["out"]
     assert refused.exit_code == 1 and "--saved-model" in refused.output and "--overwrite" in refused.output
     assert written.exit_code == 0, written.output
-    assert not (out / "mine.txt").exists() and (out / "saved_model.pb").is_file()
+    assert not (out / "stale.txt").exists() and (out / "saved_model.pb").is_file()
     assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith((".poet", "poet."))) == []
     info = json.loads((out / "assets" / ASSET).read_text(encoding="utf-8"))
     assert info["source"]["run"] == str(exported["run"].resolve()) and info["source"]["global_step"] == 3
@@ -89,7 +91,7 @@ def test_a_failed_export_leaves_the_old_folder_and_no_temporary_one(exported, tm
     from poetry_gpt.saved_model import export_saved_model
 
     out = tmp_path / "poet"
-    out.mkdir()
+    shutil.copytree(exported["out"], out)  # an earlier SavedModel: the one kind --overwrite replaces
     (out / "mine.txt").write_text("keep me")
 
     def broken_save(*args, **kwargs):
@@ -99,6 +101,26 @@ def test_a_failed_export_leaves_the_old_folder_and_no_temporary_one(exported, tm
     with pytest.raises(OSError, match="disk full"):
         export_saved_model(exported["run"], out, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["poet"] and (out / "mine.txt").read_text() == "keep me"
+
+
+def test_overwrite_never_replaces_a_folder_export_did_not_write_nor_the_run(exported, tmp_path):
+    """A non-empty folder without assets/poetry_gpt.json, the run itself, or a folder inside the run are
+    refused even with --overwrite, and nothing in them changes."""
+    from click.testing import CliRunner
+
+    from poetry_gpt.cli import main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    run = exported["run"]
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    for out, fragment in ((mine, "not a SavedModel written by `poetry-gpt export`"), (run, "holds or lies inside"),
+                          (run / "poet", "holds or lies inside"), (run / "export", "holds or lies inside")):
+        result = CliRunner().invoke(main, ["export", "--run", str(run), "--saved-model", str(out), "--overwrite"])
+        assert result.exit_code == 1 and fragment in result.output, result.output
+    assert (mine / "notes.txt").read_text() == "keep me" and [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
 
 
 def test_a_tensorflow_only_process_writes_the_poems_of_poem_generator(exported):
