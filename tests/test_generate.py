@@ -623,6 +623,13 @@ def test_cli_out_is_never_replaced_without_overwrite_and_never_a_model_file(cli_
         result = _invoke(["generate", "--run", str(run_dir), "床前", "--out", str(inside), "--overwrite"])
         assert result.exit_code == 1 and "part of the model --run reads" in result.output, result.output
         assert sorted(p.name for p in (run_dir / "export").iterdir()) == before
+    # a folder is not a file to write: click refuses it (usage error), the folder untouched
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("keep me")
+    result = _invoke(["generate", "--run", str(run_dir), "床前", "--out", str(folder), "--overwrite"])
+    assert result.exit_code == 2 and "is a directory" in result.output, result.output
+    assert [p.name for p in folder.iterdir()] == ["mine.txt"]
 
 
 @pytest.mark.parametrize("args, option", [
