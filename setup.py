@@ -2,7 +2,21 @@
 import re
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildPyWithPresets(build_py):
+    """Ship the top-level configs.py inside the package as poetry_gpt/_configs.py (see poetry_gpt/presets.py),
+    so a wheel install has the presets without a top-level module named ``configs``."""
+
+    def run(self):
+        super().run()
+        if self.editable_mode:  # an editable install reads the checkout's configs.py itself
+            return
+        self.mkpath(str(Path(self.build_lib) / "poetry_gpt"))
+        self.copy_file("configs.py", str(Path(self.build_lib) / "poetry_gpt" / "_configs.py"))
+
 
 VERSION = re.search(r'__version__ = "([^"]+)"', Path("poetry_gpt/__init__.py").read_text()).group(1)
 
@@ -15,9 +29,9 @@ setup(
     long_description=Path("README.md").read_text(encoding="utf-8") if Path("README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
-    packages=["poetry_gpt", "poetry_gpt.commands", "poetry_gpt.serve"],
+    packages=find_packages(include=["poetry_gpt", "poetry_gpt.*"]),
     package_data={"poetry_gpt.serve": ["page/*.html"]},
-    py_modules=["configs"],
+    cmdclass={"build_py": BuildPyWithPresets},
     install_requires=[
         # tested together on Python 3.11, CPU; tf-keras is the Keras 2 that transformers' TF models need
         "tensorflow==2.21.*",

@@ -179,12 +179,12 @@ def config_from_preset(name: str, presets: Mapping[str, Mapping[str, Mapping[str
 
     Args:
         name: preset name such as ``tiny`` or ``small``.
-        presets: mapping to look in (defaults to ``configs.PRESETS``).
+        presets: mapping to look in (default: the ``PRESETS`` of ``configs.py``, see ``presets.py``).
     """
     if presets is None:
-        import configs
+        from .presets import load_presets
 
-        presets = configs.PRESETS
+        presets = load_presets()
     if name not in presets:
         raise OptionError(f"--config: unknown preset {name!r}; choose one of {', '.join(presets)}")
     spec = presets[name]

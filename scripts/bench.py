@@ -25,7 +25,7 @@ system do not affect another; a subprocess prints one JSON line that this parent
   Model-FLOPs utilisation = useful tokens/s × (6·N + 12·L·T·D) / the matmul peak measured in this
   run (2048×2048 ``tf.matmul``, fp32 and bf16). Each system runs ``--rounds`` times, alternating the
   order; the best round is reported (a shared machine only ever slows a run down), every round is listed.
-* ``generate`` — ``poetry_gpt.generate.benchmark`` (compiled sampler vs eager ``model.generate`` vs
+* ``generate`` — ``poetry_gpt.generate.generator.benchmark`` (compiled sampler vs eager ``model.generate`` vs
   transformers' XLA ``generate``, 64 new tokens, batch 1 and 8, random model of the small shape), and
   ``PoemGenerator`` itself on an export (random weights unless ``--run``) with and without
   ``form='五绝'``, against its eager path. The first call of each (the compile a user waits for) is
@@ -276,7 +276,7 @@ def _encoded_poems(raw: str, data_dir: str):
     """The corpus lines as id arrays (``[SEP]`` + characters), with the DATA_DIR's vocabulary (no TensorFlow)."""
     import numpy as np
 
-    from poetry_gpt.vocab import CharVocab
+    from poetry_gpt.data.vocab import CharVocab
 
     vocab = CharVocab.load(data_dir)
     flat, lengths = vocab.encode_lines(_read_lines(raw))
@@ -360,7 +360,7 @@ def child_setup(a: dict) -> dict:
     """Prepare DATA_DIRs (optionally from a corpus repeated N times) and a random-weight export."""
     import poetry_gpt  # noqa: F401
     from poetry_gpt.config import DataConfig
-    from poetry_gpt.prepare import prepare
+    from poetry_gpt.data.prepare import prepare
 
     done = {}
     for job in a["data"]:
@@ -383,9 +383,10 @@ def child_setup(a: dict) -> dict:
     export = a.get("export")
     if export:
         from poetry_gpt.config import ModelConfig
-        from poetry_gpt.model import build_model, save_export
-        from poetry_gpt.records import load_manifest
-        from poetry_gpt.vocab import CharVocab
+        from poetry_gpt.model.gpt2 import build_model
+        from poetry_gpt.model.export import save_export
+        from poetry_gpt.data.records import load_manifest
+        from poetry_gpt.data.vocab import CharVocab
 
         manifest = load_manifest(export["data_dir"])
         vocab = CharVocab.load(manifest.path)
@@ -404,11 +405,11 @@ def child_train_poetry(a: dict) -> dict:
     import poetry_gpt  # noqa: F401
     import tf_keras
     from poetry_gpt.config import config_from_preset
-    from poetry_gpt.distribute import distribute_options, make_strategy
-    from poetry_gpt.model import build_model, count_parameters
-    from poetry_gpt.records import load_manifest, train_dataset
-    from poetry_gpt.train import build_lm_trainer, make_optimizer, resolve_precision, set_precision
-    from poetry_gpt.vocab import CharVocab
+    from poetry_gpt.train.distribute import distribute_options, make_strategy
+    from poetry_gpt.model.gpt2 import build_model, count_parameters
+    from poetry_gpt.data.records import load_manifest, train_dataset
+    from poetry_gpt.train.loop import build_lm_trainer, make_optimizer, resolve_precision, set_precision
+    from poetry_gpt.data.vocab import CharVocab
 
     threads = _tf_threads()
     config = config_from_preset(a["preset"])
@@ -593,7 +594,8 @@ def child_generate(a: dict) -> dict:
     import statistics
 
     import poetry_gpt  # noqa: F401
-    from poetry_gpt.generate import PoemGenerator, benchmark
+    from bench_generate import benchmark  # scripts/ is on sys.path: this file runs as a script
+    from poetry_gpt.generate.generator import PoemGenerator
 
     b = a["benchmark"]
     report = {"benchmark": benchmark(b["n_layer"], b["n_embd"], b["n_head"], b["n_ctx"], b["vocab_size"],
@@ -651,7 +653,7 @@ def child_first_call(a: dict) -> dict:
     load the export, then time one batch-1 ``generate`` call (it compiles the sampler's programs)."""
     os.environ.setdefault("USE_TF", "1")  # as poetry_gpt.cli
     import poetry_gpt  # noqa: F401
-    from poetry_gpt.generate import PoemGenerator
+    from poetry_gpt.generate.generator import PoemGenerator
 
     start = time.perf_counter()
     gen = PoemGenerator(a["export"])
@@ -667,7 +669,8 @@ def child_train_memory(a: dict) -> dict:
     """A short real ``train`` run (validation, samples, checkpoint and export included)."""
     import poetry_gpt  # noqa: F401
     from poetry_gpt.config import config_from_preset
-    from poetry_gpt.train import train
+    from poetry_gpt.generate.samples import sample_poems
+    from poetry_gpt.train.loop import train
 
     import tensorflow  # noqa: F401  (imports first, to separate their memory from training's)
     import transformers  # noqa: F401
@@ -675,7 +678,8 @@ def child_train_memory(a: dict) -> dict:
     after_imports = _rss_mb()
     config = config_from_preset(a["preset"]).replace(
         train={"steps_per_epoch": a["steps"], "epochs": 1, "checkpoint_every": 0})
-    result = train(a["data_dir"], a["run_dir"], config, echo=lambda line: print(line, file=sys.stderr), verbose=0)
+    result = train(a["data_dir"], a["run_dir"], config, echo=lambda line: print(line, file=sys.stderr), verbose=0,
+                   sample_poems=sample_poems)
     return {"preset": a["preset"], "steps": result.global_step, "train_seconds": round(result.seconds, 1),
             "tokens_per_s": round(result.tokens_per_second, 1), "rss_after_imports_mb": after_imports,
             "vm_hwm_mb": _vm_hwm_mb(), "torch_imported": "torch" in sys.modules}
@@ -686,7 +690,7 @@ def child_generate_memory(a: dict) -> dict:
     with rhyme), in a process set up as ``poetry-gpt generate`` sets itself up (``USE_TF=1``)."""
     os.environ.setdefault("USE_TF", "1")  # as poetry_gpt.cli: transformers leaves torch alone
     import poetry_gpt  # noqa: F401
-    from poetry_gpt.generate import PoemGenerator
+    from poetry_gpt.generate.generator import PoemGenerator
 
     gen = PoemGenerator(a["export"])
     poems = 0
@@ -704,8 +708,8 @@ def child_export(a: dict) -> dict:
     import statistics
 
     import poetry_gpt  # noqa: F401
-    from poetry_gpt.generate import PoemGenerator
-    from poetry_gpt.saved_model import export_saved_model
+    from poetry_gpt.generate.generator import PoemGenerator
+    from poetry_gpt.serve.saved_model import export_saved_model
 
     import tensorflow as tf
 

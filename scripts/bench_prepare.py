@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Throughput of ``prepare`` (raw.txt -> vocabulary + TFRecords + manifest), in characters per second.
 
-Measures the library call ``poetry_gpt.prepare.prepare`` on a corpus repeated 1×, 4× and 16×
+Measures the library call ``poetry_gpt.data.prepare.prepare`` on a corpus repeated 1×, 4× and 16×
 (the copies are concatenated into one temporary raw.txt). Python, numpy and TensorFlow start-up
 are excluded: TensorFlow is imported and one warm-up ``prepare`` runs before any timing.
 
@@ -58,7 +58,7 @@ def main() -> None:
     import tensorflow as tf  # start-up excluded from the timings
 
     from poetry_gpt.config import DataConfig
-    from poetry_gpt.prepare import prepare
+    from poetry_gpt.data.prepare import prepare
 
     text = args.raw.read_text(encoding="utf-8")
     if not text.endswith("\n"):

@@ -39,8 +39,8 @@ def train_tiny(raw: Path, root: Path, steps: int = 20) -> Path:
         steps: training steps (one epoch).
     """
     from poetry_gpt.config import DataConfig, config_from_preset
-    from poetry_gpt.prepare import prepare
-    from poetry_gpt.train import set_precision, train
+    from poetry_gpt.data.prepare import prepare
+    from poetry_gpt.train.loop import set_precision, train
 
     prepare([raw], root / "data", DataConfig(valid_fraction=0.1), n_ctx=64)
     config = config_from_preset("tiny").replace(train=dict(epochs=1, steps_per_epoch=steps, samples_per_epoch=0,

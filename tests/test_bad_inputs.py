@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from poetry_gpt.cli import main
 from poetry_gpt.config import DataConfig, config_from_preset
-from poetry_gpt.prepare import prepare
-from poetry_gpt.train import train
+from poetry_gpt.data.prepare import prepare
+from poetry_gpt.train.loop import train
 
 CHARS = "春夏秋冬风花雪月山水云烟江湖日夜天地人心明白青红寒暖高低来去"
 

@@ -11,9 +11,9 @@ import urllib.parse
 import pytest
 from click.testing import CliRunner
 
-from poetry_gpt import chinese_poetry as cp
+from poetry_gpt.data import chinese_poetry as cp
 from poetry_gpt.cli import main
-from poetry_gpt.corpus import parse_line
+from poetry_gpt.data.corpus import parse_line
 from poetry_gpt.errors import InputError, OptionError
 
 TANG = "全唐诗"

@@ -1,7 +1,7 @@
-"""词牌 patterns learned from a corpus (poetry_gpt.cipai) and reported by prepare / corpus stats."""
+"""词牌 patterns learned from a corpus (poetry_gpt.verse.cipai) and reported by prepare / corpus stats."""
 from __future__ import annotations
 
-from poetry_gpt import cipai
+from poetry_gpt.verse import cipai
 
 HUANXISHA = "一曲新词酒一杯。去年天气旧亭台。夕阳西下几时回。无可奈何花落去，似曾相识燕归来。小园香径独徘徊。"
 HUANXISHA_2 = "山下兰芽短浸溪。松间沙路净无泥。萧萧暮雨子规啼。谁道人生无再少，门前流水尚能西。休将白发唱黄鸡。"
@@ -25,8 +25,8 @@ def test_learn_patterns_modal_pattern_share_and_threshold():
 
 
 def test_prepare_records_patterns_in_the_manifest_and_stats_lists_them(tmp_path):
-    from poetry_gpt.diagnostics import format_report
-    from poetry_gpt.prepare import prepare, read_only_report
+    from poetry_gpt.data.diagnostics import format_report
+    from poetry_gpt.data.prepare import prepare, read_only_report
 
     raw = tmp_path / "ci.raw.txt"
     raw.write_text("".join(f"浣溪沙 宋词：【{HUANXISHA[:-1]}{'。' * (i % 2)}{i}】\n" for i in range(24)), encoding="utf-8")
@@ -57,12 +57,12 @@ def _tune_corpus(path, poems: int = 24):
 def test_cipai_layout_constraint_follows_the_pattern():
     import numpy as np
 
-    from poetry_gpt import forms
-    from poetry_gpt.vocab import CharVocab
+    from poetry_gpt.generate import constraints
+    from poetry_gpt.data.vocab import CharVocab
 
     vocab = CharVocab.from_counts(CharVocab.count_chars([f"{TUNE} 宋词：【{HUANXISHA}】", "春 宋词：【花，月。】"]))
-    layout = forms.Layout(TUNE, TUNE_LENGTHS, tuple(TUNE_MARKS))
-    c = forms.layout_constraint(layout, vocab, acrostic="一去")
+    layout = constraints.Layout(TUNE, TUNE_LENGTHS, tuple(TUNE_MARKS))
+    c = constraints.layout_constraint(layout, vocab, acrostic="一去")
     entry = {"clauses": list(TUNE_LENGTHS)}
     for seed in range(30):
         rng = np.random.default_rng(seed)
@@ -89,7 +89,7 @@ def test_generate_form_cipai_from_the_export_alone(tmp_path):
     from helpers import train_tiny
 
     from poetry_gpt.errors import OptionError
-    from poetry_gpt.generate import PoemGenerator
+    from poetry_gpt.generate.generator import PoemGenerator
 
     train_tiny(_tune_corpus(tmp_path / "ci.raw.txt"), tmp_path, steps=2)
     shutil.rmtree(tmp_path / "data")

@@ -6,9 +6,11 @@ import json
 
 import pytest
 
-import configs
-from poetry_gpt.config import (DataConfig, ModelConfig, RunConfig, TrainConfig, config_from_preset)
+from poetry_gpt.presets import load_presets
+from poetry_gpt.config import DataConfig, ModelConfig, RunConfig, TrainConfig, config_from_preset
 from poetry_gpt.errors import OptionError
+
+PRESETS = load_presets()
 
 
 def test_defaults_are_the_small_benchmark_model():
@@ -30,7 +32,7 @@ def test_presets_resolve(name, shape):
     assert (config.model.n_layer, config.model.n_embd, config.model.n_ctx) == shape
     assert config.model.n_embd % config.model.n_head == 0
     # every preset lists only what differs from the defaults
-    spec = configs.PRESETS[name]
+    spec = PRESETS[name]
     for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
         defaults = dataclasses.asdict(cls())
         for key, value in spec.get(section, {}).items():
@@ -93,7 +95,7 @@ def test_configs_are_frozen():
         ModelConfig().n_layer = 3
 
 
-@pytest.mark.parametrize("name", list(configs.PRESETS))
+@pytest.mark.parametrize("name", list(PRESETS))
 def test_run_config_json_round_trip(name):
     config = config_from_preset(name).replace(model={"dropout": 0.2}, train={"learning_rate": 2e-4, "epochs": 3})
     text = json.dumps(config.to_dict())

@@ -7,13 +7,12 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from poetry_gpt import forms
+from poetry_gpt.verse import forms
 from poetry_gpt.cli import main
-from poetry_gpt.corpus import (SKIP_REASONS, Poem, format_line, genre_counts, parse_line, prompt_prefix,
-                               read_corpus, read_text_file)
-from poetry_gpt.diagnostics import corpus_report, format_report, regular_form_counts
+from poetry_gpt.data.corpus import (SKIP_REASONS, Poem, format_line, genre_counts, parse_line, prompt_prefix, read_corpus, read_text_file)
+from poetry_gpt.data.diagnostics import corpus_report, format_report, regular_form_counts
 from poetry_gpt.errors import InputError
-from poetry_gpt.vocab import CharVocab
+from poetry_gpt.data.vocab import CharVocab
 
 GOOD = "静夜思 唐诗：【床前明月光，疑是地上霜。举头望明月，低头思故乡。】"
 GOOD2 = "春晓 唐诗：【春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。】"
@@ -219,7 +218,7 @@ def test_bad_file_is_a_one_line_error(tmp_path, case):
 def test_a_stray_nul_past_the_start_skips_only_its_line(tmp_path):
     """A NUL byte on line 202 of 600 is a control character of that line (skipped and counted), not a
     binary file; the same byte within the first 8000 bytes still marks the file binary, as git decides."""
-    from poetry_gpt.corpus import BINARY_SNIFF_BYTES
+    from poetry_gpt.data.corpus import BINARY_SNIFF_BYTES
 
     lines = [f"题{i} 唐诗：【{GOOD[8:-1]}{i}】" for i in range(600)]
     lines[201] = lines[201][:9] + "\x00" + lines[201][9:]

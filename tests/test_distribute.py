@@ -42,7 +42,7 @@ RUN_ENTRIES = {"run.json", "trainer_state.json", "checkpoints", "export", "logs"
 # runs carry no recording op at all.
 ROW_RECORDER = """
 import json, os
-import poetry_gpt.train as train_mod
+import poetry_gpt.train.loop as train_mod
 
 def recording(build):
     def wrapped(*args, **kwargs):
@@ -177,7 +177,7 @@ def assert_rows_split_the_global_stream(rows: Path, run: Path, data: Path, first
     The global batches are those an uninterrupted single process consumes: ``train_dataset`` from
     step 0 with the run's seed, batch size and context, at steps ``first_step … first_step + steps − 1``.
     """
-    from poetry_gpt.records import load_manifest, train_dataset
+    from poetry_gpt.data.records import load_manifest, train_dataset
 
     config = json.loads((run / "run.json").read_text(encoding="utf-8"))["config"]
     batch, n_ctx = config["train"]["batch_size"], config["model"]["n_ctx"]
@@ -202,7 +202,7 @@ def train_args(data: Path, run: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     from poetry_gpt.config import DataConfig
-    from poetry_gpt.prepare import prepare
+    from poetry_gpt.data.prepare import prepare
 
     folder = tmp_path_factory.mktemp("mw-data")
     raw = write_raw(folder / "raw.txt", 200)
@@ -270,7 +270,7 @@ def test_two_workers_train_and_only_the_chief_writes(cluster_run):
 
 @pytest.mark.slow
 def test_one_process_resumes_the_chief_checkpoint(single_resume, data_dir):
-    from poetry_gpt.model import load_export
+    from poetry_gpt.model.export import load_export
 
     run, out = single_resume
     assert re.search(r"Resumed .* from ckpt-5: step 5, epoch 1", out), out[-3000:]
@@ -332,7 +332,7 @@ def test_workers_that_resume_different_steps_are_refused(cluster_run, data_dir, 
 @pytest.mark.parametrize("fault", [None, "duplicated", "skipped", "one-step-late"])
 def test_row_check_fails_on_a_duplicated_or_skipped_shard(data_dir, tmp_path, fault):
     """The check the cluster tests apply to the recorded rows, on made-up records of each fault."""
-    from poetry_gpt.records import load_manifest, train_dataset
+    from poetry_gpt.data.records import load_manifest, train_dataset
 
     run = tmp_path / "run"
     run.mkdir()
@@ -368,7 +368,7 @@ def test_row_check_fails_on_a_duplicated_or_skipped_shard(data_dir, tmp_path, fa
     ({"cluster": {"chief": ["c:0"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}, "multi-worker", False),
 ])
 def test_is_chief(monkeypatch, tf_config, strategy, chief):
-    from poetry_gpt.distribute import is_chief
+    from poetry_gpt.train.distribute import is_chief
 
     if tf_config is None:
         monkeypatch.delenv("TF_CONFIG", raising=False)
@@ -383,7 +383,7 @@ def test_is_chief(monkeypatch, tf_config, strategy, chief):
     (json.dumps({"cluster": {"worker": ["a:1"]}}), "TF_CONFIG: not a valid cluster description"),
 ])
 def test_bad_tf_config_is_a_clear_error(monkeypatch, value, message):
-    from poetry_gpt.distribute import is_chief, make_strategy
+    from poetry_gpt.train.distribute import is_chief, make_strategy
     from poetry_gpt.errors import PoetryGPTError
 
     monkeypatch.setenv("TF_CONFIG", value)
@@ -394,7 +394,7 @@ def test_bad_tf_config_is_a_clear_error(monkeypatch, value, message):
 
 
 def test_multi_worker_without_tf_config_is_refused(monkeypatch):
-    from poetry_gpt.distribute import make_strategy
+    from poetry_gpt.train.distribute import make_strategy
     from poetry_gpt.errors import PoetryGPTError
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
@@ -407,7 +407,7 @@ def test_non_chief_saves_in_a_temporary_folder_that_goes_away(tmp_path, monkeypa
 
     import tensorflow as tf
 
-    from poetry_gpt.distribute import checkpoint_managers
+    from poetry_gpt.train.distribute import checkpoint_managers
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
@@ -433,7 +433,7 @@ def test_non_chief_saves_in_a_temporary_folder_that_goes_away(tmp_path, monkeypa
 def test_batch_must_split_over_replicas():
     from types import SimpleNamespace
 
-    from poetry_gpt.distribute import check_global_batch
+    from poetry_gpt.train.distribute import check_global_batch
     from poetry_gpt.errors import PoetryGPTError
 
     check_global_batch(SimpleNamespace(num_replicas_in_sync=2), 8)
@@ -442,7 +442,7 @@ def test_batch_must_split_over_replicas():
 
 
 def test_worker_view_of_run_dir_creates_nothing(tmp_path):
-    from poetry_gpt.distribute import open_as_worker
+    from poetry_gpt.train.distribute import open_as_worker
 
     missing = tmp_path / "not-yet"
     run, resuming = open_as_worker(missing, overwrite=False)
@@ -544,6 +544,6 @@ def test_full_disk_is_refused_before_training(tmp_path, monkeypatch):
 
 def _prepare_small(folder: Path, data: Path) -> None:
     from poetry_gpt.config import DataConfig
-    from poetry_gpt.prepare import prepare
+    from poetry_gpt.data.prepare import prepare
 
     prepare([write_raw(folder / "raw.txt", 60)], data, DataConfig(valid_fraction=0.05), n_ctx=64)

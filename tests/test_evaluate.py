@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 import poetry_gpt  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from poetry_gpt import poem_metrics
+from poetry_gpt.verse import poem_metrics
 from poetry_gpt.config import DataConfig, config_from_preset
 from poetry_gpt.errors import DataDirError, OptionError, RunDirError
-from poetry_gpt.evaluate import corpus_sample, held_out_prompts, perplexity, prompt_order
+from poetry_gpt.eval.evaluate import corpus_sample, held_out_prompts, perplexity, prompt_order
 
 CHARS = "春花秋月山水风云天地人心江河日夜雪雨"
 OTHER_CHARS = "东西南北金木火土竹松梅兰草石"
@@ -43,7 +43,7 @@ def write_raw(path: Path, n: int, seed: int = 0, chars: str = CHARS) -> Path:
 
 
 def make_data(folder: Path, n: int = 120, seed: int = 0, chars: str = CHARS, vocab_dir=None) -> Path:
-    from poetry_gpt.prepare import prepare
+    from poetry_gpt.data.prepare import prepare
 
     folder.mkdir(parents=True, exist_ok=True)
     raw = write_raw(folder / "raw.txt", n, seed, chars)
@@ -60,9 +60,9 @@ def invoke(args):
 
 
 def split_bodies(data_dir, split: str) -> list[str]:
-    """Bodies of a split, decoded independently of poetry_gpt.evaluate."""
-    from poetry_gpt.records import load_manifest, read_poem_ids
-    from poetry_gpt.vocab import CharVocab
+    """Bodies of a split, decoded independently of poetry_gpt.eval.evaluate."""
+    from poetry_gpt.data.records import load_manifest, read_poem_ids
+    from poetry_gpt.data.vocab import CharVocab
 
     vocab = CharVocab.load(data_dir)
     lines = [vocab.decode(ids) for ids in read_poem_ids(load_manifest(data_dir), split)]
@@ -76,7 +76,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, data_dir) -> Path:
-    from poetry_gpt.train import set_precision, train
+    from poetry_gpt.train.loop import set_precision, train
 
     run = tmp_path_factory.mktemp("trained") / "run"
     config = config_from_preset("tiny").replace(train=dict(epochs=1, steps_per_epoch=5, samples_per_epoch=0,
@@ -100,7 +100,7 @@ def cli_report(run_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def generator(run_dir):
-    from poetry_gpt.generate import PoemGenerator
+    from poetry_gpt.generate.generator import PoemGenerator
 
     return PoemGenerator(run_dir)
 
@@ -124,7 +124,7 @@ def direct_loss(lm, poems: list[list[int]], n_ctx: int, stride: int) -> tuple[fl
     """
     import tensorflow as tf
 
-    from poetry_gpt.vocab import SEP_ID
+    from poetry_gpt.data.vocab import SEP_ID
 
     total, count = 0.0, 0
     for ids in poems:
@@ -175,7 +175,7 @@ def test_validation_loss_is_the_token_mean_over_all_poems(cli_report, run_dir, d
     """An independent computation: transformers' own logits, log-softmax in numpy, one poem at a time."""
     from transformers import TFGPT2LMHeadModel
 
-    from poetry_gpt.records import load_manifest, read_poem_ids
+    from poetry_gpt.data.records import load_manifest, read_poem_ids
 
     lm = TFGPT2LMHeadModel.from_pretrained(str(run_dir / "export"))
     n_ctx = lm.config.n_positions
@@ -197,11 +197,11 @@ def test_validation_loss_scores_long_poems_in_sliding_windows(tmp_path):
     the default stride (half the context) at least half of it.
     """
     from poetry_gpt.config import ModelConfig
-    from poetry_gpt.evaluate import validation_loss
-    from poetry_gpt.model import build_model
-    from poetry_gpt.records import load_manifest, read_poem_ids
-    from poetry_gpt.train import set_precision
-    from poetry_gpt.vocab import CharVocab
+    from poetry_gpt.eval.evaluate import validation_loss
+    from poetry_gpt.model.gpt2 import build_model
+    from poetry_gpt.data.records import load_manifest, read_poem_ids
+    from poetry_gpt.train.loop import set_precision
+    from poetry_gpt.data.vocab import CharVocab
 
     n_ctx = 16
     data = make_data(tmp_path, n=30)
@@ -238,7 +238,7 @@ def test_corpus_and_held_out_figures_are_poem_metrics_of_the_splits(cli_report, 
 
 
 def test_metre_block_of_known_poems():
-    from poetry_gpt.cipai import learn_patterns
+    from poetry_gpt.verse.cipai import learn_patterns
 
     chunwang = "国破山河在，城春草木深。感时花溅泪，恨别鸟惊心。烽火连三月，家书抵万金。白头搔更短，浑欲不胜簪。"
     jingyesi = "床前明月光，疑是地上霜。举头望明月，低头思故乡。"
@@ -255,7 +255,7 @@ def test_metre_block_of_known_poems():
 @pytest.mark.slow
 def test_sample_figures_match_the_examples_and_the_prompts(cli_report, data_dir, generator):
     """The samples are the generator's for the held-out prompts and seeds seed..seed+N-1; figures recomputed."""
-    from poetry_gpt.records import load_manifest, read_poem_ids
+    from poetry_gpt.data.records import load_manifest, read_poem_ids
 
     vocab = generator.vocab
     lines = [vocab.decode(ids) for ids in read_poem_ids(load_manifest(data_dir), "valid")]
@@ -275,7 +275,7 @@ def test_sample_figures_match_the_examples_and_the_prompts(cli_report, data_dir,
 
 @pytest.mark.slow
 def test_same_seed_same_report_and_data_override(cli_report, run_dir, data_dir, generator, tmp_path):
-    from poetry_gpt.evaluate import evaluate
+    from poetry_gpt.eval.evaluate import evaluate
 
     def stable(report):
         out = {k: v for k, v in report.items() if k not in ("seconds", "validation", "samples")}
@@ -312,7 +312,7 @@ def test_refuses_data_with_another_vocabulary(run_dir, tmp_path):
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: --data") and "vocab" in lines[0]
-    from poetry_gpt.evaluate import evaluate
+    from poetry_gpt.eval.evaluate import evaluate
 
     with pytest.raises(RunDirError):
         evaluate(run_dir, other, samples=2)
@@ -394,7 +394,7 @@ def test_perplexity_guard():
 
 
 def test_check_options_library():
-    from poetry_gpt.evaluate import check_eval_options
+    from poetry_gpt.eval.evaluate import check_eval_options
 
     with pytest.raises(OptionError, match="--samples"):
         check_eval_options(samples=0)

@@ -5,11 +5,11 @@ import pytest
 import poetry_gpt  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf
 
-from poetry_gpt import fused_ops
+from poetry_gpt.model import fused_ops
 from poetry_gpt.config import ModelConfig
-from poetry_gpt.fast_gpt2 import IGNORE_INDEX, gpt2_logits, lm_loss_terms
-from poetry_gpt.model import build_model
-from poetry_gpt.vocab import CharVocab
+from poetry_gpt.model.fast_forward import IGNORE_INDEX, gpt2_logits, lm_loss_terms
+from poetry_gpt.model.gpt2 import build_model
+from poetry_gpt.data.vocab import CharVocab
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_other_activations_and_inner_width_train_and_sample_as_transformers(sett
     computes it."""
     from transformers import GPT2Config, TFGPT2LMHeadModel
 
-    from poetry_gpt.sampler import CachedGPT2
+    from poetry_gpt.model.cached_gpt2 import CachedGPT2
 
     tf.keras.utils.set_random_seed(3)
     # weights large enough that MLP inputs reach |x| ~ 1, where the GELU approximations differ by ~1e-3

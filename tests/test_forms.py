@@ -1,4 +1,4 @@
-"""Tests for poetry_gpt.forms: the regularity rule, rhyme groups and constrained decoding."""
+"""Tests for poetry_gpt.verse.forms: the regularity rule, rhyme groups and constrained decoding."""
 from __future__ import annotations
 
 import os
@@ -6,10 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from poetry_gpt import forms
-from poetry_gpt.corpus import parse_line
+from poetry_gpt.verse import forms
+from poetry_gpt.generate import constraints
+from poetry_gpt.data.corpus import parse_line
 from poetry_gpt.errors import OptionError
-from poetry_gpt.vocab import SEP_ID, CharVocab
+from poetry_gpt.data.vocab import SEP_ID, CharVocab
 
 JINGYESI = "床前明月光，疑是地上霜。举头望明月，低头思故乡。"
 SONGXIONG = "别路云初起，离亭叶正飞。所嗟人异雁，不作一行归。"
@@ -120,20 +121,20 @@ def test_corpus_regular_counts(shared_corpus, name, regular, total):
 # ----------------------------------------------------------------------- constrained decoding
 def test_build_constraint_errors(vocab):
     with pytest.raises(OptionError, match="--form"):
-        forms.build_constraint("词", vocab)
+        constraints.build_constraint("词", vocab)
     with pytest.raises(OptionError, match="--acrostic.*at most 4"):
-        forms.build_constraint("五绝", vocab, acrostic="春夏秋冬月")
-    forms.build_constraint("五律", vocab, acrostic="春夏秋冬月")  # 8 clauses: fine
-    spaced = forms.build_constraint("五绝", vocab, acrostic=" 春 夏\t秋 冬 ")  # spaces between them are ignored
+        constraints.build_constraint("五绝", vocab, acrostic="春夏秋冬月")
+    constraints.build_constraint("五律", vocab, acrostic="春夏秋冬月")  # 8 clauses: fine
+    spaced = constraints.build_constraint("五绝", vocab, acrostic=" 春 夏\t秋 冬 ")  # spaces between them are ignored
     assert spaced.acrostic == "春夏秋冬"
-    assert (spaced.allowed == forms.build_constraint("五绝", vocab, acrostic="春夏秋冬").allowed).all()
+    assert (spaced.allowed == constraints.build_constraint("五绝", vocab, acrostic="春夏秋冬").allowed).all()
     with pytest.raises(OptionError, match="--acrostic.*龘"):
-        forms.build_constraint("五绝", vocab, acrostic="春龘")
+        constraints.build_constraint("五绝", vocab, acrostic="春龘")
     with pytest.raises(OptionError, match="--acrostic.*'a'"):
-        forms.build_constraint("五绝", vocab, acrostic="a")
+        constraints.build_constraint("五绝", vocab, acrostic="a")
     assert "国" in vocab.tokens and "國" not in vocab.tokens
     with pytest.raises(OptionError, match="'國' is not in the vocabulary; its simplified form '国' is; choose"):
-        forms.build_constraint("五绝", vocab, acrostic="春國")
+        constraints.build_constraint("五绝", vocab, acrostic="春國")
 
 
 @pytest.mark.parametrize("form, acrostic, rhyme, prompt, match", [
@@ -147,20 +148,20 @@ def test_build_constraint_errors(vocab):
     ("五绝", None, True, "题 唐诗：【床前明月光，疑是地上霜。举头望明月，低头思故人", "--rhyme"),
 ])
 def test_prompt_misfit(vocab, form, acrostic, rhyme, prompt, match):
-    c = forms.build_constraint(form, vocab, acrostic=acrostic, rhyme=rhyme)
+    c = constraints.build_constraint(form, vocab, acrostic=acrostic, rhyme=rhyme)
     with pytest.raises(OptionError, match=match):
         c.initial_state(prompt)
 
 
 def test_initial_state(vocab):
-    c = forms.build_constraint("五绝", vocab, rhyme=True)
-    none = forms.NO_RHYME
+    c = constraints.build_constraint("五绝", vocab, rhyme=True)
+    none = constraints.NO_RHYME
     assert c.initial_state("") == (0, none)
     assert c.initial_state("春晓 唐诗：") == (0, none)
     assert c.initial_state("春晓 唐诗：【") == (1, none)
     assert c.initial_state("春晓 唐诗：【春眠不觉晓") == (6, none)
     state, rhyme = c.initial_state("题 唐诗：【床前明月光，疑是地上霜。")
-    assert state == 13 and forms.group_of(rhyme[0]) == ["唐"] and rhyme[1:] == none[1:]  # 中华新韵: no record
+    assert state == 13 and constraints.group_of(rhyme[0]) == ["唐"] and rhyme[1:] == none[1:]  # 中华新韵: no record
     assert c.initial_state("题 唐诗：【" + JINGYESI + "】")[0] == c.done_state
     assert c.initial_state("题 唐诗：【" + JINGYESI)[0] == c.done_state - 1
 
@@ -198,14 +199,14 @@ CASES = [(f, a, r) for f in forms.FORMS for a in (None, "春风明月") for r in
 
 @pytest.mark.parametrize("form, acrostic, rhyme", CASES)
 def test_random_logits_numpy(vocab, form, acrostic, rhyme):
-    c = forms.build_constraint(form, vocab, acrostic=acrostic, rhyme=rhyme)
+    c = constraints.build_constraint(form, vocab, acrostic=acrostic, rhyme=rhyme)
     for seed in range(20):
         text = _sample_numpy(c, "题 唐诗：【", np.random.default_rng(seed))
         _assert_poem(text, form, acrostic, rhyme)
 
 
 def test_random_logits_from_header_and_opening(vocab):
-    c = forms.build_constraint("五绝", vocab, rhyme=True)
+    c = constraints.build_constraint("五绝", vocab, rhyme=True)
     for seed in range(10):
         text = _sample_numpy(c, "", np.random.default_rng(seed), boost_open=True)
         assert "】" not in text[:text.index("【")]
@@ -217,9 +218,9 @@ def test_random_logits_from_header_and_opening(vocab):
 
 def test_free_constraint_writes_one_header(vocab):
     """issue 12 #6: free sampling is header (no 】), body (no second 【) and done, whatever the logits."""
-    free = forms.free_constraint(vocab)
+    free = constraints.free_constraint(vocab)
     o, c = vocab.id_of("【"), vocab.id_of("】")
-    none = forms.NO_RHYME
+    none = constraints.NO_RHYME
     assert free.initial_state("") == (0, none) and free.initial_state("春晓 唐诗：【春眠") == (1, none)
     assert free.initial_state("题 唐诗：【春眠】")[0] == free.done_state
     assert not free.allowed[:2, :3].any()  # never a special token
@@ -243,22 +244,22 @@ def test_free_constraint_writes_one_header(vocab):
 def test_every_form_keeps_the_free_rule(vocab, form, acrostic, rhyme):
     """The free rule composes with the forms: in each state a form allows only what the free automaton
     allows in the matching state (header ↔ header, body positions and close ↔ body, done ↔ done)."""
-    free = forms.free_constraint(vocab)
-    c = forms.build_constraint(form, vocab, acrostic=acrostic, rhyme=rhyme)
+    free = constraints.free_constraint(vocab)
+    c = constraints.build_constraint(form, vocab, acrostic=acrostic, rhyme=rhyme)
     matching = np.array([0] + [1] * (c.done_state - 1) + [free.done_state])
     assert not (c.allowed & ~free.allowed[matching]).any()
     assert (c.allowed[0] == free.allowed[0]).all()  # the header is written as freely as without a form
 
 
 def test_allowed_tokens_rhyme_fallback(vocab):
-    c = forms.build_constraint("五绝", vocab, rhyme=True)
-    match_state = int(np.flatnonzero(c.rhyme_role == forms.ROLE_MATCH)[0])
+    c = constraints.build_constraint("五绝", vocab, rhyme=True)
+    match_state = int(np.flatnonzero(c.rhyme_role == constraints.ROLE_MATCH)[0])
     group = 1 << forms.GROUP_NAMES.index("唐")
-    rest = forms.NO_RHYME[1:]
+    rest = constraints.NO_RHYME[1:]
     restricted = c.allowed_tokens(match_state, (group, *rest))
     assert restricted.any() and (c.token_final[restricted] == group).all()
     assert (c.allowed_tokens(match_state, (1 << 20, *rest)) == c.allowed[match_state]).all()  # no token: fallback
-    assert (c.allowed_tokens(match_state, forms.NO_RHYME) == c.allowed[match_state]).all()
+    assert (c.allowed_tokens(match_state, constraints.NO_RHYME) == c.allowed[match_state]).all()
     assert c.allowed[c.done_state].sum() == 1 and c.allowed[c.done_state, SEP_ID]
 
 
@@ -269,19 +270,19 @@ def tf():
 
 
 def test_tf_matches_numpy_and_fallback(vocab, tf):
-    c = forms.build_constraint("五绝", vocab, rhyme=True)
+    c = constraints.build_constraint("五绝", vocab, rhyme=True)
     tables = c.as_tensors()
-    match_state = int(np.flatnonzero(c.rhyme_role == forms.ROLE_MATCH)[0])
+    match_state = int(np.flatnonzero(c.rhyme_role == constraints.ROLE_MATCH)[0])
     states = np.array([0, 1, 6, match_state, match_state, match_state, c.done_state], np.int32)
-    groups = np.full((len(states), forms.RHYME_WIDTH), -1, np.int32)
+    groups = np.full((len(states), constraints.RHYME_WIDTH), -1, np.int32)
     groups[:, 0] = [-1, -1, -1, 1 << forms.GROUP_NAMES.index("唐"), 1 << 20, -1, 8]
     logits = np.random.default_rng(0).normal(size=(len(states), len(vocab))).astype(np.float32)
-    out = forms.apply_constraint_tf(tf.constant(logits), tf.constant(states), tf.constant(groups), tables).numpy()
+    out = constraints.apply_constraint_tf(tf.constant(logits), tf.constant(states), tf.constant(groups), tables).numpy()
     assert np.isfinite(out).all()
     for row, (s, g) in enumerate(zip(states, groups)):
         expected = c.allowed_tokens(int(s), tuple(g))
         assert ((out[row] > -1e8) == expected).all()
-    half = forms.apply_constraint_tf(tf.constant(logits, tf.float16), tf.constant(states), tf.constant(groups), tables)
+    half = constraints.apply_constraint_tf(tf.constant(logits, tf.float16), tf.constant(states), tf.constant(groups), tables)
     assert np.isfinite(half.numpy()).all()
 
 
@@ -297,16 +298,16 @@ def test_random_logits_tf_xla(vocab, tf, form):
         for t in tf.range(steps):
             seeds = tf.stack([seed, t])
             logits = 3.0 * tf.random.stateless_normal([batch, V], seeds)
-            masked = forms.apply_constraint_tf(logits, state, group, tables)
+            masked = constraints.apply_constraint_tf(logits, state, group, tables)
             u = tf.random.stateless_uniform([batch, V], seeds + 1, minval=1e-7, maxval=1.0)
             tok = tf.argmax(masked - tf.math.log(-tf.math.log(u)), axis=1, output_type=tf.int32)
             out = out.write(t, tok)
-            state, group = forms.advance_tf(state, group, tok, tables)
+            state, group = constraints.advance_tf(state, group, tok, tables)
         return tf.transpose(out.stack()), state
 
     settings = [(None, False), ("春风明月", False), (None, True), ("春风明月", True)]
     for seed, (acrostic, rhyme) in enumerate(settings):
-        c = forms.build_constraint(form, vocab, acrostic=acrostic, rhyme=rhyme)
+        c = constraints.build_constraint(form, vocab, acrostic=acrostic, rhyme=rhyme)
         s0, g0 = c.initial_state("题 唐诗：【")
         ids, final = sample(c.as_tensors(), tf.fill([batch], s0), tf.constant([g0] * batch), tf.constant(seed))
         assert (final.numpy() == c.done_state).all()

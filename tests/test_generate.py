@@ -12,7 +12,7 @@ import pytest
 
 import poetry_gpt  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from poetry_gpt.errors import OptionError, RunDirError
-from poetry_gpt.vocab import CharVocab
+from poetry_gpt.data.vocab import CharVocab
 
 POEMS = [
     "春晓 唐诗：【春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。】",
@@ -57,7 +57,7 @@ def run_dir(tmp_path_factory, vocab):
 
 @pytest.fixture(scope="module")
 def gen(run_dir):
-    from poetry_gpt.generate import PoemGenerator
+    from poetry_gpt.generate.generator import PoemGenerator
 
     return PoemGenerator(run_dir)
 
@@ -83,7 +83,8 @@ def test_batch_1_split_matmuls_match_transformers(vocab_size):
     import tensorflow as tf
     from transformers import GPT2Config, TFGPT2LMHeadModel
 
-    from poetry_gpt.sampler import SPLIT, CachedGPT2
+    from poetry_gpt.generate.sampler import SPLIT
+    from poetry_gpt.model.cached_gpt2 import CachedGPT2
 
     assert SPLIT > 1
     tf.keras.utils.set_random_seed(1)
@@ -151,7 +152,7 @@ class FakeNet:
 
 
 def test_loop_stops_at_stop_token_and_exits_early():
-    from poetry_gpt.sampler import Sampler
+    from poetry_gpt.generate.sampler import Sampler
 
     close = 11
     sampler = Sampler(FakeNet({3: 5, 4: 6, 5: 7, 6: close, 7: 8}), stop_id=close, banned_ids=[0, 1, 2])
@@ -162,7 +163,7 @@ def test_loop_stops_at_stop_token_and_exits_early():
 
 
 def test_loop_unclosed_runs_the_budget_and_never_samples_specials():
-    from poetry_gpt.sampler import Sampler
+    from poetry_gpt.generate.sampler import Sampler
 
     sampler = Sampler(FakeNet({p: 2 for p in range(32)}), stop_id=11, banned_ids=[0, 1, 2])  # prefers [SEP]
     result = sampler.run([[2, 3]], seeds=[0], max_new_tokens=6, top_k=5)
@@ -171,7 +172,7 @@ def test_loop_unclosed_runs_the_budget_and_never_samples_specials():
 
 
 def test_repetition_penalty_skips_unpenalised_ids():
-    from poetry_gpt.sampler import Sampler
+    from poetry_gpt.generate.sampler import Sampler
 
     row = np.zeros(12)
     row[5], row[6] = 10.0, 5.0
@@ -184,7 +185,7 @@ def test_repetition_penalty_skips_unpenalised_ids():
 
 
 def test_top_p_and_temperature_limit_the_candidates():
-    from poetry_gpt.sampler import Sampler
+    from poetry_gpt.generate.sampler import Sampler
 
     row = np.zeros(12)
     row[3:6] = [3.0, 2.0, 1.0]  # probabilities about 0.67, 0.24, 0.09 among the top 3
@@ -206,7 +207,7 @@ def test_top_p_and_temperature_limit_the_candidates():
 def test_whole_vocabulary_draw_needs_no_sort_and_keeps_the_distribution(min_p, temperature, support):
     """top-k ≥ the vocabulary (top-p off) takes the sort-free path; top-k 11 of 12 the sorted one: both
     draw from the same distribution (the softmax over the min-p survivors), within 4 standard errors."""
-    from poetry_gpt.sampler import Sampler
+    from poetry_gpt.generate.sampler import Sampler
 
     row = np.full(12, -5.0)
     row[3:11] = [2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -2.0]
@@ -243,20 +244,21 @@ def test_compiled_sampler_writes_one_header_whatever_the_logits(top_k):
     keeps 】 out of the header and a second 【 (or [SEP]) out of the body, from either starting state."""
     import tensorflow as tf
 
-    from poetry_gpt import forms
-    from poetry_gpt.sampler import Sampler
+    from poetry_gpt.verse import forms
+    from poetry_gpt.generate import constraints
+    from poetry_gpt.generate.sampler import Sampler
 
     tokens = ["[PAD]", "[UNK]", "[SEP]", "【", "】", *"春花秋月山水风"]
     net = FakeNet({})
     table = np.random.default_rng(0).normal(0.0, 2.0, size=(net.n_ctx, net.vocab_size))
     table[:, [2, 3, 4]] += 4.0
     net.table = tf.constant(table.astype(np.float32))
-    free = forms.free_constraint(_Tokens(tokens))
+    free = constraints.free_constraint(_Tokens(tokens))
     sampler = Sampler(net, stop_id=4, banned_ids=[0, 1, 2])
     prompts = [[2], [2, 5, 3, 6]] * 8  # from nothing (header), and inside a body
     starts = [free.initial_state("".join(tokens[t] for t in p[1:])) for p in prompts]
     state = (tf.constant([s for s, _ in starts]), tf.constant([g for _, g in starts]), free.as_tensors())
-    result = sampler.run(prompts, list(range(16)), max_new_tokens=20, top_k=top_k, constraint=forms,
+    result = sampler.run(prompts, list(range(16)), max_new_tokens=20, top_k=top_k, constraint=constraints,
                          constraint_state=state)
     texts = []
     for prompt, row in zip(prompts, result.tokens.tolist()):
@@ -289,7 +291,7 @@ def brackets_first(gen):
 def test_free_samples_write_one_header_on_every_path(brackets_first):
     """The compiled sampler, the eager reference path and the per-epoch sampler of ``train`` all keep to
     one header, from nothing and after a title, with 【 and 】 the model's favourites everywhere."""
-    from poetry_gpt.samples import sample_poems
+    from poetry_gpt.generate.samples import sample_poems
 
     gen = brackets_first
     samples = gen.generate(None, num_samples=16, batch_size=2, seed=0)
@@ -353,7 +355,7 @@ def test_sample_fields_and_unclosed(gen):
 
 def test_cut_at_close(tmp_path, vocab):
     """A model rigged to say 】 at once: the poem is the opening, closed, one token."""
-    from poetry_gpt.generate import PoemGenerator
+    from poetry_gpt.generate.generator import PoemGenerator
 
     model = _tiny_model(vocab)
     tr = model.transformer
@@ -389,7 +391,7 @@ def test_free_and_every_form_share_one_decode_program(gen):
 
 
 def test_batches_round_up_to_a_power_of_two():
-    from poetry_gpt.generate import batch_rows
+    from poetry_gpt.generate.generator import batch_rows
 
     assert [batch_rows(n, 8) for n in range(1, 11)] == [1, 2, 4, 4, 8, 8, 8, 8, 8, 8]
     assert batch_rows(5, 6) == 6 and batch_rows(3, 1) == 1
@@ -404,7 +406,7 @@ def test_padded_rows_do_not_change_poems_or_count(gen):
 
 
 def test_memory_is_released_after_a_compile_only(gen, monkeypatch):
-    import poetry_gpt.generate as generate_module
+    import poetry_gpt.generate.generator as generate_module
 
     calls = []
     monkeypatch.setattr(generate_module, "release_freed_memory", lambda: calls.append(1))
@@ -452,7 +454,7 @@ def test_cli_generate_does_not_import_an_installed_torch(run_dir, tmp_path):
 
 
 def test_constraint_tables_are_built_once_per_setting_and_bounded(gen):
-    from poetry_gpt.generate import TABLE_CACHE
+    from poetry_gpt.generate.generator import TABLE_CACHE
 
     first = gen._constraint("五绝", "春", False)
     assert gen._constraint("五绝", "春", False) is first and gen._constraint(None, None, False)[0] is None
@@ -490,7 +492,7 @@ def test_cli_stderr_has_no_tensorflow_start_up_chatter(run_dir, log_level, openi
 
 
 def test_form_constraint(gen):
-    from poetry_gpt.forms import check
+    from poetry_gpt.verse.forms import check
 
     samples = gen.generate("春眠", form="五绝", num_samples=3, seed=3)
     for s in samples:
@@ -539,7 +541,7 @@ def test_validation_errors(gen, kwargs, option):
 
 
 def test_load_export_errors(tmp_path, run_dir):
-    from poetry_gpt.generate import load_export
+    from poetry_gpt.generate.generator import load_export
 
     assert load_export(run_dir).path == run_dir / "export"
     assert load_export(run_dir / "export").genre == "唐诗"
@@ -687,9 +689,9 @@ def test_generate_from_a_chosen_checkpoint(tmp_path):
 
     from poetry_gpt.cli import main
     from poetry_gpt.config import DataConfig, config_from_preset
-    from poetry_gpt.generate import load_export
-    from poetry_gpt.prepare import prepare
-    from poetry_gpt.train import train
+    from poetry_gpt.generate.generator import load_export
+    from poetry_gpt.data.prepare import prepare
+    from poetry_gpt.train.loop import train
 
     rng = random.Random(0)
     chars = "春夏秋冬风花雪月山水云烟江湖日夜"

@@ -125,7 +125,7 @@ def after_delay(seconds: float, require_training: bool):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     from poetry_gpt.config import DataConfig
-    from poetry_gpt.prepare import prepare
+    from poetry_gpt.data.prepare import prepare
 
     folder = tmp_path_factory.mktemp("kill-data")
     prepare([write_raw(folder / "raw.txt", 200)], folder / "data", DataConfig(valid_fraction=0.05), n_ctx=64)
@@ -152,7 +152,7 @@ def plain_load(export: Path) -> dict:
 
 def check_run_dir(run: Path, export_completed: bool, context: str) -> None:
     """What must hold in RUN_DIR after any kill."""
-    from poetry_gpt.model import load_export
+    from poetry_gpt.model.export import load_export
 
     for name in ("run.json", "trainer_state.json"):
         if (run / name).exists():
@@ -245,7 +245,7 @@ def test_kill_9_at_many_moments_then_resume(data_dir, tmp_path):
     assert re.search(rf"Resumed .* from ckpt-{latest}: step {latest}\b", out), out[-3000:]
     assert f"Trained to step {epochs * STEPS} (epoch {epochs})" in out, out[-3000:]
 
-    from poetry_gpt.model import load_export
+    from poetry_gpt.model.export import load_export
 
     state = json.loads((run / "trainer_state.json").read_text(encoding="utf-8"))
     assert state["global_step"] == epochs * STEPS and state["epoch"] == epochs
@@ -262,9 +262,9 @@ def test_kill_9_at_many_moments_then_resume(data_dir, tmp_path):
 
 def _tiny_model_and_vocab(tmp_path):
     from poetry_gpt.config import DataConfig, config_from_preset
-    from poetry_gpt.model import build_model
-    from poetry_gpt.prepare import prepare
-    from poetry_gpt.vocab import CharVocab
+    from poetry_gpt.model.gpt2 import build_model
+    from poetry_gpt.data.prepare import prepare
+    from poetry_gpt.data.vocab import CharVocab
 
     data = tmp_path / "data"
     prepare([write_raw(tmp_path / "raw.txt", 40)], data, DataConfig(valid_fraction=0.1), n_ctx=64)
@@ -276,7 +276,7 @@ def test_export_survives_a_kill_between_the_two_renames_and_the_next_export(tmp_
     """Killed after ``export`` → ``export.old`` but before ``export.tmp`` → ``export``: the old export
     still loads, and the next ``save_export`` puts it back first, so even a failure while the new
     export is built (here: save_pretrained raising) leaves a loadable ``export/``."""
-    import poetry_gpt.model as model_mod
+    import poetry_gpt.model.export as model_mod
 
     lm, vocab = _tiny_model_and_vocab(tmp_path)
     run = tmp_path / "run"
@@ -312,7 +312,7 @@ def test_a_kill_at_any_step_of_the_export_swap_leaves_an_export_plain_transforme
     import shutil
 
     import poetry_gpt.fsutil as fsutil
-    import poetry_gpt.model as model_mod
+    import poetry_gpt.model.export as model_mod
 
     probe = tmp_path / "probe"
     (probe / "a").mkdir(parents=True)

@@ -15,15 +15,16 @@ import numpy as np
 import pytest
 from helpers import cli, write_raw
 
-import poetry_gpt.budget as budget_mod
-import poetry_gpt.train as train_mod
-from poetry_gpt.budget import TimeBudget, format_duration, parse_duration
+import poetry_gpt.train.budget as budget_mod
+import poetry_gpt.train.loop as train_mod
+from poetry_gpt.train.budget import TimeBudget, format_duration, parse_duration
 from poetry_gpt.config import DataConfig, config_from_preset
 from poetry_gpt.errors import OptionError
-from poetry_gpt.prepare import prepare
-from poetry_gpt.rundir import RunDir
-from poetry_gpt.schedule import keras_schedule, lr_at, replan
-from poetry_gpt.train import set_precision, train
+from poetry_gpt.data.prepare import prepare
+from poetry_gpt.run_dir import RunDir
+from poetry_gpt.train.schedule import keras_schedule, lr_at, replan
+from poetry_gpt.train.loop import set_precision, train
+from poetry_gpt.generate.samples import sample_poems
 
 N_CTX = 64
 STEP, FIRST_STEP, EPOCH_END = 0.1, 2.0, 1.0  # virtual seconds
@@ -193,7 +194,8 @@ def test_max_time_ends_at_the_deadline_decayed_with_a_loadable_export(tmp_path, 
     clock = VirtualClock(monkeypatch)
     config = tiny()
     lines: list[str] = []
-    result = train(data_dir, tmp_path / "run", config, echo=lines.append, verbose=0, max_time=40.0)
+    result = train(data_dir, tmp_path / "run", config, echo=lines.append, verbose=0, max_time=40.0,
+                   sample_poems=sample_poems)
     # ended within the tolerance of the deadline, never after it, by the decay's end
     assert ends_in_time(clock.now, 40.0), clock.now
     state = RunDir(tmp_path / "run").read_state()

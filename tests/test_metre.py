@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from helpers import cli
-from poetry_gpt import forms, metre
+from poetry_gpt.verse import forms, metre
 
 CHUNWANG = "国破山河在，城春草木深。感时花溅泪，恨别鸟惊心。烽火连三月，家书抵万金。白头搔更短，浑欲不胜簪。"
 SHANJU = "空山新雨后，天气晚来秋。明月松间照，清泉石上流。竹喧归浣女，莲动下渔舟。随意春芳歇，王孙自可留。"
@@ -151,7 +151,7 @@ def test_check_command(tmp_path):
 
 
 def test_corpus_report_has_the_metre_figures(tmp_path):
-    from poetry_gpt.prepare import read_only_report
+    from poetry_gpt.data.prepare import read_only_report
 
     raw = tmp_path / "raw.txt"
     raw.write_text("".join(f"诗{i} 唐诗：【{b}】\n" for i, b in enumerate([CHUNWANG, SHANJU, JINGYESI, CHUNXIAO, "不规则。"])),
@@ -164,7 +164,7 @@ def test_corpus_report_has_the_metre_figures(tmp_path):
 
 
 def test_report_without_the_tone_table(monkeypatch):
-    from poetry_gpt import tones
+    from poetry_gpt.verse import tones
 
     def missing():
         raise tones.ToneDataMissing("the 平水韵 tone table is not installed")

@@ -1,9 +1,9 @@
-"""Tests for poetry_gpt.poem_metrics: exact figures on tiny inputs."""
+"""Tests for poetry_gpt.verse.poem_metrics: exact figures on tiny inputs."""
 from __future__ import annotations
 
 import pytest
 
-from poetry_gpt import poem_metrics as pm
+from poetry_gpt.verse import poem_metrics as pm
 
 JINGYESI = "床前明月光，疑是地上霜。举头望明月，低头思故乡。"  # 五绝, rhymes (霜/乡)
 SONGXIONG = "别路云初起，离亭叶正飞。所嗟人异雁，不作一行归。"  # 五绝, rhymes (飞/归)

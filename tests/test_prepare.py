@@ -18,11 +18,11 @@ from helpers import write_raw
 
 from poetry_gpt.cli import main
 from poetry_gpt.config import DataConfig
-from poetry_gpt.corpus import read_corpus
+from poetry_gpt.data.corpus import read_corpus
 from poetry_gpt.errors import DataDirError, OptionError
-from poetry_gpt.prepare import prepare, split_indices
-from poetry_gpt.records import MANIFEST, load_manifest, read_poem_ids
-from poetry_gpt.vocab import CharVocab
+from poetry_gpt.data.prepare import prepare, split_indices
+from poetry_gpt.data.records import MANIFEST, load_manifest, read_poem_ids
+from poetry_gpt.data.vocab import CharVocab
 
 POEM = "静夜思 唐诗：【床前明月光，疑是地上霜。举头望明月，低头思故乡。】"
 
@@ -439,7 +439,7 @@ def test_kill_9_during_prepare_never_leaves_a_half_data_dir(shared_corpus, tmp_p
 
 
 def test_corpus_stats_has_rhyme_and_distinct_figures(tmp_path, tang4k):
-    from poetry_gpt import forms
+    from poetry_gpt.verse import forms
 
     result = invoke("corpus", "stats", tang4k, "--json")
     assert result.exit_code == 0, result.output

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 from poetry_gpt.config import DataConfig
-from poetry_gpt.corpus import read_corpus
+from poetry_gpt.data.corpus import read_corpus
 from poetry_gpt.errors import DataDirError
-from poetry_gpt.prepare import prepare, split_indices
-from poetry_gpt.records import (IGNORE_INDEX, MANIFEST, _varints, batches_per_pass, eval_dataset, load_manifest,
-                                read_poem_ids, serialize_buffer, serialize_examples, train_dataset)
-from poetry_gpt.vocab import PAD_ID, SEP_ID, CharVocab
+from poetry_gpt.data.prepare import prepare, split_indices
+from poetry_gpt.data.records import (IGNORE_INDEX, MANIFEST, _varints, batches_per_pass, eval_dataset, load_manifest, read_poem_ids, serialize_buffer, serialize_examples, train_dataset)
+from poetry_gpt.data.vocab import PAD_ID, SEP_ID, CharVocab
 
 tf = pytest.importorskip("tensorflow")
 
@@ -290,7 +289,7 @@ def test_load_manifest_refuses_incomplete_dirs(tiny, tmp_path):
 
 def test_manifest_load_vocab_refuses_a_swapped_vocabulary(tmp_path):
     from poetry_gpt.config import DataConfig
-    from poetry_gpt.prepare import prepare
+    from poetry_gpt.data.prepare import prepare
 
     raw = tmp_path / "raw.txt"
     raw.write_text("".join(f"题{i} 唐诗：【春风{i % 10}明月，秋水白云。】\n" for i in range(30)), encoding="utf-8")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import poetry_gpt  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from poetry_gpt.saved_model import ASSET, INPUTS, OUTPUTS
+from poetry_gpt.serve.saved_model import ASSET, INPUTS, OUTPUTS
 
 from helpers import write_raw
 
@@ -38,8 +38,8 @@ def exported(tmp_path_factory):
 
     from poetry_gpt.cli import main
     from poetry_gpt.config import DataConfig, config_from_preset
-    from poetry_gpt.prepare import prepare
-    from poetry_gpt.train import train
+    from poetry_gpt.data.prepare import prepare
+    from poetry_gpt.train.loop import train
 
     root = tmp_path_factory.mktemp("saved_model")
     prepare([write_raw(root / "raw.txt", 150)], root / "data", DataConfig(valid_fraction=0.1), n_ctx=64)
@@ -88,7 +88,7 @@ def test_export_refuses_an_existing_folder_then_overwrites_it_and_records_its_so
 def test_a_failed_export_leaves_the_old_folder_and_no_temporary_one(exported, tmp_path, monkeypatch):
     import tensorflow as tf
 
-    from poetry_gpt.saved_model import export_saved_model
+    from poetry_gpt.serve.saved_model import export_saved_model
 
     out = tmp_path / "poet"
     shutil.copytree(exported["out"], out)  # an earlier SavedModel: the one kind --overwrite replaces
@@ -126,7 +126,7 @@ def test_overwrite_never_replaces_a_folder_export_did_not_write_nor_the_run(expo
 def test_a_tensorflow_only_process_writes_the_poems_of_poem_generator(exported):
     """A process that cannot import poetry_gpt, transformers or tf_keras loads the SavedModel; its poems
     equal PoemGenerator's for the same prompts, options and seeds (free, forms, acrostic, rhyme, title)."""
-    from poetry_gpt.generate import PoemGenerator
+    from poetry_gpt.generate.generator import PoemGenerator
 
     script = textwrap.dedent(f"""
         import json, sys

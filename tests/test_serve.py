@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import SERVE_MAX_BATCH, SERVE_MAX_QUEUE
-from poetry_gpt import forms
+from poetry_gpt.verse import forms
 
 
 def call(url: str, path: str, body=None, raw: bytes | None = None, timeout: float = 300) -> tuple[int, dict | list]:

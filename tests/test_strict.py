@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 import poetry_gpt  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from poetry_gpt import forms, metre, tones
+from poetry_gpt.verse import forms, metre, tones
+from poetry_gpt.generate import constraints
 from poetry_gpt.errors import OptionError
-from poetry_gpt.vocab import CharVocab
+from poetry_gpt.data.vocab import CharVocab
 from test_forms import LINES
 from test_generate import _export, _tiny_model
 
@@ -93,7 +94,7 @@ def vocab() -> CharVocab:
     return CharVocab.from_counts(CharVocab.count_chars(LINES))
 
 
-def _sample(c: forms.DecodeConstraint, prompt: str, seed: int) -> str:
+def _sample(c: constraints.DecodeConstraint, prompt: str, seed: int) -> str:
     rng = np.random.default_rng(seed)
     state, rhyme = c.initial_state(prompt)
     out = []
@@ -112,7 +113,7 @@ def _body(text: str) -> str:
 @pytest.mark.parametrize("form", list(forms.FORMS))
 @pytest.mark.parametrize("leniency", LENIENCIES)
 def test_random_logits_follow_the_rules(vocab, form, leniency):
-    c = forms.build_constraint(form, vocab, strict=leniency)
+    c = constraints.build_constraint(form, vocab, strict=leniency)
     for seed in range(40):
         body = _body(_sample(c, "题 唐诗：【", seed))
         assert metre.check_poem(body, leniency).passes[leniency], body
@@ -127,7 +128,7 @@ def test_dropping_a_rule_from_the_tables_is_caught(vocab, monkeypatch):
     monkeypatch.setattr(metre, "BASE_LINES", lines)
     metre.required.cache_clear()
     try:
-        c = forms.build_constraint("五律", vocab, strict="standard")
+        c = constraints.build_constraint("五律", vocab, strict="standard")
         faults = [f for seed in range(40) for f in textbook_faults(_body(_sample(c, "题 唐诗：【", seed)), "standard")]
     finally:
         metre.required.cache_clear()
@@ -137,7 +138,7 @@ def test_dropping_a_rule_from_the_tables_is_caught(vocab, monkeypatch):
 def test_the_pattern_commits_on_line_one(vocab):
     """平起/仄起 is fixed once line 1's second character is known (at strict leniency its first); the rhyme
     group at the first rhyme."""
-    c = forms.build_constraint("五绝", vocab, strict="strict")
+    c = constraints.build_constraint("五绝", vocab, strict="strict")
     allowed = (lambda prompt: [c.tokens[i] for i in np.flatnonzero(c.allowed_tokens(*c.initial_state(prompt)))])
     third = allowed("题 唐诗：【白日")  # 日: 仄 → 仄起, A (仄仄平平仄) or D (仄仄仄平平): the 3rd is either tone
     assert any(tones.table().tone(ch) == tones.PING for ch in third) and any(
@@ -145,17 +146,17 @@ def test_the_pattern_commits_on_line_one(vocab):
     assert all(_fits(ch, "平") for ch in allowed("题 唐诗：【白日依"))  # 依 平: line 1 is A (仄仄平平仄)
     assert all(_fits(ch, "平") for ch in allowed("题 唐诗：【白日依山尽，"))  # then B (平平仄仄平): 对
     state, rhyme = c.initial_state("题 唐诗：【白日依山尽，")
-    assert rhyme == forms.NO_RHYME  # 仄 ending: 首句不入韵, nothing recorded yet
+    assert rhyme == constraints.NO_RHYME  # 仄 ending: 首句不入韵, nothing recorded yet
     state, rhyme = c.initial_state("题 唐诗：【白日依山尽，黄河入海流。")
-    assert forms.group_of(rhyme[0], tones.group_names()) == ["下平十一尤"] and c.tokens[rhyme[1]] == "流"
+    assert constraints.group_of(rhyme[0], tones.group_names()) == ["下平十一尤"] and c.tokens[rhyme[1]] == "流"
     with pytest.raises(OptionError, match="--strict: .*'欲' at line 3, character 1 .* strict leniency"):
         c.initial_state("题 唐诗：【白日依山尽，黄河入海流。欲")  # the poem itself is only standard
     with pytest.raises(OptionError, match="--strict: .*'鸟' at line 4, character 5 .* standard leniency"):
-        forms.build_constraint("五绝", vocab, strict="standard").initial_state("题 唐诗：【白日依山尽，黄河入海流。欲穷千里目，更上一层鸟")
+        constraints.build_constraint("五绝", vocab, strict="standard").initial_state("题 唐诗：【白日依山尽，黄河入海流。欲穷千里目，更上一层鸟")
 
 
 def test_acrostic_and_rhyme_work_with_strict(vocab):
-    c = forms.build_constraint("七绝", vocab, acrostic="春风明月", rhyme=True, strict="standard")
+    c = constraints.build_constraint("七绝", vocab, acrostic="春风明月", rhyme=True, strict="standard")
     for seed in range(20):
         body = _body(_sample(c, "题 唐诗：【", seed))
         assert metre.check_poem(body, "standard").passes["standard"], body
@@ -165,7 +166,7 @@ def test_acrostic_and_rhyme_work_with_strict(vocab):
 def test_every_table_fits_the_padded_rows(vocab):
     for form in forms.FORMS:
         for leniency in LENIENCIES:
-            assert len(forms.build_constraint(form, vocab, strict=leniency).allowed) <= forms.max_states()
+            assert len(constraints.build_constraint(form, vocab, strict=leniency).allowed) <= constraints.max_states()
 
 
 def test_a_vocabulary_that_cannot_satisfy_a_position_is_refused():
@@ -173,20 +174,20 @@ def test_a_vocabulary_that_cannot_satisfy_a_position_is_refused():
 
     few = CharVocab.from_counts(CharVocab.count_chars([f"题 唐诗：【{CHARS}，。】"]))
     with pytest.raises(OptionError, match="--strict: no 平水韵 平声 group has 3 characters in the vocabulary .a 五绝 needs 3") as err:
-        forms.build_constraint("五绝", few, strict="standard")
+        constraints.build_constraint("五绝", few, strict="standard")
     assert "\n" not in str(err.value)
     ping = [ch for ch in "春花秋风天东西南中空山" if tones.table().tone(ch) == tones.PING]
     only_ping = CharVocab.from_counts({ch: 1 for ch in [*ping, *"【】，。"]})
     with pytest.raises(OptionError, match="--strict: the vocabulary has no 仄 character"):
-        forms.build_constraint("五绝", only_ping, strict="strict")
+        constraints.build_constraint("五绝", only_ping, strict="strict")
     with pytest.raises(OptionError, match="--leniency: unknown leniency 'loose'"):
-        forms.build_constraint("五绝", few, strict="loose")
+        constraints.build_constraint("五绝", few, strict="loose")
 
 
 # ----------------------------------------------------------------- the compiled decode loop
 @pytest.fixture(scope="module")
 def gen(tmp_path_factory, vocab):
-    from poetry_gpt.generate import PoemGenerator
+    from poetry_gpt.generate.generator import PoemGenerator
 
     run = tmp_path_factory.mktemp("strict_run")
     _export(_tiny_model(vocab, n_ctx=128), vocab, run / "export")

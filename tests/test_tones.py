@@ -1,4 +1,4 @@
-"""Tones and 平水韵 groups (poetry_gpt.tones): the table, its simplified view, variants and additions."""
+"""Tones and 平水韵 groups (poetry_gpt.verse.tones): the table, its simplified view, variants and additions."""
 from __future__ import annotations
 
 import subprocess
@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from poetry_gpt import tones
-from poetry_gpt.tones import EITHER, PING, UNKNOWN, ZE
+from poetry_gpt.verse import tones
+from poetry_gpt.verse.tones import EITHER, PING, UNKNOWN, ZE
 
 
 def test_group_names_as_the_book_names_them():

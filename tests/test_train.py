@@ -21,14 +21,15 @@ import numpy as np
 import pytest
 from helpers import write_raw
 
-import poetry_gpt.train as train_mod
+import poetry_gpt.train.loop as train_mod
 from poetry_gpt.config import DataConfig, config_from_preset
 from poetry_gpt.errors import DataDirError, RunDirError
-from poetry_gpt.prepare import prepare
-from poetry_gpt.records import IGNORE_INDEX, load_manifest, read_poem_ids, train_dataset
-from poetry_gpt.rundir import RunDir
-from poetry_gpt.train import TrainingDiverged, build_lm_trainer, set_precision, train
-from poetry_gpt.vocab import CharVocab
+from poetry_gpt.data.prepare import prepare
+from poetry_gpt.data.records import IGNORE_INDEX, load_manifest, read_poem_ids, train_dataset
+from poetry_gpt.run_dir import RunDir
+from poetry_gpt.train.loop import TrainingDiverged, build_lm_trainer, set_precision, train
+from poetry_gpt.data.vocab import CharVocab
+from poetry_gpt.generate.samples import sample_poems
 
 CHARS = "春花秋月山水风云天地人心江河日夜雪雨"  # corpus A
 OTHER_CHARS = "东西南北金木火土竹松梅兰草石"  # corpus B: another vocabulary
@@ -58,6 +59,7 @@ def tiny(**train_overrides):
 def quiet_train(data_dir, run_dir, config, **kwargs):
     """``train`` with its progress lines collected; returns ``(result, lines)``."""
     lines: list[str] = []
+    kwargs.setdefault("sample_poems", sample_poems)  # as the CLI: poems after each epoch
     result = train(data_dir, run_dir, config, echo=lines.append, verbose=0, **kwargs)
     return result, lines
 
@@ -136,7 +138,7 @@ def trained_run(tmp_path_factory, tiny_data_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def fresh_trainer(tiny_data_dir):
-    from poetry_gpt.model import build_model
+    from poetry_gpt.model.gpt2 import build_model
 
     set_precision("fp32")
     vocab = CharVocab.load(tiny_data_dir)
@@ -319,7 +321,7 @@ def test_resume_with_dropout_matches_one_go_step_by_step(tmp_path, monkeypatch, 
 
 def test_dropout_is_applied_in_training_only(tiny_data_dir):
     """Dropout changes training losses (so the test above is not trivially passed with dropout off)."""
-    from poetry_gpt.model import build_model
+    from poetry_gpt.model.gpt2 import build_model
 
     vocab = CharVocab.load(tiny_data_dir)
     batch = next(iter(train_dataset(load_manifest(tiny_data_dir), 8, N_CTX, seed=0, pad_id=vocab.pad_id,
@@ -401,7 +403,7 @@ def test_non_empty_folder_without_run_json(tmp_path, tiny_data_dir):
 
 
 def test_folder_left_by_a_run_stopped_before_run_json_is_not_foreign(tmp_path):
-    from poetry_gpt.rundir import open_for_training
+    from poetry_gpt.run_dir import open_for_training
 
     run = tmp_path / "run"
     for sub in ("checkpoints", "logs", "samples"):
@@ -615,7 +617,7 @@ def test_an_intact_checkpoint_of_another_shape_is_not_called_damaged(tmp_path, t
     the reason, does not advise deleting the run, and no older checkpoint is restored in its place."""
     import tensorflow as tf
 
-    from poetry_gpt.model import build_model
+    from poetry_gpt.model.gpt2 import build_model
 
     run = copy_run(trained_run, tmp_path / "run")  # holds ckpt-20
     other = build_model(config_from_preset("tiny").replace(model={"n_embd": 32}).model, CharVocab.load(tiny_data_dir))
@@ -705,7 +707,7 @@ def _gpt2_folder(folder: Path, vocab: CharVocab, **settings) -> Path:
 ], ids=lambda x: x if isinstance(x, str) else None)
 def test_init_from_and_generation_refuse_a_gpt2_they_would_compute_otherwise(tmp_path, tiny_data_dir, settings,
                                                                             named):
-    from poetry_gpt.model import load_export
+    from poetry_gpt.model.export import load_export
 
     vocab = CharVocab.load(tiny_data_dir)
     folder = _gpt2_folder(tmp_path / "foreign", vocab, **settings)

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from poetry_gpt.errors import DataDirError
-from poetry_gpt.vocab import (PAD, PAD_ID, SEP, SEP_ID, SPECIAL_TOKENS, UNK, UNK_ID, CharVocab, codepoints,
-                              counts_of_codepoints)
+from poetry_gpt.data.vocab import (PAD, PAD_ID, SEP, SEP_ID, SPECIAL_TOKENS, UNK, UNK_ID, CharVocab, codepoints, counts_of_codepoints)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import click
 def check_cmd(poems, raw_file, leniency, script, as_json):
     """Check the 格律 of POEMS (bodies, or raw.txt lines `title 体裁：【body】`) or of --file."""
     from ..errors import OptionError
-    from ..metre import check_poem
+    from ..verse.metre import check_poem
 
     if bool(poems) == bool(raw_file):
         raise OptionError("check: give poems as arguments or --file raw.txt (one of them)")
@@ -36,13 +36,13 @@ def check_cmd(poems, raw_file, leniency, script, as_json):
 
 def _body(text: str) -> str:
     """The body of a poem argument (text between 【 and 】 when it has them)."""
-    from ..poem_metrics import extract_body
+    from ..verse.poem_metrics import extract_body
 
     return extract_body(text.strip())[0] if "【" in text else text.strip()
 
 
 def _file_bodies(path: str) -> list[str]:
-    from ..corpus import read_corpus
+    from ..data.corpus import read_corpus
 
     return [p.body for p in read_corpus([path], keep_duplicates=True).poems]
 
@@ -58,8 +58,8 @@ def format_check(r, number: int) -> str:
     if r.form is None:
         return f"{number}. {r.body[:40]} — {r.reason}"
     out = [f"{number}. {r.form} {r.pattern} ({r.sequence}) — {verdict}"]
-    from ..forms import get_form, split_clauses
-    from ..metre import pattern_lines
+    from ..verse.forms import get_form, split_clauses
+    from ..verse.metre import pattern_lines
 
     clauses, marks = split_clauses(r.body)
     wanted = pattern_lines(get_form(r.form), r.sequence, r.leniency)

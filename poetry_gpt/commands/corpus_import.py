@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .. import chinese_poetry as cp
+from ..data import chinese_poetry as cp
 
 _GENRE_HELP = "Genre word written before ：【 on every line."
 _SIMPLIFIED_HELP = "Convert titles and bodies to simplified characters (OpenCC t2s), or keep them traditional."

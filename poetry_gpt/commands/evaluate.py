@@ -1,4 +1,4 @@
-"""``poetry-gpt eval``: one JSON report on a trained run (see ``poetry_gpt.evaluate``).
+"""``poetry-gpt eval``: one JSON report on a trained run (see ``poetry_gpt.eval.evaluate``).
 
 The library checks the options and raises one-line errors; the JSON goes to stdout (and
 ``--out``), progress to stderr. TensorFlow is imported only when the command runs.
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from ..evaluate import DEFAULT_BATCH_SIZE, DEFAULT_CORPUS_POEMS, DEFAULT_EXAMPLES, DEFAULT_SAMPLES, DEFAULT_SEED
-from ..generate import DEFAULT_MIN_P, DEFAULT_TOP_K
+from ..eval.evaluate import (DEFAULT_BATCH_SIZE, DEFAULT_CORPUS_POEMS, DEFAULT_EXAMPLES, DEFAULT_SAMPLES, DEFAULT_SEED)
+from ..generate.generator import DEFAULT_MIN_P, DEFAULT_TOP_K
 
 
 @click.command("eval")
@@ -51,7 +51,7 @@ def eval_cmd(run_dir, data_dir, samples, seed, top_k, top_p, min_p, temperature,
     held_out    the same figures for the held-out poems those titles came from
     corpus      the same figures for the training split
     """
-    from ..evaluate import check_eval_options, evaluate
+    from ..eval.evaluate import check_eval_options, evaluate
     from ..fsutil import atomic_write_text
 
     check_eval_options(samples, top_k, batch_size, corpus_poems, examples, top_p, temperature,

@@ -1,4 +1,4 @@
-"""``poetry-gpt export``: the whole poet as a TensorFlow SavedModel (see ``poetry_gpt.saved_model``)."""
+"""``poetry-gpt export``: the whole poet as a TensorFlow SavedModel (see ``poetry_gpt.serve.saved_model``)."""
 from __future__ import annotations
 
 import click
@@ -23,7 +23,7 @@ def export_cmd(run_dir, out, checkpoint, batch_sizes, overwrite):
     """
     from transformers.utils import logging as hf_logging
 
-    from ..saved_model import ASSET, export_saved_model, parse_batch_sizes
+    from ..serve.saved_model import ASSET, export_saved_model, parse_batch_sizes
 
     parse_batch_sizes(batch_sizes)  # refuse a bad value before the (slow) model load
     hf_logging.set_verbosity_error()

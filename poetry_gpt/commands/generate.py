@@ -1,6 +1,6 @@
 """``poetry-gpt generate`` and ``poetry-gpt chat``: write poems with a trained model.
 
-Option values are checked by the library (``poetry_gpt.generate``), which raises a
+Option values are checked by the library (``poetry_gpt.generate.generator``), which raises a
 one-line ``OptionError`` naming the option; TensorFlow is imported only when a
 command runs, so ``poetry-gpt --help`` stays fast.
 """
@@ -13,7 +13,7 @@ import click
 
 from ..errors import OptionError
 from ..fsutil import atomic_write_text
-from ..generate import DEFAULT_MIN_P, DEFAULT_TOP_K
+from ..generate.generator import DEFAULT_MIN_P, DEFAULT_TOP_K
 
 FORMS_METAVAR = "[五绝|七绝|五律|七律|词牌]"
 
@@ -67,7 +67,7 @@ def _sampling_options(f):
 def _precheck(values: dict, eager: bool = False) -> None:
     """Fill in the default min-p (none for the eager path, which has no min-p) and refuse bad option
     values before the (slow) model load; the library checks them again."""
-    from ..generate import check_options
+    from ..generate.generator import check_options
 
     if values.get("min_p") is None:
         values["min_p"] = 0.0 if eager else DEFAULT_MIN_P
@@ -80,7 +80,7 @@ def _load(run_dir, checkpoint=None):
     """The generator for ``--run`` (and ``--checkpoint``), without transformers' load-time chatter on stderr."""
     from transformers.utils import logging as hf_logging
 
-    from ..generate import PoemGenerator
+    from ..generate.generator import PoemGenerator
 
     hf_logging.set_verbosity_error()
     return PoemGenerator(run_dir, checkpoint=checkpoint)
@@ -98,7 +98,7 @@ def check_out(out: str, run_dir: str, overwrite: bool) -> None:
     from pathlib import Path
 
     from ..fsutil import is_within
-    from ..rundir import RUN_ENTRIES
+    from ..run_dir import RUN_ENTRIES
 
     path, run = Path(out), Path(run_dir)
     names = [n for n in (*RUN_ENTRIES, "export.old") if n not in ("logs", "samples")]  # what runs and loads need
@@ -200,7 +200,7 @@ _NULLABLE = {"seed", "form", "acrostic", "genre"}  # settings that ":x off" rese
 def chat_cmd(run_dir, checkpoint, **values):
     """Write poems interactively: type an opening line, get a poem; :help lists the commands."""
     from ..errors import OptionError, PoetryGPTError
-    from ..generate import check_options
+    from ..generate.generator import check_options
 
     _precheck(values)
     gen = _load(run_dir, checkpoint)

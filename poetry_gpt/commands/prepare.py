@@ -41,8 +41,8 @@ def prepare_cmd(raw, out_dir, vocab_dir, valid_fraction, seed, shard_poems, over
     """Turn RAW raw.txt file(s) into a character vocabulary and TFRecords in --out."""
     from tqdm import tqdm
 
-    from ..diagnostics import format_report
-    from ..prepare import prepare
+    from ..data.diagnostics import format_report
+    from ..data.prepare import prepare
 
     config = DataConfig(valid_fraction=valid_fraction, seed=seed, min_count=min_count, max_chars=max_chars,
                         keep_duplicates=keep_duplicates, shard_poems=shard_poems)
@@ -67,8 +67,8 @@ def prepare_cmd(raw, out_dir, vocab_dir, valid_fraction, seed, shard_poems, over
 @_data_options
 def stats_cmd(raw, as_json, max_chars, min_count, keep_duplicates, n_ctx):
     """Print the corpus diagnostics of RAW without writing anything."""
-    from ..diagnostics import format_report
-    from ..prepare import read_only_report
+    from ..data.diagnostics import format_report
+    from ..data.prepare import read_only_report
 
     config = DataConfig(min_count=min_count, max_chars=max_chars, keep_duplicates=keep_duplicates)
     report = read_only_report(raw, config, n_ctx=n_ctx)

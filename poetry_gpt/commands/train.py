@@ -50,7 +50,7 @@ def _train_options(f):
 
 
 def _resolve(run_dir, preset, overwrite, values):
-    from ..rundir import resolve_config
+    from ..run_dir import resolve_config
 
     model, train = {}, {}
     for name, (section, field) in _OVERRIDES.items():
@@ -75,7 +75,7 @@ def _report(result):
 
 def _max_time(values) -> float | None:
     """``--max-time`` in seconds (None when not given); removes it from ``values``."""
-    from ..budget import parse_duration
+    from ..train.budget import parse_duration
 
     text = values.pop("max_time", None)
     return None if text is None else parse_duration(text)
@@ -91,12 +91,14 @@ def _max_time(values) -> float | None:
 @_train_options
 def train_cmd(data_dir, run_dir, init_from, preset, overwrite, quiet, **values):
     """Train a poem model on DATA_DIR, or continue the run in RUN_DIR."""
-    from ..budget import clock
-    from ..train import train
+    from ..generate.samples import sample_poems
+    from ..train.budget import clock
+    from ..train.loop import train
 
     started, max_time = clock(), _max_time(values)
     config = _resolve(run_dir, preset, overwrite, values)
     result = train(data_dir, run_dir, config, overwrite=overwrite, init_from=init_from, echo=click.echo,
+                   sample_poems=sample_poems,
                    verbose=2 if quiet else 1, max_time=max_time, started=started)
     _report(result)
 
@@ -112,12 +114,13 @@ def pipeline_cmd(raw, run_dir, n_samples, preset, overwrite, quiet, **values):
     from pathlib import Path
 
     from ..config import DataConfig
-    from ..diagnostics import format_report
-    from ..prepare import prepare
-    from ..records import MANIFEST
-    from ..rundir import check_run_target
-    from ..budget import clock
-    from ..train import train
+    from ..data.diagnostics import format_report
+    from ..data.prepare import prepare
+    from ..data.records import MANIFEST
+    from ..generate.samples import sample_poems
+    from ..run_dir import check_run_target
+    from ..train.budget import clock
+    from ..train.loop import train
 
     started, max_time = clock(), _max_time(values)  # the budget counts prepare too
     config = _resolve(run_dir, preset, overwrite, values)
@@ -133,11 +136,11 @@ def pipeline_cmd(raw, run_dir, n_samples, preset, overwrite, quiet, **values):
         click.echo(format_report(prepared.report))
         click.echo(f"Prepared {data_dir}/ in {prepared.seconds:.1f} s.")
     result = train(str(data_dir), run_dir, config, overwrite=overwrite, echo=click.echo, verbose=2 if quiet else 1,
+                   sample_poems=sample_poems,
                    own_entries=("data",), inputs=inputs, max_time=max_time, started=started)
     _report(result)
     if n_samples > 0:
-        from ..samples import sample_poems
-        from ..model import load_export
+        from ..model.export import load_export
 
         lm, vocab, meta = load_export(run_dir)
         click.echo("Poems:")

@@ -32,9 +32,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .. import forms
+from ..verse import forms
 from ..errors import OptionError, PoetryGPTError
-from ..generate import FORM_NAMES, SAMPLING_DEFAULTS
+from ..generate.generator import FORM_NAMES, SAMPLING_DEFAULTS
 from .batcher import Batcher, QueueFull
 
 
@@ -112,8 +112,8 @@ def model_info(generator, run_dir, limits: Limits) -> dict:
         run_dir: the RUN_DIR or export folder it was loaded from.
         limits: the server's caps.
     """
-    from ..model import count_parameters
-    from ..rundir import RunDir
+    from ..model.gpt2 import count_parameters
+    from ..run_dir import RunDir
 
     run = RunDir(Path(run_dir))
     preset = run.read_run().get("config", {}).get("preset") if run.exists() else None

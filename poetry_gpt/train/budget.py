@@ -15,7 +15,7 @@ import math
 import re
 import time
 
-from .errors import OptionError
+from ..errors import OptionError
 
 SKIP_STEPS = 2  # steps after a (re)start that are not timed: they include tracing the train step
 MARGIN_SHARE = 0.01  # the decay is planned to end this share of the budget before the deadline's reserve

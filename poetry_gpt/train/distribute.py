@@ -25,7 +25,7 @@ import tempfile
 import weakref
 from pathlib import Path
 
-from .errors import PoetryGPTError, RunDirError
+from ..errors import PoetryGPTError, RunDirError
 
 
 def make_strategy(name: str):
@@ -114,7 +114,7 @@ def open_as_worker(path: str | os.PathLike, overwrite: bool):
     Returns:
         ``(run_dir, resuming)`` as ``rundir.open_for_training`` returns them.
     """
-    from .rundir import RunDir
+    from ..run_dir import RunDir
 
     run = RunDir(Path(path))
     if run.path.exists() and not run.path.is_dir():

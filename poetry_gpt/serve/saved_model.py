@@ -5,7 +5,7 @@
 Python: it checks the options (``generate.OPTION_RULES``), builds each row's prompt from ``prompt`` and
 ``title`` (``corpus.prompt_prefix``, with the export's genre), maps characters to ids
 (``tf.strings.unicode_split`` and a lookup table), picks the form's constraint tables (built at export
-time by ``forms.build_constraint``, the acrostic written into them in the graph), walks each prompt
+time by ``constraints.build_constraint``, the acrostic written into them in the graph), walks each prompt
 through the form's automaton, then runs the sampler's own compiled programs (``Sampler.prefill`` and
 ``Sampler.decode``, traced into the SavedModel, one per exported batch size, prompt bucket and top-k
 cap) and turns the ids back into text. A bad row (an unknown character, a prompt that cannot begin
@@ -29,13 +29,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import __version__, forms
-from .corpus import CLOSE, prompt_prefix
-from .errors import OptionError
-from .fsutil import atomic_write_json, fsync_dir, is_within, recover_aside, replace_dir
-from .generate import DEFAULT_MIN_P, DEFAULT_TOP_K, OPTION_RULES
-from .sampler import NEG, bucket_length, row_seeds, top_k_cap
-from .vocab import PAD_ID, SEP_ID
+from .. import __version__
+from ..verse import forms
+from ..generate import constraints
+from ..data.corpus import CLOSE, prompt_prefix
+from ..errors import OptionError
+from ..fsutil import atomic_write_json, fsync_dir, is_within, recover_aside, replace_dir
+from ..generate.generator import DEFAULT_MIN_P, DEFAULT_TOP_K, OPTION_RULES
+from ..generate.sampler import NEG, bucket_length, row_seeds, top_k_cap
+from ..data.vocab import PAD_ID, SEP_ID
 
 ASSET = "poetry_gpt.json"  # in OUT_DIR/assets/: source run, step, versions, the signature
 DEFAULT_BATCH_SIZES = (1, 8)
@@ -113,7 +115,7 @@ class SavedPoet:
         chars = [(t, i) for i, t in enumerate(vocab.tokens) if i >= 3 and len(t) == 1]
         module.char_ids = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
             [t for t, _ in chars], tf.constant([i for _, i in chars], tf.int32)), default_value=-1)
-        spellings = forms.form_spellings()
+        spellings = constraints.form_spellings()
         names = list(forms.FORMS)
         module.form_ids = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
             list(spellings), tf.constant([names.index(v) for v in spellings.values()], tf.int32)), default_value=-1)
@@ -142,17 +144,17 @@ class SavedPoet:
         the forms records ``build_constraint``'s message instead."""
         import tensorflow as tf
 
-        sets, messages, names, starts = [forms.free_constraint(self.gen.vocab)], [""], [""], [[0] * 8]
+        sets, messages, names, starts = [constraints.free_constraint(self.gen.vocab)], [""], [""], [[0] * 8]
         for name, form in forms.FORMS.items():
             for rhyme in (False, True):
                 try:
-                    sets.append(forms.build_constraint(name, self.gen.vocab, rhyme=rhyme))
+                    sets.append(constraints.build_constraint(name, self.gen.vocab, rhyme=rhyme))
                     messages.append("")
                 except OptionError as exc:
-                    sets.append(forms.free_constraint(self.gen.vocab))
+                    sets.append(constraints.free_constraint(self.gen.vocab))
                     messages.append(str(exc).replace("--form", "form"))
                 names.append(name)
-                starts.append((forms.clause_start_states(form) + [0] * 8)[:8])
+                starts.append((constraints.clause_start_states(form) + [0] * 8)[:8])
         rows = max(len(c.allowed) for c in sets)  # the SavedModel holds no strict tables: no padding for them
         tables = [c.padded_tables(rows) for c in sets]
         stack = {k: np.stack([t[k] for t in tables]) for k in tables[0]}
@@ -306,14 +308,14 @@ class SavedPoet:
         def step(t, state, group, bad_at):
             token = dense[:, t]
             live = (t < lengths) & (bad_at < 0)
-            mask = forms.apply_constraint_tf(tf.zeros([n, self.V]), state, group, tables) > NEG / 2
+            mask = constraints.apply_constraint_tf(tf.zeros([n, self.V]), state, group, tables) > NEG / 2
             fits = tf.gather(mask, token, batch_dims=1)
-            new_state, new_group = forms.advance_tf(state, group, token, tables)
+            new_state, new_group = constraints.advance_tf(state, group, token, tables)
             go = live & fits
             return (t + 1, tf.where(go, new_state, state), tf.where(go[:, None], new_group, group),
                     tf.where(live & ~fits, t, bad_at))
 
-        start = (tf.constant(0), tf.zeros([n], tf.int32), -tf.ones([n, forms.RHYME_WIDTH], tf.int32),
+        start = (tf.constant(0), tf.zeros([n], tf.int32), -tf.ones([n, constraints.RHYME_WIDTH], tf.int32),
                  -tf.ones([n], tf.int32))
         _, state, group, bad_at = tf.while_loop(lambda t, *_: t < tf.shape(dense)[1], step, start)
         char = _quoted(tf.gather(chars.to_tensor(""), tf.maximum(bad_at, 0), batch_dims=1))
@@ -381,7 +383,7 @@ class SavedPoet:
                 lambda T=T: self.sampler.prefill(r["ids"][:, :T], r["lengths"]) for T in self.buckets])
             decoded = tf.switch_case(cap, [
                 lambda k=k: self.sampler.decode(logits, cache, seen, r["lengths"], r["seeds"], r["done"], options, k,
-                                                forms, (r["state"], r["group"], tables))[0] for k in self.caps])
+                                                constraints, (r["state"], r["group"], tables))[0] for k in self.caps])
             return c + 1, out.write(c, decoded)
 
         out = tf.TensorArray(tf.int32, size=chunks, element_shape=[B, self.n_ctx])
@@ -489,7 +491,7 @@ def export_saved_model(run: str | os.PathLike, out: str | os.PathLike, checkpoin
     """
     import tensorflow as tf
 
-    from .generate import PoemGenerator
+    from ..generate.generator import PoemGenerator
 
     sizes = parse_batch_sizes(batch_sizes)
     out = Path(out)

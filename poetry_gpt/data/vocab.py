@@ -23,8 +23,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import DataDirError
-from .fsutil import atomic_write_text
+from ..errors import DataDirError
+from ..fsutil import atomic_write_text
 
 PAD, UNK, SEP = "[PAD]", "[UNK]", "[SEP]"
 SPECIAL_TOKENS = (PAD, UNK, SEP)

@@ -1,4 +1,4 @@
-"""Figures for `poetry-gpt eval`: pure functions over poem texts, no model.
+"""Figures over poem texts, no model: what `eval` reports for samples and `corpus stats` for a corpus.
 
 The same figures are computed for generated samples (``sample_figures``) and for
 a corpus (``corpus_figures``), so reports can show model and corpus side by side.
@@ -11,7 +11,7 @@ Definitions:
 * form rates: share of bodies that are regular (``forms.check``), overall and per form;
   in ``sample_figures`` unclosed samples count as irregular.
 * rhyme rate: among regular bodies, the share whose rhyme clauses rhyme
-  (modern-final approximation, see ``poetry_gpt.forms``).
+  (modern-final approximation, see ``poetry_gpt.verse.forms``).
 * distinct-n: distinct character n-grams / all n-grams, pooled over bodies; n-grams are
   taken inside clauses (punctuation removed, never across a clause mark). It falls as the
   text grows, so a corpus is compared with samples at the samples' size

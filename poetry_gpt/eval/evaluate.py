@@ -30,13 +30,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, poem_metrics
-from .corpus import parse_line, prompt_prefix
-from .errors import DataDirError, OptionError, RunDirError
-from .generate import DEFAULT_MIN_P, DEFAULT_TOP_K, PoemGenerator, check_options
-from .records import IGNORE_INDEX, Manifest, eval_dataset, eval_stride, read_poem_ids
-from .rundir import RUN_FILE, RunDir, data_manifest
-from .vocab import CharVocab
+from .. import __version__
+from ..verse import poem_metrics
+from ..data.corpus import parse_line, prompt_prefix
+from ..errors import DataDirError, OptionError, RunDirError
+from ..generate.generator import DEFAULT_MIN_P, DEFAULT_TOP_K, PoemGenerator, check_options
+from ..data.records import IGNORE_INDEX, Manifest, eval_dataset, eval_stride, read_poem_ids
+from ..run_dir import RUN_FILE, RunDir, data_manifest
+from ..data.vocab import CharVocab
 
 # a share from 300 samples has a standard error of at most 2.9 points (100: 5); ~20 s for `small`
 DEFAULT_SAMPLES = 300
@@ -152,7 +153,7 @@ def validation_loss(lm, manifest: Manifest, vocab: CharVocab, batch_size: int, n
     """
     import tensorflow as tf
 
-    from .fast_gpt2 import lm_loss_terms
+    from ..model.fast_forward import lm_loss_terms
 
     @tf.function(jit_compile=True)  # every batch has the same shape: one XLA program
     def terms(input_ids, labels):
@@ -386,6 +387,6 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
 
 
 def _form_name(sample) -> str | None:
-    from .forms import check
+    from ..verse.forms import check
 
     return check(sample.body).form if sample.closed else None

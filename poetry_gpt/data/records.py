@@ -31,8 +31,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import DataDirError
-from .fsutil import atomic_write_json, fsync_dir, read_json
+from ..errors import DataDirError
+from ..fsutil import atomic_write_json, fsync_dir, read_json
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1

@@ -24,17 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import RunConfig
-from .envcheck import cpu_flags
+from ..config import RunConfig
+from ..envcheck import cpu_flags
 from . import budget as _budget
 from .budget import TimeBudget, format_duration
-from .errors import OptionError, PoetryGPTError, RunDirError
-from .records import batches_per_pass, eval_dataset, train_dataset
-from .distribute import (check_global_batch, check_same_start, checkpoint_managers, distribute_options, is_chief,
-                         make_strategy, open_as_worker)
-from .rundir import RunDir, check_resume_compatible, data_manifest, open_for_training
+from ..errors import OptionError, PoetryGPTError, RunDirError
+from ..data.records import batches_per_pass, eval_dataset, train_dataset
+from .distribute import (check_global_batch, check_same_start, checkpoint_managers, distribute_options, is_chief, make_strategy, open_as_worker)
+from ..run_dir import RunDir, check_resume_compatible, data_manifest, open_for_training
 from .schedule import keras_schedule, lr_at, replan
-from .vocab import CharVocab
+from ..data.vocab import CharVocab
 
 SAMPLE_TITLES = ("春晓", "月夜", "", "秋思")  # "" = the model writes the title too
 MAX_PERPLEXITY_LOSS = 80.0  # exp() overflow guard: report perplexity as inf above this
@@ -107,7 +106,7 @@ def build_lm_trainer(lm, seed: int = 0):
     import tensorflow as tf
     import tf_keras
 
-    from .fast_gpt2 import lm_loss_terms
+    from ..model.fast_forward import lm_loss_terms
 
     class TokenMeanLoss(tf_keras.metrics.Metric):
         """Cross-entropy averaged over target tokens (not over batches): sum / count."""
@@ -205,7 +204,7 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
           overwrite: bool = False, init_from: str | os.PathLike | None = None,
           echo: Callable[[str], None] = print, verbose: int = 1, own_entries: tuple[str, ...] = (),
           inputs: Sequence[tuple[str, str | os.PathLike]] = (), max_time: float | None = None,
-          started: float | None = None) -> TrainResult:
+          started: float | None = None, sample_poems: Callable[..., list[str]] | None = None) -> TrainResult:
     """Train (or resume training) a poem model.
 
     Args:
@@ -222,15 +221,19 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
         max_time: a time budget in seconds (``--max-time``): train until it is spent, the decay planned to
             end there (``--epochs`` is then no limit); None: train ``--epochs``.
         started: ``budget.clock()`` when the budget began (default: now); ``pipeline`` counts its prepare.
+        sample_poems: writes the sample poems of each epoch end (``samples/``), called as
+            ``sample_poems(lm, vocab, titles, genre=, n_ctx=, seed=)``; the CLI passes
+            ``poetry_gpt.generate.samples.sample_poems``. None: no samples (training never imports the
+            later generate stage itself).
     """
-    from .envcheck import require_compatible
+    from ..envcheck import require_compatible
 
     started = _budget.clock() if started is None else started
     _check_max_time(max_time, config.train.strategy)
     require_compatible()
     import tensorflow as tf
 
-    from .model import build_model, count_parameters
+    from ..model.gpt2 import build_model, count_parameters
 
     chief = is_chief(config.train.strategy)  # a non-chief worker of a cluster only reads RUN_DIR (distribute.py)
     # everything is read before --overwrite empties RUN_DIR (which keeps inputs that lie inside it)
@@ -316,7 +319,7 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
         echo(f"Nothing to do: {run.path} has already trained {start_epoch} of --epochs {t.epochs} epoch(s); "
              "pass a larger --epochs to train more.")
         if chief and _export_step(run) != restored_step:
-            from .model import save_export
+            from ..model.export import save_export
 
             save_export(lm, vocab, run.export, {"genre": manifest.genre, "genres": manifest.data.get("genres", {}),
                                                 "n_ctx": n_ctx, "data_hash": manifest.hash,
@@ -332,7 +335,8 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
                          -(-manifest.poems("valid") // t.batch_size))
               if max_time is not None else None)
     callback = _RunCallback(run, manager, ckpt, epoch_var, best_val, lm, vocab, config, manifest, total_steps,
-                            steps_per_epoch, history, meta, chief, echo, precision, budget=budget, plan=plan)
+                            steps_per_epoch, history, meta, chief, echo, precision, budget=budget, plan=plan,
+                            sample_poems=sample_poems)
     val = distribute_options(eval_dataset(manifest, t.batch_size, n_ctx, pad_id=vocab.pad_id, sep_id=vocab.sep_id),
                              strategy)
     params = count_parameters(lm)
@@ -444,8 +448,8 @@ def _checkpoint_files(directory: Path) -> list[str]:
 
 def _export_step(run) -> int | None:
     """The global step recorded in the run's export/poetry_gpt.json (None without an export)."""
-    from .fsutil import read_json
-    from .model import EXPORT_META
+    from ..fsutil import read_json
+    from ..model.gpt2 import EXPORT_META
 
     try:
         return read_json(run.export / EXPORT_META).get("global_step")
@@ -516,8 +520,8 @@ def _load_init(init_from, vocab: CharVocab, config: RunConfig):
     the training and sampling paths do not compute (``model.check_supported``); its dropout becomes the run's."""
     from transformers import GPT2Config, TFGPT2LMHeadModel
 
-    from .fsutil import read_json
-    from .model import check_agreement, check_supported
+    from ..fsutil import read_json
+    from ..model.gpt2 import check_agreement, check_supported
 
     path = Path(init_from)
     if not (path / "config.json").is_file():
@@ -604,12 +608,14 @@ def _RunCallback(*args, **kwargs):
             precision: the resolved precision.
             budget: the ``TimeBudget`` of a ``--max-time`` run (it may stop an epoch early), or None.
             plan: the decay plan variable (``schedule.replan``), or None for the fixed schedule.
+            sample_poems: writes the epoch's sample poems (see ``train``), or None.
         """
 
         def __init__(self, run, manager, ckpt, epoch_var, best_val, lm, vocab, config, manifest, total_steps,
-                     steps_per_epoch, history, meta, chief, echo, precision, budget=None, plan=None):
+                     steps_per_epoch, history, meta, chief, echo, precision, budget=None, plan=None,
+                     sample_poems=None):
             super().__init__()
-            self.budget, self.plan = budget, plan
+            self.budget, self.plan, self.sample_poems = budget, plan, sample_poems
             self.run, self.manager, self.ckpt = run, manager, ckpt
             self.epoch_var, self.best_val, self.lm, self.vocab = epoch_var, best_val, lm, vocab
             self.config, self.manifest, self.total_steps = config, manifest, total_steps
@@ -658,7 +664,7 @@ def _RunCallback(*args, **kwargs):
             self.echo(f"{why.capitalize()} at step {step}: checkpoint {self.last_good} saved, export/ updated.")
 
         def _export(self, step: int) -> None:
-            from .model import save_export
+            from ..model.export import save_export
 
             save_export(self.lm, self.vocab, self.run.export,
                         {**self.meta, "global_step": step, "epoch": int(self.epoch_var.numpy())})
@@ -777,14 +783,12 @@ def _RunCallback(*args, **kwargs):
         def _samples(self, epoch: int, name: str | None = None) -> list[str]:
             """Sample poems (seeded by the epoch), saved as ``samples/NAME.txt`` (default ``epoch-NNN``)."""
             n = self.config.train.samples_per_epoch
-            if n <= 0:
+            if n <= 0 or self.sample_poems is None:
                 return []
-            from .samples import sample_poems
-
             titles = [SAMPLE_TITLES[i % len(SAMPLE_TITLES)] for i in range(n)]
-            lines = sample_poems(self.lm, self.vocab, titles, genre=self.meta["genre"],
+            lines = self.sample_poems(self.lm, self.vocab, titles, genre=self.meta["genre"],
                                  n_ctx=self.config.model.n_ctx, seed=epoch)
-            from .fsutil import atomic_write_text
+            from ..fsutil import atomic_write_text
 
             atomic_write_text(self.run.samples / f"{name or f'epoch-{epoch:03d}'}.txt", "\n".join(lines) + "\n")
             return lines

@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from . import forms, tones
-from .errors import OptionError
+from ..errors import OptionError
 
 LENIENCIES = ("standard", "strict")
 FREE = "中"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .corpus import CLOSE, OPEN, format_line, read_text_file
-from .errors import InputError, OptionError
+from ..errors import InputError, OptionError
 
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com/chinese-poetry/chinese-poetry/master/全唐诗/"
 TANG_FILES = tuple(f"poet.tang.{n}.json" for n in range(0, 58000, 1000))  # 58 files, 1000 poems each

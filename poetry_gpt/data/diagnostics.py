@@ -12,8 +12,8 @@ from typing import Sequence
 import numpy as np
 
 from .corpus import SKIP_REASONS, ReadResult
-from .cipai import format_patterns, learn_patterns
-from .metre import corpus_metre
+from ..verse.cipai import format_patterns, learn_patterns
+from ..verse.metre import corpus_metre
 from .vocab import UNK_ID, CharVocab
 
 COVERAGE_TOP = (500, 1000, 2000, 3000, 5000)
@@ -35,7 +35,7 @@ def regular_form_counts(bodies: Sequence[str]) -> Counter:
     Returns:
         form name -> number of bodies in that form (forms with none are absent).
     """
-    from .forms import regular_form
+    from ..verse.forms import regular_form
 
     if not bodies:
         return Counter()
@@ -56,7 +56,7 @@ def _regular_regex() -> tuple[re.Pattern, dict[int, str]] | None:
     """The regex matching a regular body, and form name by body length (None if two forms share a length)."""
     global _REGULAR
     if _REGULAR is None:
-        from .forms import CLAUSE_MARKS, FORMS
+        from ..verse.forms import CLAUSE_MARKS, FORMS
 
         other = f"[^{re.escape(CLAUSE_MARKS)}\n]"
         alternatives, by_length = [], {}

@@ -11,10 +11,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .corpus import CLOSE, prompt_prefix
-from .forms import free_constraint
-from .generate import DEFAULT_MIN_P, DEFAULT_TOP_K
-from .vocab import CharVocab
+from ..data.corpus import CLOSE, prompt_prefix
+from .constraints import free_constraint
+from .generator import DEFAULT_MIN_P, DEFAULT_TOP_K
+from ..data.vocab import CharVocab
 
 
 def sample_poems(lm, vocab: CharVocab, titles: Sequence[str], genre: str, n_ctx: int, seed: int = 0,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .errors import InputError
+from ..errors import InputError
 
 OPEN, CLOSE = "【", "】"
 DEFAULT_MAX_CHARS = 4096

@@ -32,11 +32,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import forms
-from .corpus import CLOSE, OPEN, prompt_prefix
-from .errors import OptionError, RunDirError
-from .memory import release_freed_memory
-from .vocab import PAD_ID, SEP_ID, UNK_ID, CharVocab
+from ..verse import forms
+from . import constraints
+from ..data.corpus import CLOSE, OPEN, prompt_prefix
+from ..errors import OptionError, RunDirError
+from ..memory import release_freed_memory
+from ..data.vocab import PAD_ID, SEP_ID, UNK_ID, CharVocab
 
 FORM_NAMES = tuple(forms.FORMS)
 # Default sampling: top-k 64 with min-p 0.05. On tang-full `small` runs it keeps at least as many free samples
@@ -85,7 +86,7 @@ class Row:
     prompt: str
     seed: int
     budget: int
-    state: tuple = (0, forms.NO_RHYME)
+    state: tuple = (0, constraints.NO_RHYME)
 
 
 @dataclass
@@ -156,8 +157,8 @@ def load_export(path: str | os.PathLike, checkpoint: str | None = None) -> Expor
         RunDirError: the folder is missing, holds no export, is not a GPT-2 export, or its vocabulary
             does not match the model.
     """
-    from .envcheck import require_compatible
-    from .model import load_export as _load, resolve_export
+    from ..envcheck import require_compatible
+    from ..model.export import load_export as _load, resolve_export
 
     require_compatible()
     if checkpoint is not None:
@@ -185,7 +186,7 @@ def split_body(text: str) -> str:
 
 
 #: (argument, CLI option, test, what it must be) of ``check_options``; the tests take numbers or tensors
-#: (``poetry_gpt.saved_model`` runs them in the graph). None (``max_new_tokens``) is never checked.
+#: (``poetry_gpt.serve.saved_model`` runs them in the graph). None (``max_new_tokens``) is never checked.
 OPTION_RULES = (
     ("top_k", "--top-k", lambda v: v >= 1, "must be ≥ 1 (1 = greedy)"),
     ("top_p", "--top-p", lambda v: (v > 0.0) & (v <= 1.0), "must be in (0, 1] (1 = off)"),
@@ -262,9 +263,9 @@ def load_checkpoint(path: str | os.PathLike, checkpoint: str) -> Export:
     """
     import tensorflow as tf
 
-    from .config import RunConfig
-    from .model import build_model
-    from .rundir import RunDir
+    from ..config import RunConfig
+    from ..model.gpt2 import build_model
+    from ..run_dir import RunDir
 
     run = RunDir(Path(path))
     if not run.exists():
@@ -313,7 +314,8 @@ class PoemGenerator:
     def __init__(self, path: str | os.PathLike, checkpoint: str | None = None, compute_dtype: str = "float32"):
         import tensorflow as tf
 
-        from .sampler import CachedGPT2, Sampler
+        from ..model.cached_gpt2 import CachedGPT2
+        from .sampler import Sampler
 
         self.export = load_export(path, checkpoint)
         self.vocab = self.export.vocab
@@ -322,14 +324,14 @@ class PoemGenerator:
         punctuation = [i for i, t in enumerate(self.vocab.tokens) if t in UNPENALISED]
         self.sampler = Sampler(CachedGPT2(self.model, getattr(tf, compute_dtype)), stop_id=self.close_id,
                                banned_ids=(PAD_ID, UNK_ID, SEP_ID), unpenalised_ids=punctuation)
-        self._free = forms.free_constraint(self.vocab)
+        self._free = constraints.free_constraint(self.vocab)
         self._table_cache: dict = {}
         #: 词牌 -> its clause pattern (``cipai.learn_patterns``), recorded in the export at train time
         self.cipai: dict = dict(self.export.meta.get("cipai") or {})
-        longest = max((forms.Layout(n, tuple(e["clauses"]), tuple(e["marks"])).body_len
+        longest = max((constraints.Layout(n, tuple(e["clauses"]), tuple(e["marks"])).body_len
                        for n, e in self.cipai.items()), default=0)
         # every table set is padded to these rows: one decode program for free, forms, leniencies and 词牌
-        self._states = max(forms.max_states(), min(longest, self.n_ctx) + 3)
+        self._states = max(constraints.max_states(), min(longest, self.n_ctx) + 3)
         release_freed_memory()  # the load's temporary buffers
 
     @property
@@ -344,7 +346,7 @@ class PoemGenerator:
     def strict_supported(self) -> bool:
         """Whether ``strict`` has tone data to work with: the 平水韵 table is installed and knows characters of
         the vocabulary (whether a given form can be written with them, ``plan`` tells)."""
-        from .tones import ToneDataMissing, detect_script, table
+        from ..verse.tones import ToneDataMissing, detect_script, table
 
         chars = [t for t in self.vocab.tokens[3:] if forms.is_hanzi(t)]
         try:
@@ -435,13 +437,13 @@ class PoemGenerator:
             batch_size: samples run together; the last batch is padded to this size (at most the
                 number of samples) so one compiled program serves every batch.
             seed: seed of the first sample (sample i uses seed + i); None picks a random one.
-            form: 五绝, 七绝, 五律 or 七律: constrain the body to that form (``poetry_gpt.forms``); or a
+            form: 五绝, 七绝, 五律 or 七律: constrain the body to that form (``poetry_gpt.verse.forms``); or a
                 词牌 the model's corpus recorded (``cipai``): its clause lengths and marks (the title
                 defaults to the tune's name).
             acrostic: characters that begin the clauses (with ``form``).
             rhyme: make the rhyme clauses rhyme (with ``form``; 中华新韵 groups).
             strict: follow the form's 格律 too (with one of the four forms): the tone patterns and the
-                平水韵 rhyme of ``poetry_gpt.metre``; every poem passes ``metre.check_poem`` at ``leniency``.
+                平水韵 rhyme of ``poetry_gpt.verse.metre``; every poem passes ``metre.check_poem`` at ``leniency``.
             leniency: ``standard`` (一三五不论, 孤平 and 三平尾 still forbidden) or ``strict`` (every position).
 
         Returns:
@@ -540,7 +542,7 @@ class PoemGenerator:
                 min_p=sampling["min_p"], temperature=sampling["temperature"],
                 repetition_penalty=sampling["repetition_penalty"],
                 active=[True] * (B - pad) + [False] * pad,
-                constraint=forms, constraint_state=self._constraint_state([r.state for r in chunk], tables),
+                constraint=constraints, constraint_state=self._constraint_state([r.state for r in chunk], tables),
                 on_tokens=stream)
             seconds = time.perf_counter() - t0
             for row, ids in zip(chunk[:B - pad], result.tokens[:B - pad]):
@@ -570,7 +572,7 @@ class PoemGenerator:
     def _constraint(self, form, acrostic, rhyme, strict=False, leniency="standard") -> tuple:
         """``(DecodeConstraint or None for free sampling, its tables as tensors)``, kept for the last
         ``TABLE_CACHE`` settings: building them costs a few ms, a few percent of a short poem."""
-        from .metre import check_leniency
+        from ..verse.metre import check_leniency
 
         check_leniency(leniency)
         for option, value in (("--acrostic", acrostic), ("--rhyme", rhyme), ("--strict", strict)):
@@ -591,7 +593,7 @@ class PoemGenerator:
         """The ``DecodeConstraint`` of a regulated form or of one of the model's 词牌."""
         if form not in self.cipai:
             try:
-                return forms.build_constraint(form, self.vocab, acrostic=acrostic, rhyme=rhyme, strict=strict)
+                return constraints.build_constraint(form, self.vocab, acrostic=acrostic, rhyme=rhyme, strict=strict)
             except OptionError as exc:
                 if self.cipai and str(exc).startswith("--form: unknown form"):
                     raise OptionError(f"{exc}; or a 词牌 of this model's corpus: {', '.join(list(self.cipai)[:12])}"
@@ -600,7 +602,7 @@ class PoemGenerator:
         if rhyme:
             raise OptionError(f"--rhyme: a 词牌's pattern records no rhyme positions; drop --rhyme for --form {form}")
         entry = self.cipai[form]
-        return forms.layout_constraint(forms.Layout(form, tuple(entry["clauses"]), tuple(entry["marks"])),
+        return constraints.layout_constraint(constraints.Layout(form, tuple(entry["clauses"]), tuple(entry["marks"])),
                                        self.vocab, acrostic=acrostic)
 
     def form_names(self) -> list[str]:
@@ -613,7 +615,7 @@ class PoemGenerator:
         import tensorflow as tf
 
         state = tf.constant(np.array([s for s, _ in states], np.int32))
-        rhyme = tf.constant(np.array([r for _, r in states], np.int32).reshape(len(states), forms.RHYME_WIDTH))
+        rhyme = tf.constant(np.array([r for _, r in states], np.int32).reshape(len(states), constraints.RHYME_WIDTH))
         return state, rhyme, tables
 
     # the slow reference path ---------------------------------------------------------------
@@ -665,9 +667,9 @@ class PoemGenerator:
 
 
 class FreeRuleProcessor:
-    """The free-sampling automaton (``forms.free_constraint``) as a transformers TF logits processor, for
+    """The free-sampling automaton (``constraints.free_constraint``) as a transformers TF logits processor, for
     the eager path: each row's state is walked from the tokens written so far (prompt included), then
-    the compiled path's own mask (``forms.apply_constraint_tf``) is applied to the scores.
+    the compiled path's own mask (``constraints.apply_constraint_tf``) is applied to the scores.
 
     Args:
         constraint: a ``DecodeConstraint`` without rhyme positions (the free one).
@@ -686,92 +688,5 @@ class FreeRuleProcessor:
         state = np.zeros(len(written), np.int32)
         for column in written.T:
             state = self.constraint.next_state[state, column]
-        return forms.apply_constraint_tf(scores, tf.constant(state), tf.fill([len(written), forms.RHYME_WIDTH], -1),
+        return constraints.apply_constraint_tf(scores, tf.constant(state), tf.fill([len(written), constraints.RHYME_WIDTH], -1),
                                          self.tables)
-
-
-def benchmark(n_layer: int = 6, n_embd: int = 384, n_head: int = 6, n_ctx: int = 128, vocab_size: int = 5300,
-              new_tokens: int = 64, top_k: int = 10, batches: Sequence[int] = (1, 8), repeats: int = 5,
-              eager_repeats: int = 2, seed: int = 0) -> dict:
-    """Time poetry_gpt's compiled sampler against transformers' eager ``model.generate`` and
-    ``tf.function(model.generate, jit_compile=True)`` on a random model of a given shape.
-
-    All three make exactly ``new_tokens`` tokens per row (no stop token) with top-k sampling
-    after a 16-token prompt. After one warm-up (compiling) call each, the three are timed in
-    turns, round after round, so that a busy machine slows them alike; each reports the best
-    and the median wall time and the best CPU time (all threads) of its calls.
-
-    Args:
-        n_layer: layers of the random model.
-        n_embd: its width.
-        n_head: its heads.
-        n_ctx: its context.
-        vocab_size: its vocabulary size.
-        new_tokens: tokens generated per row.
-        top_k: sampling top-k.
-        batches: batch sizes to time.
-        repeats: timed rounds (compiled and XLA ``generate`` run in each).
-        eager_repeats: the first rounds that also run the (slow) eager ``generate``.
-        seed: weight and sampling seed.
-
-    Returns:
-        A JSON-able dict: per batch size and path, seconds per call and tokens/s, the compiled
-        path's speed-up over the others, first-call (compile) times, and whether a new opening of
-        another length in the same bucket compiled anything.
-    """
-    import numpy as np
-    import tensorflow as tf
-    from transformers import GPT2Config, TFGPT2LMHeadModel
-    from transformers.utils import logging as hf_logging
-
-    from .sampler import CachedGPT2, Sampler
-
-    hf_logging.set_verbosity_error()  # the XLA generate warns about right-padding while tracing
-    tf.keras.utils.set_random_seed(seed)
-    config = GPT2Config(vocab_size=vocab_size, n_positions=n_ctx, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-                        bos_token_id=SEP_ID, eos_token_id=SEP_ID, pad_token_id=PAD_ID)
-    model = TFGPT2LMHeadModel(config)
-    model(tf.zeros([1, 2], tf.int32))
-    prompt = [SEP_ID] + list(range(10, 25))
-    report = {"shape": dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_ctx=n_ctx, vocab_size=vocab_size),
-              "new_tokens": new_tokens, "top_k": top_k, "prompt_tokens": len(prompt), "batches": {}}
-    hf_xla = tf.function(model.generate, jit_compile=True)
-    for B in batches:
-        sampler = Sampler(CachedGPT2(model), stop_id=None, banned_ids=(PAD_ID, UNK_ID, SEP_ID))
-        ids = tf.constant([prompt] * B)
-        hf_kwargs = dict(attention_mask=tf.ones_like(ids), do_sample=True, top_k=top_k, max_new_tokens=new_tokens,
-                         min_new_tokens=new_tokens, pad_token_id=PAD_ID)
-        paths = {
-            "compiled": lambda r: sampler.run([prompt] * B, [seed + r * B + b for b in range(B)],
-                                              max_new_tokens=new_tokens, top_k=top_k),
-            "hf_xla": lambda r: hf_xla(ids, seed=tf.constant([seed, r]), **hf_kwargs).numpy(),
-            "eager": lambda r: model.generate(ids, seed=[seed, r], **hf_kwargs).numpy(),
-        }
-        first, wall, cpu = {}, {k: [] for k in paths}, {k: [] for k in paths}
-        for name, fn in paths.items():
-            t0 = time.perf_counter()
-            fn(-1)
-            first[name] = time.perf_counter() - t0
-        traces = dict(sampler.traces)
-        sampler.run([prompt[:9]] * B, list(range(B)), max_new_tokens=new_tokens, top_k=top_k)  # another opening
-        recompiled = sampler.traces != traces
-        for r in range(repeats):
-            for name, fn in paths.items():
-                if name == "eager" and r >= eager_repeats:
-                    continue
-                t0, c0 = time.perf_counter(), time.process_time()
-                fn(r)
-                wall[name].append(time.perf_counter() - t0)
-                cpu[name].append(time.process_time() - c0)
-        row = {}
-        for name in paths:
-            best = min(wall[name])
-            row[name] = {"seconds": round(best, 4), "median_seconds": round(float(np.median(wall[name])), 4),
-                         "cpu_seconds": round(min(cpu[name]), 4), "tokens_per_s": round(B * new_tokens / best, 1),
-                         "first_call_seconds": round(first[name], 2)}
-        fast = row["compiled"]["seconds"]
-        row["speedup_vs_eager"] = round(row["eager"]["seconds"] / fast, 1)
-        row["speedup_vs_hf_xla"] = round(row["hf_xla"]["seconds"] / fast, 2)
-        row["recompiled_for_other_opening"] = recompiled
-        report["batches"][str(B)] = row
-    return report

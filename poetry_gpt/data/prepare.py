@@ -25,13 +25,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import __version__
-from .config import DataConfig
+from .. import __version__
+from ..config import DataConfig
 from .corpus import ReadResult, read_corpus
 from .diagnostics import corpus_report
-from .errors import DataDirError, OptionError
-from .metre import warm_up
-from .fsutil import is_within, recover_aside, replace_dir
+from ..errors import DataDirError, OptionError
+from ..verse.metre import warm_up
+from ..fsutil import is_within, recover_aside, replace_dir
 from .records import FORMAT_VERSION, MANIFEST, serialize_buffer, write_manifest, write_shards
 from .vocab import UNK_ID, CharVocab, codepoints, counts_from_bincount, line_lengths
 
@@ -237,7 +237,7 @@ def read_only_report(raw_paths: Sequence[str | os.PathLike], config: DataConfig 
         config: reading and vocabulary settings.
         n_ctx: context for the long-poem count.
     """
-    from .poem_metrics import corpus_figures
+    from ..verse.poem_metrics import corpus_figures
 
     read: ReadResult = read_corpus(raw_paths, max_chars=config.max_chars, keep_duplicates=config.keep_duplicates)
     report = _encode_and_report(read, config, n_ctx, None, serialize=False)[3]

@@ -1,0 +1,1 @@
+"""Stage 5, eval: validation loss and poem-quality figures of a trained run."""

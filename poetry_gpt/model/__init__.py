@@ -1,0 +1,1 @@
+"""Stage 2, model: GPT-2 built, run fast for training and decoding, and exported."""

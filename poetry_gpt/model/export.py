@@ -1,0 +1,101 @@
+"""The export folder of a run: ``save_pretrained`` files, the tokenizer and ``poetry_gpt.json``.
+
+``save_export`` / ``load_export`` write and read it: the tokenizer files and ``poetry_gpt.json``
+(genre, context, vocab hash) sit beside the weights, so plain transformers can load it with
+``TFGPT2LMHeadModel.from_pretrained`` and ``PreTrainedTokenizerFast.from_pretrained``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .. import __version__
+from ..data.vocab import CharVocab
+from ..errors import RunDirError
+from ..fsutil import atomic_write_json, fsync_dir, read_json, recover_aside, replace_dir
+from .gpt2 import check_agreement, check_supported
+
+EXPORT_META = "poetry_gpt.json"
+
+
+def save_export(lm, vocab: CharVocab, export_dir: str | os.PathLike, meta: dict) -> Path:
+    """Write a self-contained export folder atomically (``export.tmp/``, then ``fsutil.replace_dir``:
+    one atomic exchange with the old ``export/`` where the OS allows it, so plain transformers
+    finds a complete ``export/`` at every moment).
+
+    Args:
+        lm: the model.
+        vocab: its vocabulary.
+        export_dir: the folder to (re)create.
+        meta: extra facts for ``poetry_gpt.json`` (genre, n_ctx, step, …). Without ``cipai``, the 词牌
+            patterns the run recorded (``run.json`` beside the export, ``data.cipai``) are added, so that
+            ``generate --form 浣溪沙`` needs neither the RUN_DIR nor the DATA_DIR.
+    """
+    export = Path(export_dir)
+    if "cipai" not in meta:
+        meta = {**meta, "cipai": _run_cipai(export.parent)}
+    tmp = export.with_name(export.name + ".tmp")
+    old = export.with_name(export.name + ".old")
+    # a fallback swap (no atomic exchange) killed between its two renames left export.old as the only
+    # copy: put it back before anything else
+    recover_aside(export, old)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    lm.save_pretrained(str(tmp))
+    vocab.save(tmp)
+    atomic_write_json(tmp / EXPORT_META, {"poetry_gpt_version": __version__, "vocab_hash": vocab.hash, **meta})
+    fsync_dir(tmp)
+    replace_dir(tmp, export, old)
+    return export
+
+
+def _run_cipai(run_dir: Path) -> dict:
+    """The 词牌 patterns ``run.json`` in ``run_dir`` records (``RunDir.write_run``), {} without any."""
+    import json
+
+    try:
+        return json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("data", {}).get("cipai") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def resolve_export(path: str | os.PathLike) -> Path:
+    """The export folder of a RUN_DIR, or ``path`` itself when it is an export folder.
+
+    Args:
+        path: a RUN_DIR or an export folder.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise RunDirError(f"{p}: no such folder; pass a RUN_DIR written by `poetry-gpt train` or its export/")
+    # export.old exists only for an instant while the fallback swap (no atomic exchange) replaces export/
+    for candidate in (p / "export", p, p / "export.old"):
+        if (candidate / "config.json").is_file() and (candidate / "vocab.txt").is_file():
+            return candidate
+    raise RunDirError(f"{p}: no model export here (config.json + vocab.txt); train first with "
+                      f"`poetry-gpt train --run {p}` or pass the run's export/ folder")
+
+
+def load_export(path: str | os.PathLike):
+    """Load ``(model, vocab, meta)`` from a RUN_DIR or export folder.
+
+    Args:
+        path: a RUN_DIR or an export folder.
+    """
+    from transformers import GPT2Config, TFGPT2LMHeadModel
+
+    export = resolve_export(path)
+    vocab = CharVocab.load(export)
+    try:
+        config = GPT2Config.from_pretrained(str(export))
+        check_supported(config, str(export))
+        lm = TFGPT2LMHeadModel.from_pretrained(str(export), config=config)
+    except RunDirError:
+        raise
+    except Exception as exc:  # transformers raises many types for a bad folder
+        raise RunDirError(f"{export}: not a loadable GPT-2 export ({type(exc).__name__}); "
+                          "retrain or pass another folder") from None
+    check_agreement(lm, vocab, str(export))
+    meta = read_json(export / EXPORT_META) if (export / EXPORT_META).is_file() else {}
+    return lm, vocab, meta
