@@ -17,7 +17,7 @@ PRESETS = {
             "samples_per_epoch": 2,
         },
     },
-    # The benchmark model of ANCHORS.md: 6 layers, width 384, 6 heads, context 128
+    # The benchmark model of the project's goals (README, Performance): 6 layers, width 384, 6 heads, context 128
     # (~12.7M parameters with a ~5k-character vocabulary). The defaults are exactly this.
     "small": {},
     # GPT-2 small's shape (124M-class): for a GPU; on a 2-core CPU it is ~10x slower than small.

@@ -16,6 +16,8 @@ from .errors import OptionError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
 SCHEDULES = ("cosine", "linear", "constant")
+DEFAULT_MAX_CHARS = 4096  # longest raw.txt line read; longer ones are skipped and counted
+DEFAULT_N_CTX = 128  # the small model's context, also what `prepare` counts long poems against
 
 
 def _check(cond: bool, option: str, message: str) -> None:
@@ -39,7 +41,7 @@ class DataConfig:
     valid_fraction: float = 0.02
     seed: int = 1234
     min_count: int = 1
-    max_chars: int = 4096
+    max_chars: int = DEFAULT_MAX_CHARS
     keep_duplicates: bool = False
     shard_poems: int = 20000
 
@@ -65,7 +67,7 @@ class ModelConfig:
     n_layer: int = 6
     n_embd: int = 384
     n_head: int = 6
-    n_ctx: int = 128
+    n_ctx: int = DEFAULT_N_CTX
     dropout: float = 0.0
 
     def __post_init__(self):

@@ -182,7 +182,7 @@ def test_download_from_local_server_and_resume(server, tang_dir, tmp_path):
     names = list(cp.TANG_FILES[:2])
     assert len(cp.TANG_FILES) == len(list(tang_dir.glob("poet.tang.*.json")))
     dest = tmp_path / "dl"
-    paths = cp.download(dest, base_url=root + TANG, files=names, progress=False)
+    paths = cp.download(dest, base_url=root + TANG, files=names)
     assert paths == [dest / n for n in names]
     for p in paths:
         assert p.read_bytes() == (tang_dir / p.name).read_bytes()
@@ -191,7 +191,7 @@ def test_download_from_local_server_and_resume(server, tang_dir, tmp_path):
     # a second run fetches only what is missing or broken
     paths[1].write_text("[{\"title\"", encoding="utf-8")
     requests.clear()
-    cp.download(dest, base_url=root + TANG, files=names, progress=False)
+    cp.download(dest, base_url=root + TANG, files=names)
     assert requests == [f"/{TANG}/{names[1]}"]
     assert paths[1].read_bytes() == (tang_dir / names[1]).read_bytes()
 
@@ -202,15 +202,15 @@ def test_download_from_local_server_and_resume(server, tang_dir, tmp_path):
 def test_download_errors_are_one_line(server, tmp_path):
     root, _ = server
     with pytest.raises(InputError, match=r"poet\.tang\.99\.json: HTTP 404 .*--base-url") as exc:
-        cp.download(tmp_path, base_url=root + TANG, files=["poet.tang.99.json"], progress=False)
+        cp.download(tmp_path, base_url=root + TANG, files=["poet.tang.99.json"])
     assert "\n" not in str(exc.value)
     assert not list(tmp_path.iterdir())
     with pytest.raises(InputError, match=r"README\.md: the server did not send a JSON list"):
-        cp.download(tmp_path, base_url=root + TANG, files=["README.md"], progress=False)
+        cp.download(tmp_path, base_url=root + TANG, files=["README.md"])
     assert not list(tmp_path.iterdir())
     url = f"http://127.0.0.1:{free_port()}/x/"
     with pytest.raises(InputError, match=r"http://127\.0\.0\.1:\d+/x/poet\.tang\.0\.json: cannot download"):
-        cp.download(tmp_path, base_url=url, files=["poet.tang.0.json"], progress=False, timeout=5)
+        cp.download(tmp_path, base_url=url, files=["poet.tang.0.json"], timeout=5)
     assert cp.download_license(tmp_path, base_url=url, timeout=5) is None
 
 

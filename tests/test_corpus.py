@@ -335,7 +335,7 @@ def test_regular_form_counts_agree_with_forms_on_every_poem(shared_corpus):
         if form:
             expected[form.name] = expected.get(form.name, 0) + 1
     assert regular_form_counts(bodies) == expected
-    assert sum(expected.values()) == 2555  # ANCHORS.md: 2555 of 4000
+    assert sum(expected.values()) == 2555  # the reference measurements (../shared/ANCHORS.md): 2555 of 4000
 
 
 @pytest.mark.parametrize("body", [

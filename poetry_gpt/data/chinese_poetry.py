@@ -16,7 +16,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .corpus import CLOSE, OPEN, format_line, read_text_file
 from ..errors import InputError, OptionError
@@ -287,7 +287,7 @@ def _is_json_list(path: Path) -> bool:
 
 
 def download(dest_dir: str | os.PathLike, base_url: str = DEFAULT_BASE_URL, files: Sequence[str] | None = None,
-             timeout: float = DEFAULT_TIMEOUT, progress: bool = True) -> list[Path]:
+             timeout: float = DEFAULT_TIMEOUT, progress: Callable[[str], None] | None = None) -> list[Path]:
     """Download chinese-poetry 全唐诗 JSON files; files already present and valid are kept.
 
     Args:
@@ -295,7 +295,7 @@ def download(dest_dir: str | os.PathLike, base_url: str = DEFAULT_BASE_URL, file
         base_url: the folder URL holding the files (non-ASCII is percent-encoded).
         files: file names to fetch; default ``TANG_FILES`` (poet.tang.0.json … poet.tang.57000.json).
         timeout: seconds to wait for the server on each request.
-        progress: show a tqdm bar on a terminal.
+        progress: called with each file name once it is present (the CLI draws a bar with it).
 
     Returns:
         The paths of the JSON files, in ``files`` order.
@@ -303,8 +303,6 @@ def download(dest_dir: str | os.PathLike, base_url: str = DEFAULT_BASE_URL, file
     Raises:
         InputError: a file cannot be fetched (names the URL) or is not JSON, or ``dest_dir`` is not writable.
     """
-    from tqdm import tqdm
-
     dest = Path(dest_dir)
     try:
         dest.mkdir(parents=True, exist_ok=True)
@@ -313,17 +311,30 @@ def download(dest_dir: str | os.PathLike, base_url: str = DEFAULT_BASE_URL, file
     base = _quote_url(base_url if base_url.endswith("/") else base_url + "/")
     names = list(TANG_FILES if files is None else files)
     paths = []
-    for name in tqdm(names, desc="download", unit="file", disable=None if progress else True):
-        path = dest / name
-        paths.append(path)
-        if _is_json_list(path):
-            continue
-        url = base + urllib.parse.quote(name)
-        _fetch(url, path, timeout)
-        if not _is_json_list(path):
-            path.unlink()
-            raise InputError(f"{url}: the server did not send a JSON list of poems; check --base-url")
+    for name in names:
+        paths.append(_download_one(base, name, dest / name, timeout))
+        if progress:
+            progress(name)
     return paths
+
+
+def _download_one(base: str, name: str, path: Path, timeout: float) -> Path:
+    """Fetch one JSON file unless a valid copy is present.
+
+    Args:
+        base: the folder URL, percent-encoded, ending in ``/``.
+        name: the file name.
+        path: where it goes.
+        timeout: seconds to wait for the server.
+    """
+    if _is_json_list(path):
+        return path
+    url = base + urllib.parse.quote(name)
+    _fetch(url, path, timeout)
+    if not _is_json_list(path):
+        path.unlink()
+        raise InputError(f"{url}: the server did not send a JSON list of poems; check --base-url")
+    return path
 
 
 def download_license(dest_dir: str | os.PathLike, base_url: str = DEFAULT_BASE_URL,

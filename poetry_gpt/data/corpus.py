@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..config import DEFAULT_MAX_CHARS
 from ..errors import InputError
+from ..verse.forms import CLOSE, OPEN
 
-OPEN, CLOSE = "【", "】"
-DEFAULT_MAX_CHARS = 4096
 #: a file is binary when a NUL byte occurs this early (git's rule: the first 8000 bytes)
 BINARY_SNIFF_BYTES = 8000
 

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..config import DEFAULT_N_CTX
 from .corpus import SKIP_REASONS, ReadResult
 from ..verse.cipai import format_patterns, learn_patterns
 from ..verse.metre import corpus_metre
@@ -71,7 +72,7 @@ def _regular_regex() -> tuple[re.Pattern, dict[int, str]] | None:
 
 
 def corpus_report(read: ReadResult, vocab: CharVocab, ids: np.ndarray | None, lengths: np.ndarray,
-                  n_ctx: int = 128, vocab_given: bool = False, chars: Counter | None = None,
+                  n_ctx: int = DEFAULT_N_CTX, vocab_given: bool = False, chars: Counter | None = None,
                   unk_occurrences: int | None = None) -> dict:
     """Summarise a parsed corpus.
 

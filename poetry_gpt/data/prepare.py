@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .. import __version__
-from ..config import DataConfig
+from ..config import DEFAULT_N_CTX, DataConfig
 from .corpus import ReadResult, read_corpus
 from .diagnostics import corpus_report
 from ..errors import DataDirError, OptionError
@@ -105,7 +105,7 @@ def check_output_dir(out: Path, overwrite: bool, inputs: Sequence[tuple[str, str
 
 
 def prepare(raw_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, config: DataConfig = DataConfig(),
-            vocab_dir: str | os.PathLike | None = None, overwrite: bool = False, n_ctx: int = 128,
+            vocab_dir: str | os.PathLike | None = None, overwrite: bool = False, n_ctx: int = DEFAULT_N_CTX,
             progress: Callable[[int], None] | None = None, out_option: str = "--out") -> PrepareResult:
     """Turn raw.txt files into a DATA_DIR.
 
@@ -226,7 +226,7 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 
 def read_only_report(raw_paths: Sequence[str | os.PathLike], config: DataConfig = DataConfig(),
-                     n_ctx: int = 128) -> dict:
+                     n_ctx: int = DEFAULT_N_CTX) -> dict:
     """The diagnostics ``prepare`` would print, without writing anything (``corpus stats``).
 
     It adds what ``prepare`` skips for speed: the rhyme rate of the regular poems (``forms.check``:

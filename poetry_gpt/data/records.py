@@ -126,7 +126,6 @@ def serialize_buffer(ids: np.ndarray, lengths: np.ndarray) -> tuple[bytes, np.nd
     l3 = len(_KEY) + 1 + _varint_len(l2) + l2  # map entry {1: "ids", 2: Feature}
     l4 = 1 + _varint_len(l3) + l3  # Features{1: entry}
     # header columns, in order; each (bytes [n, w], used [n, w])
-    one = np.ones((n, 1), dtype=bool)
 
     def const(b: bytes, use=None):
         return (np.tile(np.frombuffer(b, np.uint8), (n, 1)),

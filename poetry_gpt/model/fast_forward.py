@@ -18,7 +18,8 @@ unchanged. ``tests/test_fast_gpt2.py`` checks logits and loss against transforme
 """
 from __future__ import annotations
 
-IGNORE_INDEX = -100
+from ..data.records import IGNORE_INDEX
+
 TANH_GELUS = ("gelu_new", "gelu_fast")  # the same tanh approximation of GELU: fused_ops.gelu
 _CE = None
 

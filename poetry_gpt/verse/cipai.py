@@ -8,8 +8,9 @@ The pattern is the sequence of clause lengths, clauses split at ，。？！；a
 the same tune differently — a 读 (short pause) is printed 、 or ，, a stanza end 。 or ， — so the
 marks are not part of what a poem must follow; the pattern records the marks most poems on the modal
 lengths use (with 、 written ，), which is what generation writes. Treating 、 as a break, lengths
-only, is also how the shares in ANCHORS.md were measured (浣溪沙 97%, 水调歌头 34%). Variant forms of
-a tune (又一体) are not separated: they lower the share (水调歌头, 念奴娇), they are not recorded.
+only, is also how the shares in the project's reference measurements (``../shared/ANCHORS.md``) were
+measured (浣溪沙 97%, 水调歌头 34%). Variant forms of a tune (又一体) are not separated: they lower the
+share (水调歌头, 念奴娇), they are not recorded.
 Titles that name no tune (``EXCLUDED_TITLES``: 失调名, the tune is lost) are skipped.
 """
 from __future__ import annotations

@@ -120,6 +120,22 @@ _FINAL_TO_GROUP = {fin: g for g, fins in RHYME_GROUPS.items() for fin in fins}
 _RHYME_READINGS = {"还": "寒"}  # huán (return), not hái
 
 
+def extract_body(text: str) -> tuple[str, bool]:
+    """The body of a generated text and whether it was closed.
+
+    Args:
+        text: a generated line such as ``title 唐诗：【body】`` (the header may be missing).
+
+    Returns:
+        ``(body, closed)``: the text after the first 【 up to the next 】 (or to the end when
+        there is none); a text without 【 is taken as all body.
+    """
+    start = text.find(OPEN)
+    rest = text[start + 1:] if start >= 0 else text
+    end = rest.find(CLOSE)
+    return (rest, False) if end < 0 else (rest[:end], True)
+
+
 def is_hanzi(char: str) -> bool:
     """True for one CJK ideograph (basic block, extension A, B-F, compatibility)."""
     if len(char) != 1:

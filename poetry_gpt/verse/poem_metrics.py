@@ -25,29 +25,12 @@ from collections import Counter
 from typing import Iterable, Sequence
 
 from . import forms
-
-OPEN, CLOSE = "【", "】"
+from .forms import extract_body
 _MARKS_TO_NEWLINE = str.maketrans({m: "\n" for m in forms.CLAUSE_MARKS})
 
 
 def _share(part: int, whole: int) -> float | None:
     return part / whole if whole else None
-
-
-def extract_body(text: str) -> tuple[str, bool]:
-    """The body of a generated text and whether it was closed.
-
-    Args:
-        text: a generated line such as ``title 唐诗：【body】`` (the header may be missing).
-
-    Returns:
-        ``(body, closed)``: the text after the first 【 up to the next 】 (or to the end when
-        there is none); a text without 【 is taken as all body.
-    """
-    start = text.find(OPEN)
-    rest = text[start + 1:] if start >= 0 else text
-    end = rest.find(CLOSE)
-    return (rest, False) if end < 0 else (rest[:end], True)
 
 
 def closure_rate(samples: Iterable[str | tuple[str, bool]]) -> float | None:
