@@ -12,8 +12,11 @@ import re
 
 from importlib import metadata
 
+from . import __version__
+
 TF_SERIES = "2.21"
 TRANSFORMERS_MIN, TRANSFORMERS_MAX = (4, 57, 6), (5, 0, 0)
+RUN_LIBRARIES = ("tensorflow", "tf-keras", "transformers", "tokenizers")  # what a run records in run.json
 
 
 def _version(dist: str) -> str | None:
@@ -21,6 +24,12 @@ def _version(dist: str) -> str | None:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
+
+
+def versions() -> dict:
+    """Versions of Python, poetry_gpt and the libraries a run depends on (None: not installed)."""
+    return {"python": platform.python_version(), "poetry_gpt": __version__,
+            **{name: _version(name) for name in RUN_LIBRARIES}}
 
 
 def _tuple(version: str) -> tuple[int, ...]:

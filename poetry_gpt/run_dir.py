@@ -1,4 +1,4 @@
-"""A RUN_DIR: everything needed to continue training or to generate, in one folder.
+"""The one owner of the RUN_DIR rules: its layout, how it is opened, its checkpoints and its export folder.
 
 Layout::
 
@@ -15,36 +15,30 @@ Rules (after transformers' run_clm): a RUN_DIR with ``run.json`` resumes; a non-
 folder without it is refused, with ``--overwrite`` too (which replaces only a run, and never
 deletes an input the run reads from inside it); a run whose model shape,
 vocabulary or data differ is refused with what differs — never silently restarted.
+
+``open_run`` opens a RUN_DIR to train (the chief), as a cluster's other worker, or to read;
+``RunDir.checkpoint`` picks a checkpoint (``latest``, a step, ``ckpt-N``); ``resolve_export``
+finds a run's export folder and ``export_meta`` builds its ``poetry_gpt.json`` facts
+(``model/export.py`` writes and reads the folder's content).
 """
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
 from .config import RunConfig
+from .envcheck import versions
 from .errors import RunDirError
 from .fsutil import atomic_write_json, is_within, read_json
 
 RUN_FILE = "run.json"
 STATE_FILE = "trainer_state.json"
-
-
-def versions() -> dict:
-    """Versions of Python and the libraries a run depends on."""
-    from importlib import metadata
-
-    out = {"python": platform.python_version(), "poetry_gpt": __version__}
-    for name in ("tensorflow", "tf-keras", "transformers", "tokenizers"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+EXPORT_DIR = "export"
+EXPORT_META = "poetry_gpt.json"  # the export's facts (genre, context, vocab hash, step, 词牌 patterns)
+OPEN_MODES = ("train", "worker", "read")
 
 
 @dataclass(frozen=True)
@@ -71,7 +65,7 @@ class RunDir:
 
     @property
     def export(self) -> Path:
-        return self.path / "export"
+        return self.path / EXPORT_DIR
 
     @property
     def logs(self) -> Path:
@@ -104,27 +98,174 @@ class RunDir:
     def write_run(self, config: RunConfig, manifest, extra: dict | None = None) -> None:
         atomic_write_json(self.run_file, {
             "config": config.to_dict(),
-            "data": {"path": str(Path(manifest.path).resolve()), "hash": manifest.hash,
-                     "genre": manifest.genre, "genres": manifest.data.get("genres", {}),
-                     "cipai": manifest.data.get("cipai") or {}},  # 词牌 patterns, copied into the export
+            "data": data_record(manifest),
             "vocab": {"hash": manifest.vocab_hash, "size": manifest.vocab_size},
             "versions": versions(),
             **(extra or {}),
         })
 
+    def checkpoint_steps(self) -> list[int]:
+        """Steps of the checkpoints on disk (``checkpoints/ckpt-N.index``), oldest first.
 
-def open_for_training(path: str | os.PathLike, overwrite: bool, own_entries: tuple[str, ...] = (),
-                      inputs: Sequence[tuple[str, str | os.PathLike]] = ()) -> tuple[RunDir, bool]:
-    """Prepare a RUN_DIR for ``train``.
+        The files themselves, not TensorFlow's ``checkpoint`` state file (which may be lost).
+        """
+        found = (p.name[len("ckpt-"):-len(".index")] for p in self.checkpoints.glob("ckpt-*.index"))
+        return sorted(int(number) for number in found if number.isdigit())
+
+    def checkpoint_prefix(self, step: int) -> Path:
+        """The path TensorFlow names checkpoint ``step`` by (``checkpoints/ckpt-N``)."""
+        return self.checkpoints / f"ckpt-{step}"
+
+    def checkpoint(self, ref: str) -> tuple[int, Path]:
+        """The checkpoint ``--checkpoint`` names.
+
+        Args:
+            ref: ``latest``, a step number (``1200``) or a checkpoint name (``ckpt-1200``).
+
+        Returns:
+            ``(step, prefix)``.
+
+        Raises:
+            RunDirError: no run here, no checkpoint yet, or no such checkpoint (the available ones listed).
+        """
+        if not self.exists():
+            raise RunDirError(f"--checkpoint needs a RUN_DIR: {self.path} holds no {RUN_FILE}")
+        steps = self.checkpoint_steps()
+        if not steps:
+            raise RunDirError(f"--checkpoint {ref}: {self.checkpoints} holds no checkpoint yet")
+        name = str(ref).strip()
+        if name == "latest":
+            return steps[-1], self.checkpoint_prefix(steps[-1])
+        digits = name[len("ckpt-"):] if name.startswith("ckpt-") else name
+        if not digits.isdigit() or int(digits) not in steps:
+            raise RunDirError(f"--checkpoint {ref}: no such checkpoint in {self.checkpoints}; "
+                              f"available: latest, {', '.join(str(s) for s in steps)}")
+        return int(digits), self.checkpoint_prefix(int(digits))
+
+    def export_step(self) -> int | None:
+        """The global step recorded in ``export/poetry_gpt.json`` (None without an export)."""
+        try:
+            return read_json(self.export / EXPORT_META).get("global_step")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+
+def data_record(manifest) -> dict:
+    """What ``run.json`` records (``data``) of the DATA_DIR a run trains on.
+
+    Args:
+        manifest: the DATA_DIR's ``Manifest``.
+    """
+    return {"path": str(Path(manifest.path).resolve()), "hash": manifest.hash,
+            "genre": manifest.genre, "genres": manifest.data.get("genres", {}),
+            "cipai": manifest.data.get("cipai") or {}}  # 词牌 patterns, copied into the export
+
+
+def export_meta(data: dict, n_ctx: int, step: int | None = None, epoch: int | None = None,
+                vocab_hash: str | None = None) -> dict:
+    """The facts of a run's weights that an export's ``poetry_gpt.json`` records (a checkpoint loaded
+    for generation carries the same), so that ``generate`` needs neither the RUN_DIR nor the DATA_DIR.
+
+    Args:
+        data: the run's data record (``data_record``, or ``run.json``'s ``data``).
+        n_ctx: the model's context.
+        step: the global step of the weights; left out when None.
+        epoch: the epoch of the weights; left out when None.
+        vocab_hash: the vocabulary's hash; left out when None (``save_export`` adds the saved one's).
+    """
+    meta = {"genre": data.get("genre"), "genres": data.get("genres", {}), "n_ctx": n_ctx,
+            "data_hash": data.get("hash"), "cipai": data.get("cipai") or {}}
+    given = {"vocab_hash": vocab_hash, "global_step": step, "epoch": epoch}
+    return {**meta, **{key: value for key, value in given.items() if value is not None}}
+
+
+def export_swap(export: str | os.PathLike) -> tuple[Path, Path]:
+    """The folders ``save_export`` replaces ``export`` through: the new copy being written
+    (``export.tmp``) and the old one while the fallback swap (no atomic exchange) moves it aside
+    (``export.old``).
+
+    Args:
+        export: the export folder.
+    """
+    export = Path(export)
+    return export.with_name(export.name + ".tmp"), export.with_name(export.name + ".old")
+
+
+def resolve_export(path: str | os.PathLike) -> Path:
+    """The export folder of a RUN_DIR, or ``path`` itself when it is an export folder.
+
+    Args:
+        path: a RUN_DIR or an export folder.
+
+    Raises:
+        RunDirError: no such folder, or no export in it.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise RunDirError(f"{p}: no such folder; pass a RUN_DIR written by `poetry-gpt train` or its export/")
+    # export.old exists only for an instant while the fallback swap (no atomic exchange) replaces export/
+    for candidate in (p / EXPORT_DIR, p, export_swap(p / EXPORT_DIR)[1]):
+        if (candidate / "config.json").is_file() and (candidate / "vocab.txt").is_file():
+            return candidate
+    raise RunDirError(f"{p}: no model export here (config.json + vocab.txt); train first with "
+                      f"`poetry-gpt train --run {p}` or pass the run's export/ folder")
+
+
+def open_run(path: str | os.PathLike, mode: str = "read", overwrite: bool = False, own_entries: tuple[str, ...] = (),
+             inputs: Sequence[tuple[str, str | os.PathLike]] = ()) -> tuple[RunDir, bool]:
+    """Open a RUN_DIR for ``train`` (the process that owns it), for a cluster's other worker, or to read.
+
+    Args:
+        path: the RUN_DIR.
+        mode: ``train``: refuse a folder training would take from the user, clear it with ``overwrite``,
+            create it and its sub-folders (``_open_for_training``); ``worker``: a non-chief worker's
+            view, read-only, nothing created or deleted; ``read``: an existing run (``eval``), refused
+            unless its ``run.json`` records the data and vocabulary.
+        overwrite: the run starts over (``train``: deleting what the folder holds, but never an input;
+            ``worker``: the chief clears the folder).
+        own_entries: (``train``) names inside the folder that belong to the run although it has no run.json
+            yet (``pipeline`` prepares its data in ``RUN_DIR/data``).
+        inputs: (``train``) ``(option, path)`` of what the run reads (``--data``, ``--init-from``,
+            ``pipeline``'s RAW); the folder entries that hold one are kept in place.
+
+    Returns:
+        ``(run_dir, resuming)``: resuming is True when the folder holds an earlier run to continue
+        (always, for ``read``).
+    """
+    if mode == "train":
+        return _open_for_training(path, overwrite, own_entries, inputs)
+    run = RunDir(Path(path))
+    if mode == "worker":
+        _refuse_file(run)
+        return run, run.exists() and not overwrite
+    if mode != "read":
+        raise ValueError(f"open_run: mode must be one of {', '.join(OPEN_MODES)}, not {mode!r}")
+    if not run.path.is_dir():
+        raise RunDirError(f"--run {run.path}: no such RUN_DIR; train one with `poetry-gpt train --data DATA_DIR --run {run.path}`")
+    if not run.exists():
+        raise RunDirError(f"--run {run.path}: no {RUN_FILE}, so not a poetry_gpt RUN_DIR; pass a folder written by `poetry-gpt train`")
+    info = run.read_run()
+    if not isinstance(info, dict) or "data" not in info or "vocab" not in info:
+        raise RunDirError(f"{run.run_file}: lacks the data/vocab records; restore it or retrain")
+    return run, True
+
+
+def _refuse_file(run: RunDir) -> None:
+    """Refuse a RUN_DIR path that names a file."""
+    if run.path.exists() and not run.path.is_dir():
+        raise RunDirError(f"--run: {run.path} is a file, not a folder; choose another path")
+
+
+def _open_for_training(path: str | os.PathLike, overwrite: bool, own_entries: tuple[str, ...],
+                       inputs: Sequence[tuple[str, str | os.PathLike]]) -> tuple[RunDir, bool]:
+    """``open_run(mode="train")``: prepare a RUN_DIR for the process that owns it.
 
     Args:
         path: the RUN_DIR.
         overwrite: start over, deleting what the folder holds (only a run's folder: see ``check_run_target``),
             but never an input.
-        own_entries: names inside the folder that belong to the run although it has no run.json yet
-            (``pipeline`` prepares its data in ``RUN_DIR/data``).
-        inputs: ``(option, path)`` of what the run reads (``--data``, ``--init-from``, ``pipeline``'s RAW);
-            the folder entries that hold one are kept in place.
+        own_entries: names inside the folder that belong to the run although it has no run.json yet.
+        inputs: ``(option, path)`` of what the run reads; the folder entries that hold one are kept in place.
 
     Returns:
         ``(run_dir, resuming)``: resuming is True when the folder holds an earlier run.
@@ -152,7 +293,7 @@ def open_for_training(path: str | os.PathLike, overwrite: bool, own_entries: tup
 
 
 # what a run writes at the top of its RUN_DIR: an input there would be replaced by the new run
-RUN_ENTRIES = (RUN_FILE, STATE_FILE, "checkpoints", "export", "logs", "samples", "tokenizer.json", "vocab.txt",
+RUN_ENTRIES = (RUN_FILE, STATE_FILE, "checkpoints", EXPORT_DIR, "logs", "samples", "tokenizer.json", "vocab.txt",
                 "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -175,8 +316,7 @@ def check_run_target(path: str | os.PathLike, overwrite: bool, own_entries: tupl
         The names of the folder's entries ``--overwrite`` must keep: ``own_entries`` and those holding inputs.
     """
     run = RunDir(Path(path))
-    if run.path.exists() and not run.path.is_dir():
-        raise RunDirError(f"--run: {run.path} is a file, not a folder; choose another path")
+    _refuse_file(run)
     keep = list(own_entries)
     for option, given in inputs:
         if is_within(run.path, given):
@@ -211,7 +351,7 @@ def remove_stale_temporaries(run: RunDir) -> None:
             pass
 
 
-# what ``open_for_training`` and ``train`` create before run.json is written: a run stopped that early
+# what ``open_run`` and ``train`` create before run.json is written: a run stopped that early
 # (Ctrl-C while TensorFlow starts) leaves only these, and the folder still counts as empty
 _SCAFFOLD_DIRS = ("checkpoints", "logs", "samples")
 _SCAFFOLD_FILES = (".write-test", RUN_FILE + ".tmp")  # run.json.tmp: killed while writing run.json

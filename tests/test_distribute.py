@@ -442,15 +442,15 @@ def test_batch_must_split_over_replicas():
 
 
 def test_worker_view_of_run_dir_creates_nothing(tmp_path):
-    from poetry_gpt.train.distribute import open_as_worker
+    from poetry_gpt.run_dir import open_run
 
     missing = tmp_path / "not-yet"
-    run, resuming = open_as_worker(missing, overwrite=False)
+    run, resuming = open_run(missing, "worker", overwrite=False)
     assert not resuming and not missing.exists()
     (missing).mkdir()
     (missing / "run.json").write_text("{}", encoding="utf-8")
-    assert open_as_worker(missing, overwrite=False)[1] is True
-    assert open_as_worker(missing, overwrite=True)[1] is False
+    assert open_run(missing, "worker", overwrite=False)[1] is True
+    assert open_run(missing, "worker", overwrite=True)[1] is False
     assert [e.name for e in missing.iterdir()] == ["run.json"]
 
 

@@ -540,21 +540,21 @@ def test_validation_errors(gen, kwargs, option):
     assert "\n" not in str(err.value)
 
 
-def test_load_export_errors(tmp_path, run_dir):
-    from poetry_gpt.generate.generator import load_export
+def test_load_model_errors(tmp_path, run_dir):
+    from poetry_gpt.generate.generator import load_model
 
-    assert load_export(run_dir).path == run_dir / "export"
-    assert load_export(run_dir / "export").genre == "唐诗"
+    assert load_model(run_dir).path == run_dir / "export"
+    assert load_model(run_dir / "export").genre == "唐诗"
     with pytest.raises(RunDirError, match="no such folder"):
-        load_export(tmp_path / "missing")
+        load_model(tmp_path / "missing")
     with pytest.raises(RunDirError, match="no model export"):
-        load_export(tmp_path)
+        load_model(tmp_path)
     bert = tmp_path / "bert"
     bert.mkdir()
     (bert / "config.json").write_text('{"model_type": "bert"}')
     (bert / "vocab.txt").write_text("[PAD]\n[UNK]\n[SEP]\n")
     with pytest.raises(RunDirError, match="not a GPT-2 export"):
-        load_export(bert)
+        load_model(bert)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -689,7 +689,7 @@ def test_generate_from_a_chosen_checkpoint(tmp_path):
 
     from poetry_gpt.cli import main
     from poetry_gpt.config import DataConfig, config_from_preset
-    from poetry_gpt.generate.generator import load_export
+    from poetry_gpt.generate.generator import load_model
     from poetry_gpt.data.prepare import prepare
     from poetry_gpt.train.loop import train
 
@@ -702,9 +702,9 @@ def test_generate_from_a_chosen_checkpoint(tmp_path):
     cfg = config_from_preset("tiny").replace(train=dict(epochs=2, steps_per_epoch=3, samples_per_epoch=0,
                                                         precision="fp32", keep_checkpoints=5))
     train(tmp_path / "d", tmp_path / "r", cfg, echo=lambda s: None, verbose=0)
-    first = load_export(tmp_path / "r", checkpoint="3")
-    latest = load_export(tmp_path / "r", checkpoint="latest")
-    export = load_export(tmp_path / "r")
+    first = load_model(tmp_path / "r", checkpoint="3")
+    latest = load_model(tmp_path / "r", checkpoint="latest")
+    export = load_model(tmp_path / "r")
     assert first.meta["global_step"] == 3 and latest.meta["global_step"] == 6
     w = lambda e: e.model.transformer.wte.embeddings.numpy()  # noqa: E731
     assert np.allclose(w(latest), w(export)) and not np.allclose(w(first), w(export))

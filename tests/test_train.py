@@ -403,16 +403,16 @@ def test_non_empty_folder_without_run_json(tmp_path, tiny_data_dir):
 
 
 def test_folder_left_by_a_run_stopped_before_run_json_is_not_foreign(tmp_path):
-    from poetry_gpt.run_dir import open_for_training
+    from poetry_gpt.run_dir import open_run
 
     run = tmp_path / "run"
     for sub in ("checkpoints", "logs", "samples"):
         (run / sub).mkdir(parents=True)
-    _, resuming = open_for_training(run, overwrite=False)
+    _, resuming = open_run(run, "train", overwrite=False)
     assert resuming is False
     (run / "logs" / "x").write_text("?")
     with pytest.raises(RunDirError):
-        open_for_training(run, overwrite=False)
+        open_run(run, "train", overwrite=False)
 
 
 def test_overwrite_starts_fresh(tmp_path, trained_run, tiny_data_dir):
@@ -833,7 +833,7 @@ def test_ctrl_c_saves_and_train_again_continues(tmp_path, tiny_data_dir):
     assert stderr.strip().splitlines()[-1] == "Interrupted." and "Traceback" not in stderr
     stopped_at = RunDir(run).read_state()["global_step"]
     assert 5 <= stopped_at < 150
-    assert train_mod._export_step(RunDir(run)) == stopped_at  # export/ refreshed too, not left at an older step
+    assert RunDir(run).export_step() == stopped_at  # export/ refreshed too, not left at an older step
 
     proc = _poetry_gpt("train", "--run", run, "--quiet", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stdout, stderr = proc.communicate(timeout=300)

@@ -36,7 +36,7 @@ from ..data.corpus import parse_line, prompt_prefix
 from ..errors import DataDirError, OptionError, RunDirError
 from ..generate.generator import DEFAULT_MIN_P, DEFAULT_TOP_K, PoemGenerator, check_options
 from ..data.records import IGNORE_INDEX, Manifest, eval_dataset, eval_stride, read_poem_ids
-from ..run_dir import RUN_FILE, RunDir, data_manifest
+from ..run_dir import RunDir, data_manifest, open_run
 from ..data.vocab import CharVocab
 
 # a share from 300 samples has a standard error of at most 2.9 points (100: 5); ~20 s for `small`
@@ -74,23 +74,6 @@ def check_eval_options(samples: int = DEFAULT_SAMPLES, top_k: int = DEFAULT_TOP_
 
 
 # --- the run and its data --------------------------------------------------------------------
-
-def open_run(run_dir: str | os.PathLike) -> tuple[RunDir, dict]:
-    """The RUN_DIR and its ``run.json``.
-
-    Raises:
-        RunDirError: no such folder, or not a poetry_gpt RUN_DIR.
-    """
-    run = RunDir(Path(run_dir))
-    if not run.path.is_dir():
-        raise RunDirError(f"--run {run.path}: no such RUN_DIR; train one with `poetry-gpt train --data DATA_DIR --run {run.path}`")
-    if not run.exists():
-        raise RunDirError(f"--run {run.path}: no {RUN_FILE}, so not a poetry_gpt RUN_DIR; pass a folder written by `poetry-gpt train`")
-    info = run.read_run()
-    if not isinstance(info, dict) or "data" not in info or "vocab" not in info:
-        raise RunDirError(f"{run.run_file}: lacks the data/vocab records; restore it or retrain")
-    return run, info
-
 
 def resolve_data(run: RunDir, info: dict, data_dir: str | os.PathLike | None) -> tuple[Manifest, CharVocab]:
     """The DATA_DIR to evaluate on (``data_dir``, else the one recorded in run.json) and its vocabulary.
@@ -289,7 +272,8 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     check_eval_options(samples, top_k, batch_size, corpus_poems, examples, top_p, temperature, repetition_penalty,
                        min_p)
     started = time.perf_counter()
-    run, info = open_run(run_dir)
+    run, _ = open_run(run_dir, "read")  # refused unless run.json records the data and vocabulary
+    info = run.read_run()
     manifest, vocab = resolve_data(run, info, data_dir)
     state = run.read_state()
 

@@ -145,20 +145,21 @@ def batch_rows(rows: int, batch_size: int) -> int:
     return min(batch_size, 1 << max(rows - 1, 0).bit_length())
 
 
-def load_export(path: str | os.PathLike, checkpoint: str | None = None) -> Export:
+def load_model(path: str | os.PathLike, checkpoint: str | None = None) -> Export:
     """Load a model for generation from a RUN_DIR (its ``export/``) or an export folder.
 
     Args:
         path: a RUN_DIR or an export folder (``save_pretrained`` files + vocabulary + ``poetry_gpt.json``).
         checkpoint: load the weights of this checkpoint of ``RUN_DIR/checkpoints`` instead of the export:
-            ``latest``, a step number (``1200``) or a name (``ckpt-1200``); see ``load_checkpoint``.
+            ``latest``, a step number (``1200``) or a name (``ckpt-1200``); see ``RunDir.checkpoint``.
 
     Raises:
         RunDirError: the folder is missing, holds no export, is not a GPT-2 export, or its vocabulary
             does not match the model.
     """
     from ..envcheck import require_compatible
-    from ..model.export import load_export as _load, resolve_export
+    from ..model.export import load_export
+    from ..run_dir import resolve_export
 
     require_compatible()
     if checkpoint is not None:
@@ -173,7 +174,7 @@ def load_export(path: str | os.PathLike, checkpoint: str | None = None) -> Expor
                           "pass a poetry_gpt RUN_DIR or its export/")
     if not (export / "tf_model.h5").is_file():
         raise RunDirError(f"{export}: no tf_model.h5 (TensorFlow weights); re-export the run with `poetry-gpt train`")
-    model, vocab, meta = _load(export)
+    model, vocab, meta = load_export(export)
     if meta.get("vocab_hash") not in (None, vocab.hash):
         raise RunDirError(f"{export}: vocab.txt is not the vocabulary the model was exported with "
                           "(vocab_hash differs); restore the export's files or re-export")
@@ -265,37 +266,21 @@ def load_checkpoint(path: str | os.PathLike, checkpoint: str) -> Export:
 
     from ..config import RunConfig
     from ..model.gpt2 import build_model
-    from ..run_dir import RunDir
+    from ..run_dir import RunDir, export_meta
 
     run = RunDir(Path(path))
-    if not run.exists():
-        raise RunDirError(f"--checkpoint needs a RUN_DIR: {run.path} holds no run.json")
-    steps = sorted(int(p.name[5:-6]) for p in run.checkpoints.glob("ckpt-*.index") if p.name[5:-6].isdigit())
-    if not steps:
-        raise RunDirError(f"--checkpoint {checkpoint}: {run.checkpoints} holds no checkpoint yet")
-    name = str(checkpoint).strip()
-    if name == "latest":
-        step = steps[-1]
-    else:
-        digits = name[5:] if name.startswith("ckpt-") else name
-        if not digits.isdigit() or int(digits) not in steps:
-            raise RunDirError(f"--checkpoint {checkpoint}: no such checkpoint in {run.checkpoints}; "
-                              f"available: latest, {', '.join(str(s) for s in steps)}")
-        step = int(digits)
+    step, prefix = run.checkpoint(checkpoint)
     recorded = run.read_run()
     config = RunConfig.from_dict(recorded["config"])
     vocab = CharVocab.load(run.path)
     model = build_model(config.model, vocab)
     try:
-        tf.train.Checkpoint(model=model).restore(str(run.checkpoints / f"ckpt-{step}")).expect_partial() \
-            .assert_existing_objects_matched()
+        tf.train.Checkpoint(model=model).restore(str(prefix)).expect_partial().assert_existing_objects_matched()
     except Exception as exc:  # a damaged checkpoint raises several TensorFlow error types
         raise RunDirError(f"--checkpoint ckpt-{step}: unreadable ({type(exc).__name__}); choose another "
-                          f"checkpoint ({', '.join(str(s) for s in steps)})") from None
-    meta = {"genre": recorded.get("data", {}).get("genre"), "genres": recorded.get("data", {}).get("genres", {}),
-            "n_ctx": config.model.n_ctx, "vocab_hash": vocab.hash, "global_step": step,
-            "cipai": recorded.get("data", {}).get("cipai") or {}}
-    return Export(run.checkpoints / f"ckpt-{step}", model, vocab, meta)
+                          f"checkpoint ({', '.join(str(s) for s in run.checkpoint_steps())})") from None
+    meta = export_meta(recorded.get("data", {}), config.model.n_ctx, step, vocab_hash=vocab.hash)
+    return Export(prefix, model, vocab, meta)
 
 
 class PoemGenerator:
@@ -307,7 +292,7 @@ class PoemGenerator:
 
     Args:
         path: a RUN_DIR or export folder.
-        checkpoint: reserved (see ``load_export``).
+        checkpoint: reserved (see ``load_model``).
         compute_dtype: "float32" (default; bfloat16 was not faster under XLA on CPU here).
     """
 
@@ -317,7 +302,7 @@ class PoemGenerator:
         from ..model.cached_gpt2 import CachedGPT2
         from .sampler import Sampler
 
-        self.export = load_export(path, checkpoint)
+        self.export = load_model(path, checkpoint)
         self.vocab = self.export.vocab
         self.model = self.export.model
         self.close_id = self.vocab.index.get(CLOSE)

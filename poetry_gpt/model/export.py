@@ -1,8 +1,10 @@
-"""The export folder of a run: ``save_pretrained`` files, the tokenizer and ``poetry_gpt.json``.
+"""The content of a run's export folder: ``save_pretrained`` files, the tokenizer and ``poetry_gpt.json``.
 
 ``save_export`` / ``load_export`` write and read it: the tokenizer files and ``poetry_gpt.json``
 (genre, context, vocab hash) sit beside the weights, so plain transformers can load it with
-``TFGPT2LMHeadModel.from_pretrained`` and ``PreTrainedTokenizerFast.from_pretrained``.
+``TFGPT2LMHeadModel.from_pretrained`` and ``PreTrainedTokenizerFast.from_pretrained``. Where the
+folder is, and what ``poetry_gpt.json`` records, are RUN_DIR rules (``run_dir``: ``resolve_export``,
+``export_meta``).
 """
 from __future__ import annotations
 
@@ -14,9 +16,8 @@ from .. import __version__
 from ..data.vocab import CharVocab
 from ..errors import RunDirError
 from ..fsutil import atomic_write_json, fsync_dir, read_json, recover_aside, replace_dir
+from ..run_dir import EXPORT_META, export_swap, resolve_export
 from .gpt2 import check_agreement, check_supported
-
-EXPORT_META = "poetry_gpt.json"
 
 
 def save_export(lm, vocab: CharVocab, export_dir: str | os.PathLike, meta: dict) -> Path:
@@ -28,15 +29,11 @@ def save_export(lm, vocab: CharVocab, export_dir: str | os.PathLike, meta: dict)
         lm: the model.
         vocab: its vocabulary.
         export_dir: the folder to (re)create.
-        meta: extra facts for ``poetry_gpt.json`` (genre, n_ctx, step, …). Without ``cipai``, the 词牌
-            patterns the run recorded (``run.json`` beside the export, ``data.cipai``) are added, so that
-            ``generate --form 浣溪沙`` needs neither the RUN_DIR nor the DATA_DIR.
+        meta: facts for ``poetry_gpt.json`` (``run_dir.export_meta``: genre, n_ctx, step, 词牌 patterns, …);
+            the vocabulary's hash is added.
     """
     export = Path(export_dir)
-    if "cipai" not in meta:
-        meta = {**meta, "cipai": _run_cipai(export.parent)}
-    tmp = export.with_name(export.name + ".tmp")
-    old = export.with_name(export.name + ".old")
+    tmp, old = export_swap(export)
     # a fallback swap (no atomic exchange) killed between its two renames left export.old as the only
     # copy: put it back before anything else
     recover_aside(export, old)
@@ -48,33 +45,6 @@ def save_export(lm, vocab: CharVocab, export_dir: str | os.PathLike, meta: dict)
     fsync_dir(tmp)
     replace_dir(tmp, export, old)
     return export
-
-
-def _run_cipai(run_dir: Path) -> dict:
-    """The 词牌 patterns ``run.json`` in ``run_dir`` records (``RunDir.write_run``), {} without any."""
-    import json
-
-    try:
-        return json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("data", {}).get("cipai") or {}
-    except (OSError, ValueError, AttributeError):
-        return {}
-
-
-def resolve_export(path: str | os.PathLike) -> Path:
-    """The export folder of a RUN_DIR, or ``path`` itself when it is an export folder.
-
-    Args:
-        path: a RUN_DIR or an export folder.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise RunDirError(f"{p}: no such folder; pass a RUN_DIR written by `poetry-gpt train` or its export/")
-    # export.old exists only for an instant while the fallback swap (no atomic exchange) replaces export/
-    for candidate in (p / "export", p, p / "export.old"):
-        if (candidate / "config.json").is_file() and (candidate / "vocab.txt").is_file():
-            return candidate
-    raise RunDirError(f"{p}: no model export here (config.json + vocab.txt); train first with "
-                      f"`poetry-gpt train --run {p}` or pass the run's export/ folder")
 
 
 def load_export(path: str | os.PathLike):

@@ -478,7 +478,7 @@ def export_saved_model(run: str | os.PathLike, out: str | os.PathLike, checkpoin
     Args:
         run: a RUN_DIR or export folder (as ``PoemGenerator``).
         out: the SavedModel folder to create.
-        checkpoint: use this training checkpoint instead of the export (see ``load_export``).
+        checkpoint: use this training checkpoint instead of the export (see ``load_model``).
         batch_sizes: batch sizes to trace programs for ("1,8" or a sequence).
         overwrite: replace an existing ``out``.
 

@@ -6,7 +6,8 @@ on each) follows TensorFlow's multi-worker guide:
 * Every worker runs the same ``train`` command. The chief (``task.type == "chief"``, or
   worker 0 when the cluster has no chief) owns RUN_DIR: ``run.json``, checkpoints, export,
   samples and ``trainer_state.json``. Other workers only *read* RUN_DIR (``run.json`` and the
-  chief's checkpoints when resuming: a shared file system, as in the guide) and never write it.
+  chief's checkpoints when resuming: a shared file system, as in the guide) and never write it
+  (``run_dir.open_run(mode="worker")``).
 * ``CheckpointManager.save`` runs collective ops, so every worker must call it; a non-chief
   saves into a private temporary folder (``checkpoint_managers``) that is deleted when
   the process ends.
@@ -23,9 +24,8 @@ import os
 import shutil
 import tempfile
 import weakref
-from pathlib import Path
 
-from ..errors import PoetryGPTError, RunDirError
+from ..errors import PoetryGPTError
 
 
 def make_strategy(name: str):
@@ -102,24 +102,6 @@ def is_chief(strategy: str = "multi-worker") -> bool:
     if task["type"] == "chief":
         return True
     return task["type"] == "worker" and int(task.get("index", 0)) == 0 and "chief" not in cluster
-
-
-def open_as_worker(path: str | os.PathLike, overwrite: bool):
-    """A non-chief worker's view of RUN_DIR: read-only, nothing created or deleted.
-
-    Args:
-        path: the RUN_DIR (the chief's; a shared folder when resuming).
-        overwrite: the run starts over (the chief clears the folder).
-
-    Returns:
-        ``(run_dir, resuming)`` as ``rundir.open_for_training`` returns them.
-    """
-    from ..run_dir import RunDir
-
-    run = RunDir(Path(path))
-    if run.path.exists() and not run.path.is_dir():
-        raise RunDirError(f"--run: {run.path} is a file, not a folder; choose another path")
-    return run, run.exists() and not overwrite
 
 
 def checkpoint_managers(ckpt, run_checkpoints: str | os.PathLike, chief: bool, max_to_keep: int):

@@ -30,8 +30,8 @@ from . import budget as _budget
 from .budget import TimeBudget, format_duration
 from ..errors import OptionError, PoetryGPTError, RunDirError
 from ..data.records import batches_per_pass, eval_dataset, train_dataset
-from .distribute import (check_global_batch, check_same_start, checkpoint_managers, distribute_options, is_chief, make_strategy, open_as_worker)
-from ..run_dir import RunDir, check_resume_compatible, data_manifest, open_for_training
+from .distribute import (check_global_batch, check_same_start, checkpoint_managers, distribute_options, is_chief, make_strategy)
+from ..run_dir import RunDir, check_resume_compatible, data_manifest, data_record, export_meta, open_run
 from .schedule import keras_schedule, lr_at, replan
 from ..data.vocab import CharVocab
 
@@ -244,8 +244,7 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
     vocab = manifest.load_vocab()
     given = [("--data", data_dir), ("--init-from", init_from), *inputs]
     inputs = [(option, path) for option, path in given if path is not None]
-    run, resuming = (open_for_training(run_dir, overwrite, own_entries, inputs) if chief
-                     else open_as_worker(run_dir, overwrite))
+    run, resuming = open_run(run_dir, "train" if chief else "worker", overwrite, own_entries, inputs)
     changes = check_resume_compatible(run, config, manifest) if resuming else []
     if chief:
         _check_disk_space(run.path, config)
@@ -318,19 +317,16 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
     if start_epoch >= t.epochs and max_time is None:
         echo(f"Nothing to do: {run.path} has already trained {start_epoch} of --epochs {t.epochs} epoch(s); "
              "pass a larger --epochs to train more.")
-        if chief and _export_step(run) != restored_step:
+        if chief and run.export_step() != restored_step:
             from ..model.export import save_export
 
-            save_export(lm, vocab, run.export, {"genre": manifest.genre, "genres": manifest.data.get("genres", {}),
-                                                "n_ctx": n_ctx, "data_hash": manifest.hash,
-                                                "global_step": restored_step, "epoch": start_epoch})
+            save_export(lm, vocab, run.export, export_meta(data_record(manifest), n_ctx, restored_step, start_epoch))
             echo(f"export/ brought up to step {restored_step}.")
         return TrainResult(run.path, restored_step, start_epoch, [], restored_step, 0.0, 0.0)
 
     state = run.read_state() if resuming else {}
     history = [h for h in state.get("history", []) if (h.get("global_step") or 0) <= restored_step]
-    meta = {"genre": manifest.genre, "genres": manifest.data.get("genres", {}), "n_ctx": n_ctx,
-            "data_hash": manifest.hash}
+    meta = export_meta(data_record(manifest), n_ctx)
     budget = (TimeBudget(max_time, started, restored_step, steps_per_epoch,
                          -(-manifest.poems("valid") // t.batch_size))
               if max_time is not None else None)
@@ -437,24 +433,9 @@ def _plan_values(plan) -> tuple[float, float, float] | None:
 
 
 def _checkpoint_files(directory: Path) -> list[str]:
-    """Checkpoint prefixes (``…/ckpt-N``) found on disk, oldest first."""
-    found = []
-    for index in directory.glob("ckpt-*.index"):
-        number = index.name[len("ckpt-"):-len(".index")]
-        if number.isdigit():
-            found.append((int(number), str(index.with_suffix(""))))
-    return [path for _, path in sorted(found)]
-
-
-def _export_step(run) -> int | None:
-    """The global step recorded in the run's export/poetry_gpt.json (None without an export)."""
-    from ..fsutil import read_json
-    from ..model.gpt2 import EXPORT_META
-
-    try:
-        return read_json(run.export / EXPORT_META).get("global_step")
-    except (OSError, ValueError, AttributeError):
-        return None
+    """Checkpoint prefixes (``…/ckpt-N``) found on disk in a RUN_DIR's ``checkpoints/``, oldest first."""
+    run = RunDir(directory.parent)
+    return [str(run.checkpoint_prefix(step)) for step in run.checkpoint_steps()]
 
 
 def _restore(ckpt, paths, directory, optimizer, echo, partial: bool = False) -> tuple[int, str]:
