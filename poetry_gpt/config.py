@@ -12,15 +12,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from .errors import OptionError
+from .errors import require as _check
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
 SCHEDULES = ("cosine", "linear", "constant")
-
-
-def _check(cond: bool, option: str, message: str) -> None:
-    if not cond:
-        raise OptionError(f"{option}: {message}")
 
 
 @dataclass(frozen=True)
