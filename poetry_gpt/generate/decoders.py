@@ -69,9 +69,10 @@ class CompiledDecoder:
         vocab: its ``CharVocab``.
         stop_id: 】's id (None: rows run their whole budget).
         compute_dtype: "float32" (default; bfloat16 was not faster under XLA on CPU).
+        jit_compile: XLA-compile the programs (see ``Sampler``).
     """
 
-    def __init__(self, model, vocab, stop_id: int | None, compute_dtype: str = "float32"):
+    def __init__(self, model, vocab, stop_id: int | None, compute_dtype: str = "float32", jit_compile: bool = True):
         import tensorflow as tf
 
         from ..model.cached_gpt2 import CachedGPT2
@@ -80,7 +81,8 @@ class CompiledDecoder:
         self.vocab = vocab
         punctuation = [i for i, t in enumerate(vocab.tokens) if t in UNPENALISED]
         self.sampler = Sampler(CachedGPT2(model, getattr(tf, compute_dtype)), stop_id=stop_id,
-                               banned_ids=(PAD_ID, UNK_ID, SEP_ID), unpenalised_ids=punctuation)
+                               banned_ids=(PAD_ID, UNK_ID, SEP_ID), unpenalised_ids=punctuation,
+                               jit_compile=jit_compile)
 
     def check(self, config: SamplingConfig) -> None:
         """Every option is supported."""

@@ -1,6 +1,7 @@
 """The few sample poems ``train`` writes after each epoch (and ``pipeline`` at its end), from the model in memory.
 
-They are drawn by the compiled sampler (``PoemGenerator``) with the default ``SamplingConfig``. The
+They are drawn by the sampler's programs (``PoemGenerator``, as plain TensorFlow graphs) with the default
+``SamplingConfig``. The
 generator is built once per model object and reused across epochs: its compiled programs read the
 model's variables at each call, so every epoch samples with the weights it ended with.
 """
@@ -49,7 +50,8 @@ def _generator(lm, vocab: CharVocab, genre: str) -> PoemGenerator:
     if gen is None or gen.model is not lm or gen.vocab is not vocab:
         while len(_GENERATORS) >= 2:
             _GENERATORS.pop(next(iter(_GENERATORS)))
-        gen = PoemGenerator.from_export(Export(Path("<in memory>"), lm, vocab, {}))
+        # plain graphs, not XLA: a few poems per epoch do not repay XLA's longer compile of a fresh model
+        gen = PoemGenerator.from_export(Export(Path("<in memory>"), lm, vocab, {}), jit_compile=False)
         _GENERATORS[id(lm)] = gen
     gen.export.meta["genre"] = genre
     return gen

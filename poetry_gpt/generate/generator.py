@@ -199,18 +199,20 @@ class PoemGenerator:
         release_freed_memory()  # the load's temporary buffers
 
     @classmethod
-    def from_export(cls, export: Export, compute_dtype: str = "float32") -> "PoemGenerator":
+    def from_export(cls, export: Export, compute_dtype: str = "float32", jit_compile: bool = True) -> "PoemGenerator":
         """A generator over a model already in memory (e.g. one in training; its current weights are used).
 
         Args:
             export: the model, its vocabulary and its metadata (``genre``, ``cipai``).
             compute_dtype: as in ``PoemGenerator``.
+            jit_compile: XLA-compile the sampler's programs (False: plain graphs, quicker to build for a
+                few poems).
         """
         gen = cls.__new__(cls)
-        gen._setup(export, compute_dtype)
+        gen._setup(export, compute_dtype, jit_compile)
         return gen
 
-    def _setup(self, export: Export, compute_dtype: str) -> None:
+    def _setup(self, export: Export, compute_dtype: str, jit_compile: bool = True) -> None:
         from .decoders import CompiledDecoder, EagerDecoder
 
         self.export, self.vocab, self.model = export, export.vocab, export.model
@@ -218,7 +220,7 @@ class PoemGenerator:
         #: 词牌 -> its clause pattern (``cipai.learn_patterns``), recorded in the export at train time
         self.cipai: dict = dict(export.meta.get("cipai") or {})
         self.tables = FormTables(self.vocab, self.cipai, self.n_ctx)
-        compiled = CompiledDecoder(self.model, self.vocab, self.close_id, compute_dtype)
+        compiled = CompiledDecoder(self.model, self.vocab, self.close_id, compute_dtype, jit_compile)
         self.sampler = compiled.sampler
         self.decoders = {"compiled": compiled, "eager": EagerDecoder(self.model, self.vocab, self.close_id,
                                                                      self.tables.free)}
