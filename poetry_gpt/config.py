@@ -12,17 +12,13 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from .errors import OptionError
+from .errors import require as _check
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
 SCHEDULES = ("cosine", "linear", "constant")
 DEFAULT_MAX_CHARS = 4096  # longest raw.txt line read; longer ones are skipped and counted
 DEFAULT_N_CTX = 128  # the small model's context, also what `prepare` counts long poems against
-
-
-def _check(cond: bool, option: str, message: str) -> None:
-    if not cond:
-        raise OptionError(f"{option}: {message}")
 
 
 @dataclass(frozen=True)

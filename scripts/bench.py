@@ -669,7 +669,7 @@ def child_train_memory(a: dict) -> dict:
     """A short real ``train`` run (validation, samples, checkpoint and export included)."""
     import poetry_gpt  # noqa: F401
     from poetry_gpt.config import config_from_preset
-    from poetry_gpt.generate.samples import sample_poems
+    from poetry_gpt.generate.epoch import sample_poems
     from poetry_gpt.train.loop import train
 
     import tensorflow  # noqa: F401  (imports first, to separate their memory from training's)

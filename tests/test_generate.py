@@ -79,11 +79,11 @@ def test_cached_forward_matches_transformers(gen):
 
 @pytest.mark.parametrize("vocab_size", [40, 41])  # 41: the logits cannot split into 2 or 4 blocks
 def test_batch_1_split_matmuls_match_transformers(vocab_size):
-    """Batch-1 decode steps run their matmuls as row-block dots (sampler.SPLIT); same logits."""
+    """Batch-1 decode steps run their matmuls as row-block dots (cached_gpt2.SPLIT); same logits."""
     import tensorflow as tf
     from transformers import GPT2Config, TFGPT2LMHeadModel
 
-    from poetry_gpt.generate.sampler import SPLIT
+    from poetry_gpt.model.cached_gpt2 import SPLIT
     from poetry_gpt.model.cached_gpt2 import CachedGPT2
 
     assert SPLIT > 1
@@ -244,7 +244,6 @@ def test_compiled_sampler_writes_one_header_whatever_the_logits(top_k):
     keeps 】 out of the header and a second 【 (or [SEP]) out of the body, from either starting state."""
     import tensorflow as tf
 
-    from poetry_gpt.verse import forms
     from poetry_gpt.generate import constraints
     from poetry_gpt.generate.sampler import Sampler
 
@@ -291,7 +290,7 @@ def brackets_first(gen):
 def test_free_samples_write_one_header_on_every_path(brackets_first):
     """The compiled sampler, the eager reference path and the per-epoch sampler of ``train`` all keep to
     one header, from nothing and after a title, with 【 and 】 the model's favourites everywhere."""
-    from poetry_gpt.generate.samples import sample_poems
+    from poetry_gpt.generate.epoch import sample_poems
 
     gen = brackets_first
     samples = gen.generate(None, num_samples=16, batch_size=2, seed=0)
@@ -391,7 +390,7 @@ def test_free_and_every_form_share_one_decode_program(gen):
 
 
 def test_batches_round_up_to_a_power_of_two():
-    from poetry_gpt.generate.generator import batch_rows
+    from poetry_gpt.generate.decoders import batch_rows
 
     assert [batch_rows(n, 8) for n in range(1, 11)] == [1, 2, 4, 4, 8, 8, 8, 8, 8, 8]
     assert batch_rows(5, 6) == 6 and batch_rows(3, 1) == 1
@@ -406,7 +405,7 @@ def test_padded_rows_do_not_change_poems_or_count(gen):
 
 
 def test_memory_is_released_after_a_compile_only(gen, monkeypatch):
-    import poetry_gpt.generate.generator as generate_module
+    import poetry_gpt.generate.decoders as generate_module  # the compiled decoder releases it
 
     calls = []
     monkeypatch.setattr(generate_module, "release_freed_memory", lambda: calls.append(1))
@@ -454,7 +453,7 @@ def test_cli_generate_does_not_import_an_installed_torch(run_dir, tmp_path):
 
 
 def test_constraint_tables_are_built_once_per_setting_and_bounded(gen):
-    from poetry_gpt.generate.generator import TABLE_CACHE
+    from poetry_gpt.generate.planning import TABLE_CACHE
 
     first = gen._constraint("五绝", "春", False)
     assert gen._constraint("五绝", "春", False) is first and gen._constraint(None, None, False)[0] is None
@@ -463,7 +462,7 @@ def test_constraint_tables_are_built_once_per_setting_and_bounded(gen):
     for ch in chars:
         [s] = gen.generate(None, title="相思", form="五绝", acrostic=ch, seed=1)
         assert s.body.startswith(ch)  # an evicted or fresh entry still holds its own acrostic
-    assert len(gen._table_cache) <= TABLE_CACHE
+    assert len(gen.tables.cache) <= TABLE_CACHE
 
 
 @pytest.mark.slow

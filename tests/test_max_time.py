@@ -24,7 +24,7 @@ from poetry_gpt.data.prepare import prepare
 from poetry_gpt.run_dir import RunDir
 from poetry_gpt.train.schedule import keras_schedule, lr_at, replan
 from poetry_gpt.train.loop import set_precision, train
-from poetry_gpt.generate.samples import sample_poems
+from poetry_gpt.generate.epoch import sample_poems
 
 N_CTX = 64
 STEP, FIRST_STEP, EPOCH_END = 0.1, 2.0, 1.0  # virtual seconds

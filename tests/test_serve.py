@@ -219,7 +219,7 @@ def test_a_full_queue_answers_503_and_the_server_recovers(serve_url):
 # ------------------------------------------------------------------ the batcher, without a model
 class FakePlan:
     def __init__(self, rows, key="k"):
-        self.rows, self.key, self.sampling, self.tables = list(rows), key, {}, None
+        self.rows, self.key, self.config, self.tables = list(rows), key, {}, None
 
 
 class FakeGenerator:

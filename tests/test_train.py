@@ -29,7 +29,7 @@ from poetry_gpt.data.records import IGNORE_INDEX, load_manifest, read_poem_ids, 
 from poetry_gpt.run_dir import RunDir
 from poetry_gpt.train.loop import TrainingDiverged, build_lm_trainer, set_precision, train
 from poetry_gpt.data.vocab import CharVocab
-from poetry_gpt.generate.samples import sample_poems
+from poetry_gpt.generate.epoch import sample_poems
 
 CHARS = "春花秋月山水风云天地人心江河日夜雪雨"  # corpus A
 OTHER_CHARS = "东西南北金木火土竹松梅兰草石"  # corpus B: another vocabulary

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import click
 
-from ..eval.evaluate import (DEFAULT_BATCH_SIZE, DEFAULT_CORPUS_POEMS, DEFAULT_EXAMPLES, DEFAULT_SAMPLES, DEFAULT_SEED)
-from ..generate.generator import DEFAULT_MIN_P, DEFAULT_TOP_K
+from ..eval.evaluate import DEFAULT_BATCH_SIZE, DEFAULT_CORPUS_POEMS, DEFAULT_EXAMPLES, DEFAULT_SAMPLES, DEFAULT_SEED
+from .options import sampling_options
+
+EVAL_SAMPLING_OPTIONS = ("seed", "top_k", "top_p", "min_p", "temperature", "repetition_penalty", "batch_size")
 
 
 @click.command("eval")
@@ -21,27 +23,17 @@ from ..generate.generator import DEFAULT_MIN_P, DEFAULT_TOP_K
               help="DATA_DIR with the run's vocabulary  [default: the DATA_DIR recorded in the run's run.json]")
 @click.option("--samples", type=int, default=DEFAULT_SAMPLES, show_default=True,
               help="Poems to sample, prompted with titles of held-out poems (≥ 1).")
-@click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True,
-              help="Seed of the first sample (sample i uses seed+i).")
-@click.option("--top-k", type=int, default=DEFAULT_TOP_K, show_default=True,
-              help="Sample among the k most likely characters (≥ 1).")
-@click.option("--top-p", type=float, default=1.0, show_default=True,
-              help="Nucleus: keep the most likely characters up to this probability mass, in (0, 1].")
-@click.option("--min-p", type=float, default=DEFAULT_MIN_P, show_default=True,
-              help="Drop characters less likely than this fraction of the most likely one, in [0, 1) (0 = off).")
-@click.option("--temperature", type=float, default=1.0, show_default=True, help="> 0; divides the logits.")
-@click.option("--repetition-penalty", type=float, default=1.0, show_default=True,
-              help="> 0; above 1 discourages characters already in the poem (1 = off).")
-@click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True,
-              help="Rows per batch for the validation loss and the sampling (≥ 1).")
+@sampling_options(EVAL_SAMPLING_OPTIONS,
+                  seed=dict(default=DEFAULT_SEED, show_default=True, help="Seed of the first sample (sample i uses seed+i)."),
+                  batch_size=dict(default=DEFAULT_BATCH_SIZE,
+                                  help="Rows per batch for the validation loss and the sampling (≥ 1)."))
 @click.option("--corpus-poems", type=int, default=DEFAULT_CORPUS_POEMS, show_default=True,
               help="Training poems for the corpus figures: a fixed random sample of this many (0 = all).")
 @click.option("--examples", type=int, default=DEFAULT_EXAMPLES, show_default=True,
               help="Samples shown verbatim in the report.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Also write the report to this file.")
-def eval_cmd(run_dir, data_dir, samples, seed, top_k, top_p, min_p, temperature, repetition_penalty, batch_size,
-             corpus_poems, examples, out):
+def eval_cmd(run_dir, data_dir, samples, corpus_poems, examples, out, **values):
     """Validation loss and poem-quality figures of a run, next to its corpus's own, as one JSON report.
 
     \b
@@ -54,13 +46,11 @@ def eval_cmd(run_dir, data_dir, samples, seed, top_k, top_p, min_p, temperature,
     from ..eval.evaluate import check_eval_options, evaluate
     from ..fsutil import atomic_write_text
 
-    check_eval_options(samples, top_k, batch_size, corpus_poems, examples, top_p, temperature,
-                       repetition_penalty, min_p)  # before TensorFlow loads
+    config = check_eval_options(samples, corpus_poems, examples, **values)  # before TensorFlow loads
     if out and not Path(out).resolve().parent.is_dir():
         raise click.ClickException(f"--out {out}: the folder {Path(out).resolve().parent} does not exist; create it first")
-    report = evaluate(run_dir, data_dir, samples=samples, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
-                      repetition_penalty=repetition_penalty, min_p=min_p, batch_size=batch_size,
-                      corpus_poems=corpus_poems, examples=examples, echo=lambda s: click.echo(s, err=True))
+    report = evaluate(run_dir, data_dir, samples=samples, corpus_poems=corpus_poems, examples=examples,
+                      sampling=config, echo=lambda s: click.echo(s, err=True))
     text = json.dumps(report, ensure_ascii=False, indent=2)
     if out:
         try:

@@ -1,6 +1,6 @@
 """``poetry-gpt generate`` and ``poetry-gpt chat``: write poems with a trained model.
 
-Option values are checked by the library (``poetry_gpt.generate.generator``), which raises a
+Option values are checked by the library (``poetry_gpt.sampling.SamplingConfig``), which raises a
 one-line ``OptionError`` naming the option; TensorFlow is imported only when a
 command runs, so ``poetry-gpt --help`` stays fast.
 """
@@ -13,13 +13,12 @@ import click
 
 from ..errors import OptionError
 from ..fsutil import atomic_write_text
-from ..generate.generator import DEFAULT_MIN_P, DEFAULT_TOP_K
+from ..sampling import DEFAULT_MIN_P, SamplingConfig
+from .options import sampling_config, sampling_options
 
-FORMS_METAVAR = "[五绝|七绝|五律|七律|词牌]"
 
-
-def _sampling_options(f):
-    """Options shared by ``generate`` and ``chat`` (the defaults of ``PoemGenerator.generate``)."""
+def _model_options(f):
+    """The model and prompt options of ``generate`` and ``chat``, then the sampling ones (``options.py``)."""
     opts = [
         click.option("--run", "run_dir", required=True, type=click.Path(path_type=str),
                      help="RUN_DIR written by `poetry-gpt train` (uses its export/), or an export folder."),
@@ -28,52 +27,21 @@ def _sampling_options(f):
         click.option("--title", default=None, help="Title of the poem (for openings that are not a full prefix)."),
         click.option("--genre", default=None,
                      help="Genre word of the prompt, e.g. 唐诗  [default: the model's most common genre]"),
-        click.option("--top-k", type=int, default=DEFAULT_TOP_K, show_default=True,
-                     help="Sample among the k most likely characters (≥ 1; 1 = greedy)."),
-        click.option("--top-p", type=float, default=1.0, show_default=True,
-                     help="Nucleus: keep the most likely characters up to this probability mass, in (0, 1]."),
-        click.option("--min-p", type=float, default=None,
-                     help="Drop characters less likely than this fraction of the most likely one, in [0, 1) "
-                          "(0 = off; top-k 10 with min-p 0 is the old, more repetitive default)  "
-                          f"[default: {DEFAULT_MIN_P}; 0 with --eager]"),
-        click.option("--temperature", type=float, default=1.0, show_default=True,
-                     help="> 0; below 1 is more conservative, above 1 more adventurous."),
-        click.option("--repetition-penalty", type=float, default=1.0, show_default=True,
-                     help="> 0; above 1 discourages characters already in the poem (1 = off)."),
-        click.option("--max-new-tokens", type=int, default=None,
-                     help="Characters to generate at most  [default: all that fit the context]"),
-        click.option("-n", "--num-samples", type=int, default=1, show_default=True, help="Poems per opening (≥ 1)."),
-        click.option("--batch-size", type=int, default=8, show_default=True, help="Poems generated together (≥ 1)."),
-        click.option("--seed", type=int, default=None,
-                     help="Seed of the first poem (poem i uses seed+i)  [default: random, reported on stderr]"),
-        click.option("--form", default=None, metavar=FORMS_METAVAR,
-                     help="Constrain the body to a regulated form: 五绝, 七绝, 五律 or 七律 (or 五言绝句 … 七言律诗); "
-                          "or to a 词牌 the model's corpus recorded (e.g. 浣溪沙: its clause lengths and marks; "
-                          "the title defaults to it)."),
-        click.option("--strict", is_flag=True,
-                     help="With a regulated --form: also follow its 格律, the tone pattern (平仄, 粘 and 对) and the "
-                          "平水韵 rhyme; every poem passes `poetry-gpt check` at --leniency."),
-        click.option("--leniency", type=click.Choice(["standard", "strict"]), default="standard", show_default=True,
-                     help="With --strict: standard frees the 1st/3rd(/5th) characters (一三五不论) but still forbids "
-                          "孤平 and 三平尾; strict fixes every position."),
-        click.option("--acrostic", default=None, help="Characters that begin the clauses (藏头; needs --form)."),
-        click.option("--rhyme", is_flag=True, help="Make the rhyme clauses rhyme (needs --form)."),
     ]
+    f = sampling_options(min_p=dict(default=None, show_default=False,
+                                    help_suffix=f"  [default: {DEFAULT_MIN_P}; 0 with --eager]"))(f)
     for opt in reversed(opts):
         f = opt(f)
     return f
 
 
-def _precheck(values: dict, eager: bool = False) -> None:
-    """Fill in the default min-p (none for the eager path, which has no min-p) and refuse bad option
-    values before the (slow) model load; the library checks them again."""
-    from ..generate.generator import check_options
-
-    if values.get("min_p") is None:
-        values["min_p"] = 0.0 if eager else DEFAULT_MIN_P
-    check_options(**values)
-    if values.get("strict") and not values.get("form"):
+def _precheck(values: dict, eager: bool = False) -> SamplingConfig:
+    """Take the sampling options out of ``values`` as one checked ``SamplingConfig`` (the default min-p, none
+    for the eager path, which has no min-p), refusing bad values before the (slow) model load."""
+    config = sampling_config(values, min_p=0.0 if eager else DEFAULT_MIN_P)
+    if config.strict and not config.form:
         raise OptionError("--strict: needs --form (五绝, 七绝, 五律 or 七律)")
+    return config
 
 
 def _load(run_dir, checkpoint=None):
@@ -117,15 +85,13 @@ def format_line(sample) -> str:
     return sample.text if sample.closed else "[unclosed] " + sample.text
 
 
-def _options_record(values: dict) -> dict:
-    keys = ("title", "genre", "top_k", "top_p", "min_p", "temperature", "repetition_penalty", "max_new_tokens",
-            "num_samples", "batch_size", "seed", "form", "acrostic", "rhyme", "strict", "leniency")
-    return {k: values.get(k) for k in keys}
+def _options_record(title, genre, config: SamplingConfig) -> dict:
+    return {"title": title, "genre": genre, **config.to_dict()}
 
 
 @click.command("generate")
 @click.argument("openings", nargs=-1, metavar="[OPENING]...")
-@_sampling_options
+@_model_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Also write the poems to this file (in --format); an existing file only with --overwrite.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file (atomically, once the poems are done).")
@@ -134,7 +100,7 @@ def _options_record(values: dict) -> dict:
                    "(prompt, text, options, seed, closed, tokens, seconds).")
 @click.option("--eager", is_flag=True,
               help="Use transformers' eager model.generate instead of the compiled sampler (slow; for benchmarks).")
-def generate_cmd(openings, run_dir, checkpoint, out, overwrite, fmt, eager, **values):
+def generate_cmd(openings, run_dir, checkpoint, title, genre, out, overwrite, fmt, eager, **values):
     """Write poems that start with each OPENING.
 
     \b
@@ -146,14 +112,15 @@ def generate_cmd(openings, run_dir, checkpoint, out, overwrite, fmt, eager, **va
     Poems go to stdout one per line in corpus style; one that ran out of characters before
     its closing 】 starts with [unclosed].
     """
-    _precheck(values, eager)
+    config = _precheck(values, eager)
     if out:
         check_out(out, run_dir, overwrite)
     gen = _load(run_dir, checkpoint)
     t0 = time.perf_counter()
-    samples = (gen.generate_eager if eager else gen.generate)(list(openings), **values)
+    samples = gen.generate(list(openings), title=title, genre=genre, sampling=config,
+                           decoder="eager" if eager else "compiled")
     seconds = time.perf_counter() - t0
-    options = _options_record({**values, "genre": values["genre"] or gen.genre})
+    options = _options_record(title, genre or gen.genre, config)
     records = [{**s.to_dict(), "options": options, "eager": eager} for s in samples]
     if out:
         lines = [(json.dumps(r, ensure_ascii=False) if fmt == "jsonl" else format_line(s)) + "\n"
@@ -196,15 +163,14 @@ _NULLABLE = {"seed", "form", "acrostic", "genre"}  # settings that ":x off" rese
 
 
 @click.command("chat")
-@_sampling_options
-def chat_cmd(run_dir, checkpoint, **values):
+@_model_options
+def chat_cmd(run_dir, checkpoint, title, genre, **values):
     """Write poems interactively: type an opening line, get a poem; :help lists the commands."""
-    from ..errors import OptionError, PoetryGPTError
-    from ..generate.generator import check_options
+    from ..errors import PoetryGPTError
 
-    _precheck(values)
+    config = _precheck(values)
     gen = _load(run_dir, checkpoint)
-    settings = dict(values)  # --title, if given, titles every poem unless :title says otherwise
+    prompt = {"title": title, "genre": genre}  # --title, if given, titles every poem unless :title says otherwise
     click.echo(f"Model {gen.export.path} (context {gen.n_ctx}, genre {gen.genre or '?'}). "
                "Type an opening line, :title T, or :help; :quit or Ctrl-D to leave.")
     while True:
@@ -225,7 +191,7 @@ def chat_cmd(run_dir, checkpoint, **values):
         elif command == ":help":
             click.echo(CHAT_HELP)
         elif command == ":show":
-            click.echo(", ".join(f"{k}={v}" for k, v in settings.items()))
+            click.echo(", ".join(f"{k}={v}" for k, v in {**prompt, **config.to_dict()}.items()))
         elif command == ":title":
             request = {"openings": [], "title": arg} if arg else None
             if not arg:
@@ -236,10 +202,13 @@ def chat_cmd(run_dir, checkpoint, **values):
             key, parse = _SETTINGS[command]
             try:
                 value = None if key in _NULLABLE and arg.lower() in _OFF else parse(arg)
-                check_options(**{**settings, key: value})
-                if key in ("form", "leniency", "strict") and value is not None:  # a form, 词牌 or 格律 it cannot write
-                    gen.plan(None, **{**{k: settings[k] for k in ("form", "strict", "leniency")}, key: value})
-                settings[key] = value
+                if key in prompt:
+                    prompt[key] = value
+                else:
+                    changed = config.replace(**{key: value})
+                    if key in ("form", "leniency", "strict") and value is not None:  # a form it cannot write
+                        gen.plan(None, form=changed.form, strict=changed.strict, leniency=changed.leniency)
+                    config = changed
                 click.echo(f"{key} = {value}")
             except ValueError:
                 click.echo(f"Error: {command} needs a value, e.g. {command} 3; got {arg!r}")
@@ -250,7 +219,7 @@ def chat_cmd(run_dir, checkpoint, **values):
         if request is None:
             continue
         try:
-            for s in gen.generate(**{**settings, **request}):
+            for s in gen.generate(sampling=config, **{**prompt, **request}):
                 click.echo(format_line(s))
         except PoetryGPTError as exc:
             click.echo(f"Error: {exc}")

@@ -91,7 +91,7 @@ def _max_time(values) -> float | None:
 @_train_options
 def train_cmd(data_dir, run_dir, init_from, preset, overwrite, quiet, **values):
     """Train a poem model on DATA_DIR, or continue the run in RUN_DIR."""
-    from ..generate.samples import sample_poems
+    from ..generate.epoch import sample_poems
     from ..train.budget import clock
     from ..train.loop import train
 
@@ -117,7 +117,7 @@ def pipeline_cmd(raw, run_dir, n_samples, preset, overwrite, quiet, **values):
     from ..data.diagnostics import format_report
     from ..data.prepare import prepare
     from ..data.records import MANIFEST
-    from ..generate.samples import sample_poems
+    from ..generate.epoch import sample_poems
     from ..run_dir import check_run_target
     from ..train.budget import clock
     from ..train.loop import train

@@ -33,8 +33,9 @@ from typing import Callable
 from .. import __version__
 from ..verse import poem_metrics
 from ..data.corpus import parse_line, prompt_prefix
-from ..errors import DataDirError, OptionError, RunDirError
-from ..generate.generator import DEFAULT_MIN_P, DEFAULT_TOP_K, PoemGenerator, check_options
+from ..errors import DataDirError, RunDirError, Rule, check_rules
+from ..generate.generator import PoemGenerator
+from ..sampling import SamplingConfig
 from ..data.records import IGNORE_INDEX, Manifest, eval_dataset, eval_stride, read_poem_ids
 from ..run_dir import RunDir, data_manifest, open_run
 from ..data.vocab import CharVocab
@@ -52,25 +53,36 @@ UNK_CHAR = "\ufffd"  # [UNK] decoded as one character, so clause lengths stay ri
 MAX_PERPLEXITY_LOSS = 80.0  # exp() overflow guard (as in train.py)
 
 
-def check_eval_options(samples: int = DEFAULT_SAMPLES, top_k: int = DEFAULT_TOP_K,
-                       batch_size: int = DEFAULT_BATCH_SIZE, corpus_poems: int = DEFAULT_CORPUS_POEMS,
-                       examples: int = DEFAULT_EXAMPLES, top_p: float = 1.0, temperature: float = 1.0,
-                       repetition_penalty: float = 1.0, min_p: float = DEFAULT_MIN_P) -> None:
-    """Check the numeric options of ``evaluate`` (the sampling ones as ``generate`` does).
+#: the options of ``evaluate`` beyond the sampling ones, checked first
+EVAL_RULES = (
+    Rule("samples", "--samples", lambda v: v >= 1, "must be ≥ 1"),
+    Rule("corpus_poems", "--corpus-poems", lambda v: v >= 0, "must be ≥ 0 (0 = all training poems)"),
+    Rule("examples", "--examples", lambda v: v >= 0, "must be ≥ 0"),
+)
+#: eval's sampling defaults: ``SamplingConfig``'s, with a fixed seed and larger batches
+EVAL_SAMPLING = SamplingConfig(seed=DEFAULT_SEED, batch_size=DEFAULT_BATCH_SIZE)
+
+
+def check_eval_options(samples: int = DEFAULT_SAMPLES, corpus_poems: int = DEFAULT_CORPUS_POEMS,
+                       examples: int = DEFAULT_EXAMPLES, sampling: SamplingConfig | None = None,
+                       **options) -> SamplingConfig:
+    """Check the options of ``evaluate``: its own (``EVAL_RULES``), then the sampling ones as ``generate`` does.
+
+    Args:
+        samples: ≥ 1.
+        corpus_poems: ≥ 0.
+        examples: ≥ 0.
+        sampling: the sampling options (default ``EVAL_SAMPLING``).
+        **options: ``SamplingConfig`` fields replacing those of ``sampling``.
+
+    Returns:
+        The checked ``SamplingConfig``.
 
     Raises:
         OptionError: naming the first bad option and its valid range.
     """
-    checks = [
-        (samples >= 1, "--samples", f"must be ≥ 1, got {samples}"),
-        (corpus_poems >= 0, "--corpus-poems", f"must be ≥ 0 (0 = all training poems), got {corpus_poems}"),
-        (examples >= 0, "--examples", f"must be ≥ 0, got {examples}"),
-    ]
-    for ok, option, message in checks:
-        if not ok:
-            raise OptionError(f"{option}: {message}")
-    check_options(top_k=top_k, top_p=top_p, temperature=temperature, repetition_penalty=repetition_penalty,
-                  batch_size=batch_size, min_p=min_p)
+    check_rules(EVAL_RULES, {"samples": samples, "corpus_poems": corpus_poems, "examples": examples})
+    return SamplingConfig.of(sampling or EVAL_SAMPLING, **options)
 
 
 # --- the run and its data --------------------------------------------------------------------
@@ -238,29 +250,22 @@ def _clean(value):
 # --- the report ------------------------------------------------------------------------------
 
 def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
-             samples: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED, top_k: int = DEFAULT_TOP_K,
-             top_p: float = 1.0, temperature: float = 1.0, repetition_penalty: float = 1.0,
-             min_p: float = DEFAULT_MIN_P,
-             batch_size: int = DEFAULT_BATCH_SIZE, corpus_poems: int = DEFAULT_CORPUS_POEMS,
-             examples: int = DEFAULT_EXAMPLES, echo: Callable[[str], None] | None = None,
-             generator=None) -> dict:
+             samples: int = DEFAULT_SAMPLES, corpus_poems: int = DEFAULT_CORPUS_POEMS,
+             examples: int = DEFAULT_EXAMPLES, sampling: SamplingConfig | None = None,
+             echo: Callable[[str], None] | None = None, generator=None, **options) -> dict:
     """Evaluate a trained run: validation loss, sample figures, held-out and corpus figures.
 
     Args:
         run_dir: the RUN_DIR (its ``export/`` is evaluated).
         data_dir: the DATA_DIR (default: the one recorded in run.json); its vocabulary must be the run's.
         samples: how many poems to sample (≥ 1).
-        seed: seed of the first sample (sample i uses seed + i).
-        top_k: sampling among the k most likely characters.
-        top_p: nucleus mass kept among them (1 = off).
-        temperature: logits divided by it.
-        repetition_penalty: > 1 discourages characters already in the poem (1 = off).
-        min_p: drop characters below this fraction of the most likely one's probability (0 = off).
-        batch_size: rows per batch, for the validation loss and for sampling.
         corpus_poems: training poems for the ``corpus`` figures (0 = all; else a fixed random sample).
         examples: how many samples to include verbatim.
+        sampling: how to sample (default ``EVAL_SAMPLING``: seed 0, batch 16); its ``batch_size`` is also
+            the validation loss's rows per batch; ``num_samples`` and ``max_new_tokens`` are eval's own.
         echo: progress messages (e.g. to stderr); None is silent.
         generator: a ``PoemGenerator`` already loaded from this run (to reuse its compiled sampler).
+        **options: ``SamplingConfig`` fields replacing those of ``sampling`` (``seed=3``, ``top_k=1``, …).
 
     Returns:
         The report (JSON-ready; non-finite numbers are None).
@@ -269,8 +274,8 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
         OptionError, RunDirError, DataDirError: one-line explanations.
     """
     say = echo or (lambda _s: None)
-    check_eval_options(samples, top_k, batch_size, corpus_poems, examples, top_p, temperature, repetition_penalty,
-                       min_p)
+    config = check_eval_options(samples, corpus_poems, examples, sampling, **options)
+    batch_size, seed = config.batch_size, config.seed
     started = time.perf_counter()
     run, _ = open_run(run_dir, "read")  # refused unless run.json records the data and vocabulary
     info = run.read_run()
@@ -298,12 +303,10 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     index = poem_metrics.CopyIndex(train_bodies, MIN_CLAUSE_LEN)
     prompts, ref_bodies, prompt_info = held_out_prompts(valid_poems, samples, n_ctx)
 
-    say(f"Sampling {samples} poems (top-k {top_k}, seed {seed}) …")
+    say(f"Sampling {samples} poems (top-k {config.top_k}, seed {seed}) …")
     max_new = n_ctx - 1 - max(len(p) for p in prompts)
     t0 = time.perf_counter()
-    drawn = generator.generate(prompts, num_samples=1, top_k=top_k, top_p=top_p, temperature=temperature,
-                               repetition_penalty=repetition_penalty, min_p=min_p, seed=seed, batch_size=batch_size,
-                               max_new_tokens=max_new)
+    drawn = generator.generate(prompts, sampling=config.replace(num_samples=1, max_new_tokens=max_new))
     sample_seconds = time.perf_counter() - t0
     tokens = sum(s.tokens for s in drawn)
     sample_block = poem_metrics.sample_figures([(s.text, s.closed) for s in drawn], index)
@@ -356,8 +359,9 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
             "train_poems": manifest.poems("train"),
             "valid_poems": manifest.poems("valid"),
         },
-        "options": {"samples": samples, "seed": seed, "top_k": top_k, "top_p": top_p, "temperature": temperature,
-                    "repetition_penalty": repetition_penalty, "min_p": min_p, "batch_size": batch_size,
+        "options": {"samples": samples, "seed": seed, "top_k": config.top_k, "top_p": config.top_p,
+                    "temperature": config.temperature, "repetition_penalty": config.repetition_penalty,
+                    "min_p": config.min_p, "batch_size": batch_size,
                     "corpus_poems": corpus_poems, "min_clause_len": MIN_CLAUSE_LEN, "examples": examples},
         "validation": validation,
         "samples": sample_block,

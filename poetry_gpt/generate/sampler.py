@@ -187,13 +187,16 @@ class Sampler:
         banned_ids: ids never sampled (the special tokens).
         unpenalised_ids: ids the repetition penalty leaves alone (punctuation, which a poem repeats
             by design).
+        jit_compile: compile the programs with XLA (fast per token, slow to compile); False runs the same
+            programs as plain TensorFlow graphs (a few poems of a model in training).
 
     Example:
         >>> sampler = Sampler(CachedGPT2(model), stop_id=vocab.id_of("】"), banned_ids=[0, 1, 2])
         >>> result = sampler.run([[2, 15, 27]], seeds=[7], max_new_tokens=32)
     """
 
-    def __init__(self, net, stop_id: int | None, banned_ids: Sequence[int] = (), unpenalised_ids: Sequence[int] = ()):
+    def __init__(self, net, stop_id: int | None, banned_ids: Sequence[int] = (), unpenalised_ids: Sequence[int] = (),
+                 jit_compile: bool = True):
         self.net = net
         self.stop_id = -1 if stop_id is None else int(stop_id)
         bias = np.zeros(self.net.vocab_size, np.float32)
@@ -202,8 +205,8 @@ class Sampler:
         self.penalisable = np.ones(self.net.vocab_size, bool)
         self.penalisable[list(unpenalised_ids)] = False
         self.traces = {"prefill": 0, "decode": 0}  # Python-side trace counts (tests, diagnostics)
-        self._prefill = tf.function(self._prefill_impl, jit_compile=True)
-        self._decode = tf.function(self._decode_impl, jit_compile=True)
+        self._prefill = tf.function(self._prefill_impl, jit_compile=jit_compile)
+        self._decode = tf.function(self._decode_impl, jit_compile=jit_compile)
 
     @property
     def n_ctx(self) -> int:

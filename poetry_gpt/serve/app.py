@@ -18,13 +18,13 @@ nothing is written anywhere.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import re
 import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -34,7 +34,8 @@ from starlette.routing import Route
 
 from ..verse import forms
 from ..errors import OptionError, PoetryGPTError
-from ..generate.generator import FORM_NAMES, SAMPLING_DEFAULTS
+from ..generate.planning import FORM_NAMES
+from ..sampling import SamplingConfig
 from .batcher import Batcher, QueueFull
 
 
@@ -68,14 +69,15 @@ class RequestError(PoetryGPTError):
         self.field, self.status = field, status
 
 
-# field -> (accepted JSON types, default); "n" is generate's num_samples
+# field -> (accepted JSON types, default); "n" is generate's num_samples; the defaults are SamplingConfig's
 _STR, _INT, _NUM, _BOOL = (str,), (int,), (int, float), (bool,)
+_D = SamplingConfig()
 FIELDS = {
-    "openings": ((list, str), None), "title": (_STR, None), "genre": (_STR, None), "form": (_STR, None),
-    "strict": (_BOOL, False), "acrostic": (_STR, None), "rhyme": (_BOOL, False), "n": (_INT, 1),
-    "seed": (_INT, None), "top_k": (_INT, SAMPLING_DEFAULTS["top_k"]), "top_p": (_NUM, SAMPLING_DEFAULTS["top_p"]),
-    "min_p": (_NUM, SAMPLING_DEFAULTS["min_p"]), "temperature": (_NUM, SAMPLING_DEFAULTS["temperature"]),
-    "repetition_penalty": (_NUM, SAMPLING_DEFAULTS["repetition_penalty"]), "max_new_tokens": (_INT, None),
+    "openings": ((list, str), None), "title": (_STR, None), "genre": (_STR, None), "form": (_STR, _D.form),
+    "strict": (_BOOL, _D.strict), "acrostic": (_STR, _D.acrostic), "rhyme": (_BOOL, _D.rhyme),
+    "n": (_INT, _D.num_samples), "seed": (_INT, _D.seed), "top_k": (_INT, _D.top_k), "top_p": (_NUM, _D.top_p),
+    "min_p": (_NUM, _D.min_p), "temperature": (_NUM, _D.temperature),
+    "repetition_penalty": (_NUM, _D.repetition_penalty), "max_new_tokens": (_INT, _D.max_new_tokens),
 }
 _TYPE_NAMES = {_STR: "a string", _INT: "an integer", _NUM: "a number", _BOOL: "true or false",
                (list, str): "a string or a list of strings"}
@@ -99,8 +101,7 @@ def capabilities(generator) -> dict:
         generator: a ``PoemGenerator``.
     """
     cipai = getattr(generator, "cipai", None) or getattr(forms, "CIPAI", None) or {}
-    return {"strict": "strict" in inspect.signature(generator.plan).parameters
-            and bool(getattr(generator, "strict_supported", False)),
+    return {"strict": bool(getattr(generator, "strict_supported", False)),
             "cipai": sorted(cipai), "tones": callable(getattr(forms, "tone_marks", None))}
 
 
@@ -333,7 +334,7 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
                         status_code=exc.status_code)
 
 
-def warm_up(generator, max_batch: int, echo=print) -> None:
+def warm_up(generator, max_batch: int, echo: Callable[[str], None] | None = None) -> None:
     """Compile the programs of every batch size the batcher uses (powers of two up to ``max_batch``).
 
     Prompts longer than 15 characters and top-k above 64 compile their programs on first use.
@@ -341,7 +342,7 @@ def warm_up(generator, max_batch: int, echo=print) -> None:
     Args:
         generator: a ``PoemGenerator``.
         max_batch: the largest batch.
-        echo: progress lines go here.
+        echo: progress lines go here (None: silent).
     """
     try:
         generator.plan(None, form=FORM_NAMES[0], rhyme=True)  # loads the rhyme readings (pypinyin) once
@@ -352,7 +353,8 @@ def warm_up(generator, max_batch: int, echo=print) -> None:
         rows = min(rows, max_batch)
         t0 = time.perf_counter()
         generator.generate(None, num_samples=rows, batch_size=rows, seed=0, max_new_tokens=2)
-        echo(f"compiled batch {rows} in {time.perf_counter() - t0:.1f} s")
+        if echo is not None:
+            echo(f"compiled batch {rows} in {time.perf_counter() - t0:.1f} s")
         if rows >= max_batch:
             return
         rows *= 2

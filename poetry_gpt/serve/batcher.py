@@ -164,7 +164,7 @@ class Batcher:
         self.batches.append(len(rows))
         plan = jobs[0].plan
         try:
-            samples = self.generator.decode(rows, plan.sampling, plan.tables, batch_size=self.max_batch,
+            samples = self.generator.decode(rows, plan.config, plan.tables, batch_size=self.max_batch,
                                             on_tokens=on_tokens if streaming else None)
         except Exception as exc:  # noqa: BLE001 - handed to every waiting request, which reports it
             for job in jobs:

@@ -2,7 +2,7 @@
 
 ``export_saved_model`` wraps a loaded ``PoemGenerator`` in a ``tf.Module`` whose ``generate`` function
 (also the ``serving_default`` signature) does in the graph what ``PoemGenerator.generate`` does in
-Python: it checks the options (``generate.OPTION_RULES``), builds each row's prompt from ``prompt`` and
+Python: it checks the options (``sampling.RULES``), builds each row's prompt from ``prompt`` and
 ``title`` (``corpus.prompt_prefix``, with the export's genre), maps characters to ids
 (``tf.strings.unicode_split`` and a lookup table), picks the form's constraint tables (built at export
 time by ``constraints.build_constraint``, the acrostic written into them in the graph), walks each prompt
@@ -35,15 +35,16 @@ from ..generate import constraints
 from ..data.corpus import CLOSE, prompt_prefix
 from ..errors import OptionError
 from ..fsutil import atomic_write_json, fsync_dir, is_within, recover_aside, replace_dir
-from ..generate.generator import DEFAULT_MIN_P, DEFAULT_TOP_K, OPTION_RULES
 from ..generate.sampler import NEG, bucket_length, row_seeds, top_k_cap
 from ..data.vocab import PAD_ID, SEP_ID
+from ..sampling import RULES, SamplingConfig
 
 ASSET = "poetry_gpt.json"  # in OUT_DIR/assets/: source run, step, versions, the signature
 DEFAULT_BATCH_SIZES = (1, 8)
 MAX_BATCH_SIZE = 256
 RANDOM_SEED = -1
 _TITLE, _OPENING = "\x01", "\x02"  # slots of the prompt templates
+_DEFAULTS = SamplingConfig()
 
 #: inputs of ``generate`` / ``serving_default``: (name, dtype, shape, default, meaning)
 INPUTS = (
@@ -57,11 +58,11 @@ INPUTS = (
     ("strict", "bool", [], False, "格律 (tone patterns, 平水韵 rhyme) is not in the SavedModel: a row asking for it "
                                   "gets an error; use `poetry-gpt generate --strict`"),
     ("seed", "int64", [], RANDOM_SEED, "seed of row 0, row i uses seed + i; -1 = random"),
-    ("top_k", "int32", [], DEFAULT_TOP_K, "sample among the k most likely characters (1 = greedy)"),
-    ("top_p", "float32", [], 1.0, "nucleus mass in (0, 1] (1 = off)"),
-    ("min_p", "float32", [], DEFAULT_MIN_P, "drop characters below min_p × the most likely one's probability"),
-    ("temperature", "float32", [], 1.0, "> 0"),
-    ("repetition_penalty", "float32", [], 1.0, "> 0 (1 = off)"),
+    ("top_k", "int32", [], _DEFAULTS.top_k, "sample among the k most likely characters (1 = greedy)"),
+    ("top_p", "float32", [], _DEFAULTS.top_p, "nucleus mass in (0, 1] (1 = off)"),
+    ("min_p", "float32", [], _DEFAULTS.min_p, "drop characters below min_p × the most likely one's probability"),
+    ("temperature", "float32", [], _DEFAULTS.temperature, "> 0"),
+    ("repetition_penalty", "float32", [], _DEFAULTS.repetition_penalty, "> 0 (1 = off)"),
     ("max_new_tokens", "int32", [], 0, "characters to generate at most; 0 = all that fit the context"),
 )
 #: outputs, one value a row: (name, dtype, meaning)
@@ -186,11 +187,12 @@ class SavedPoet:
         errors = tf.fill([n], "")
         values = dict(top_k=top_k, top_p=top_p, min_p=min_p, temperature=temperature,
                       repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens)
-        for name, _, test, expected in OPTION_RULES:
-            if name in values:
-                ok = test(values[name]) | (max_new_tokens == 0 if name == "max_new_tokens" else False)
+        for rule in RULES:
+            if rule.name in values:
+                value = values[rule.name]
+                ok = rule.test(value) | (max_new_tokens == 0 if rule.name == "max_new_tokens" else False)
                 errors = _first_error(errors, tf.fill([n], ~ok),
-                                      tf.strings.format(f"{name}: {expected}, got {{}}", values[name]))
+                                      tf.strings.format(f"{rule.name}: {rule.expected}, got {{}}", value))
         errors = _first_error(errors, tf.fill([n], strict), "strict: the SavedModel has no 格律 (tone pattern) "
                               "tables; leave strict off or use `poetry-gpt generate --strict`")
         text, errors = self._prompts(prompt, title, errors)
