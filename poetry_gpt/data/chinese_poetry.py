@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .corpus import CLOSE, OPEN, format_line, read_text_file
+from ..verse.forms import CLOSE, OPEN
+from .corpus import format_line, read_text_file
 from ..errors import InputError, OptionError
 
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com/chinese-poetry/chinese-poetry/master/全唐诗/"

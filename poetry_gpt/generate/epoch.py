@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..data.corpus import CLOSE, prompt_prefix
+from ..data.corpus import prompt_prefix
+from ..verse.forms import CLOSE
 from ..data.vocab import CharVocab
 from ..sampling import SamplingConfig
 from .generator import Export, PoemGenerator

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..verse import forms
-from ..data.corpus import CLOSE, OPEN
+from ..verse.forms import CLOSE, OPEN, extract_body
 from ..errors import RunDirError
 from ..memory import release_freed_memory
 from ..data.vocab import PAD_ID, CharVocab
@@ -125,11 +125,6 @@ def load_model(path: str | os.PathLike, checkpoint: str | None = None) -> Export
         raise RunDirError(f"{export}: vocab.txt is not the vocabulary the model was exported with "
                           "(vocab_hash differs); restore the export's files or re-export")
     return Export(export, model, vocab, meta)
-
-
-def split_body(text: str) -> str:
-    """The body of a (possibly unclosed) corpus line: after the first 【, before 】."""
-    return text.partition(OPEN)[2].partition(CLOSE)[0]
 
 
 def load_checkpoint(path: str | os.PathLike, checkpoint: str) -> Export:
@@ -332,7 +327,7 @@ class PoemGenerator:
         else:
             ids = [i for i in ids if i != PAD_ID]
         text = prompt + self.vocab.decode(ids)
-        return Sample(prompt, text, split_body(text), closed, len(ids), seed, round(seconds, 4))
+        return Sample(prompt, text, extract_body(text)[0] if OPEN in text else "", closed, len(ids), seed, round(seconds, 4))
 
     def _constraint(self, form, acrostic, rhyme, strict=False, leniency="standard") -> tuple:
         """``FormTables.get`` (kept for callers of the old name)."""

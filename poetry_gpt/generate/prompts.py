@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..data.corpus import CLOSE, prompt_prefix
+from ..data.corpus import prompt_prefix
+from ..verse.forms import CLOSE
 from ..errors import OptionError
 
 

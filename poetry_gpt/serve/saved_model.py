@@ -32,7 +32,8 @@ import numpy as np
 from .. import __version__
 from ..verse import forms
 from ..generate import constraints
-from ..data.corpus import CLOSE, prompt_prefix
+from ..data.corpus import prompt_prefix
+from ..verse.forms import CLOSE
 from ..errors import OptionError
 from ..fsutil import atomic_write_json, fsync_dir, is_within, recover_aside, replace_dir
 from ..generate.sampler import NEG, bucket_length, row_seeds, top_k_cap
