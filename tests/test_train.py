@@ -201,6 +201,14 @@ def test_padding_does_not_change_the_loss(tiny_data_dir, fresh_trainer):
     assert a == pytest.approx(b, rel=1e-5)
 
 
+def test_train_prints_nothing_by_default(tmp_path, tiny_data_dir, capfd):
+    """The library never prints: without ``echo`` and ``verbose``, no progress line and no Keras bar on stdout
+    (the CLI passes ``click.echo`` and its own verbosity)."""
+    result = train(tiny_data_dir, tmp_path / "run", tiny(steps_per_epoch=2))
+    assert result.global_step == 2 and result.history
+    assert capfd.readouterr().out == ""
+
+
 # --- 2. exact resume --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -129,15 +129,15 @@ def section(bench) -> dict:
     load_before = load_average()
     s = bench.shape
     if bench.quick:
-        bench = {"n_layer": s["n_layer"], "n_embd": s["n_embd"], "n_head": s["n_head"], "n_ctx": s["n_ctx"],
-                 "vocab_size": 500, "new_tokens": 16, "top_k": 10, "batches": [1, 8], "repeats": 1,
-                 "eager_repeats": 1}
+        model_args = {"n_layer": s["n_layer"], "n_embd": s["n_embd"], "n_head": s["n_head"], "n_ctx": s["n_ctx"],
+                      "vocab_size": 500, "new_tokens": 16, "top_k": 10, "batches": [1, 8], "repeats": 1,
+                      "eager_repeats": 1}
     else:
-        bench = {"n_layer": 6, "n_embd": 384, "n_head": 6, "n_ctx": 128, "vocab_size": 5300, "new_tokens": 64,
-                 "top_k": 10, "batches": [1, 8], "repeats": 5, "eager_repeats": 2}
+        model_args = {"n_layer": 6, "n_embd": 384, "n_head": 6, "n_ctx": 128, "vocab_size": 5300,
+                      "new_tokens": 64, "top_k": 10, "batches": [1, 8], "repeats": 5, "eager_repeats": 2}
     export, note = bench.generation_export()
     budget = 32 if bench.quick else 64
-    result = run_child("generate", {"benchmark": bench, "export": export, "export_note": note,
+    result = run_child("generate", {"benchmark": model_args, "export": export, "export_note": note,
                                     "max_new_tokens": budget, "repeats": 1 if bench.quick else 5,
                                     "eager_repeats": 1}, bench.work, bench.timeout)
     # a fresh process per form: a first call after other compiles in the same process would be faster
@@ -152,5 +152,5 @@ def section(bench) -> dict:
     return {"what": "poem generation speed: compiled sampler (PoemGenerator) vs transformers' eager and XLA "
                     "model.generate",
             "summary": summary, "benchmark_model": "random-initialised, shape " + json.dumps(
-                {k: bench[k] for k in ("n_layer", "n_embd", "n_head", "n_ctx", "vocab_size")}),
+                {k: model_args[k] for k in ("n_layer", "n_embd", "n_head", "n_ctx", "vocab_size")}),
             **result, **section_context(load_before, bench.command)}
