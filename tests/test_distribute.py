@@ -38,11 +38,11 @@ RUN_ENTRIES = {"run.json", "trainer_state.json", "checkpoints", "export", "logs"
                "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"}
 
 # `poetry-gpt` whose training step also appends the rows it received (one JSON line per step) to
-# $ROWS_DIR/worker<task index>.jsonl: a test-only wrapper around train.build_lm_trainer, so normal
+# $ROWS_DIR/worker<task index>.jsonl: a test-only wrapper around trainer.build_lm_trainer, so normal
 # runs carry no recording op at all.
 ROW_RECORDER = """
 import json, os
-import poetry_gpt.train.loop as train_mod
+import poetry_gpt.train.trainer as trainer_mod
 
 def recording(build):
     def wrapped(*args, **kwargs):
@@ -65,7 +65,7 @@ def recording(build):
         return trainer
     return wrapped
 
-train_mod.build_lm_trainer = recording(train_mod.build_lm_trainer)
+trainer_mod.build_lm_trainer = recording(trainer_mod.build_lm_trainer)
 from poetry_gpt.cli import main
 main()
 """

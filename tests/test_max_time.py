@@ -16,7 +16,7 @@ import pytest
 from helpers import cli, write_raw
 
 import poetry_gpt.train.budget as budget_mod
-import poetry_gpt.train.loop as train_mod
+import poetry_gpt.train.callbacks as callbacks_mod
 from poetry_gpt.train.budget import TimeBudget, format_duration, parse_duration
 from poetry_gpt.config import DataConfig, config_from_preset
 from poetry_gpt.errors import OptionError
@@ -65,7 +65,7 @@ class VirtualClock:
     def __init__(self, monkeypatch, stop_at: int | None = None, stop_with: type[BaseException] = KeyboardInterrupt):
         self.now, self.lrs = 0.0, {}
         monkeypatch.setattr(budget_mod, "clock", lambda: self.now)
-        real = train_mod._RunCallback
+        real = callbacks_mod.RunCallback
         clock = self
 
         def patched(*args, **kwargs):
@@ -92,7 +92,7 @@ class VirtualClock:
                 on_train_batch_begin, on_train_batch_end, on_epoch_end)
             return cb
 
-        monkeypatch.setattr(train_mod, "_RunCallback", patched)
+        monkeypatch.setattr(callbacks_mod, "RunCallback", patched)
 
 
 def final_lr(config) -> float:

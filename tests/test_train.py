@@ -21,13 +21,16 @@ import numpy as np
 import pytest
 from helpers import write_raw
 
+import poetry_gpt.train.callbacks as callbacks_mod
 import poetry_gpt.train.loop as train_mod
+import poetry_gpt.train.trainer as trainer_mod
 from poetry_gpt.config import DataConfig, config_from_preset
 from poetry_gpt.errors import DataDirError, RunDirError
 from poetry_gpt.data.prepare import prepare
 from poetry_gpt.data.records import IGNORE_INDEX, load_manifest, read_poem_ids, train_dataset
 from poetry_gpt.run_dir import RunDir
-from poetry_gpt.train.loop import TrainingDiverged, build_lm_trainer, set_precision, train
+from poetry_gpt.train.loop import train
+from poetry_gpt.train.trainer import TrainingDiverged, build_lm_trainer, set_precision
 from poetry_gpt.data.vocab import CharVocab
 from poetry_gpt.generate.epoch import sample_poems
 
@@ -198,6 +201,14 @@ def test_padding_does_not_change_the_loss(tiny_data_dir, fresh_trainer):
     assert a == pytest.approx(b, rel=1e-5)
 
 
+def test_train_prints_nothing_by_default(tmp_path, tiny_data_dir, capfd):
+    """The library never prints: without ``echo`` and ``verbose``, no progress line and no Keras bar on stdout
+    (the CLI passes ``click.echo`` and its own verbosity)."""
+    result = train(tiny_data_dir, tmp_path / "run", tiny(steps_per_epoch=2))
+    assert result.global_step == 2 and result.history
+    assert capfd.readouterr().out == ""
+
+
 # --- 2. exact resume --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -211,7 +222,7 @@ def straight_cosine(tmp_path_factory, tiny_data_dir) -> Path:
 
 def _stop_after(monkeypatch, step: int, exc: type[BaseException]):
     """Make the run callback raise ``exc`` once the optimizer has taken ``step`` steps."""
-    real = train_mod._RunCallback
+    real = callbacks_mod.RunCallback
 
     def patched(*args, **kwargs):
         cb = real(*args, **kwargs)
@@ -225,7 +236,7 @@ def _stop_after(monkeypatch, step: int, exc: type[BaseException]):
         cb.on_train_batch_end = on_train_batch_end
         return cb
 
-    monkeypatch.setattr(train_mod, "_RunCallback", patched)
+    monkeypatch.setattr(callbacks_mod, "RunCallback", patched)
 
 
 @pytest.mark.parametrize("how, resumed_at", [(KeyboardInterrupt, 14), (RuntimeError, 12)],
@@ -277,7 +288,7 @@ def test_extend_epochs_matches_one_go_and_resumes_without_data(tmp_path, tiny_da
 
 def _record_step_losses(monkeypatch) -> dict[int, float]:
     """Collect each training step's own loss by global step (Keras logs the epoch's running mean)."""
-    real = train_mod._RunCallback
+    real = callbacks_mod.RunCallback
     losses: dict[int, float] = {}
 
     def patched(*args, **kwargs):
@@ -293,7 +304,7 @@ def _record_step_losses(monkeypatch) -> dict[int, float]:
         cb.on_train_batch_end = on_train_batch_end
         return cb
 
-    monkeypatch.setattr(train_mod, "_RunCallback", patched)
+    monkeypatch.setattr(callbacks_mod, "RunCallback", patched)
     return losses
 
 
@@ -329,7 +340,7 @@ def test_dropout_is_applied_in_training_only(tiny_data_dir):
     set_precision("fp32")
     lm = build_model(tiny().replace(model={"dropout": 0.2}).model, vocab, seed=1)
     trainer = build_lm_trainer(lm, seed=5)
-    trainer.compile(optimizer=train_mod.make_optimizer(tiny(), 10, "fp32"))
+    trainer.compile(optimizer=trainer_mod.make_optimizer(tiny(), 10, "fp32"))
     loss = {training: float(trainer._loss_terms(batch, training)[0]) for training in (False, True)}
     assert loss[True] != loss[False]
     assert float(trainer._loss_terms(batch, True)[0]) == loss[True]  # same step, same masks
@@ -509,7 +520,7 @@ def _nan_from_step(monkeypatch, step: int):
     """The trainer's loss (and so its gradients) becomes NaN from the ``step``-th step on."""
     import tensorflow as tf
 
-    real = train_mod.build_lm_trainer
+    real = trainer_mod.build_lm_trainer
 
     def patched(lm, **kwargs):
         trainer = real(lm, **kwargs)
@@ -525,12 +536,12 @@ def _nan_from_step(monkeypatch, step: int):
         trainer._loss_terms = nan_terms
         return trainer
 
-    monkeypatch.setattr(train_mod, "build_lm_trainer", patched)
+    monkeypatch.setattr(trainer_mod, "build_lm_trainer", patched)
 
 
 def _nan_weights_at_step(monkeypatch, step: int):
     """The weights turn NaN right before the checkpoint of ``step`` (the loss stays finite)."""
-    real = train_mod._RunCallback
+    real = callbacks_mod.RunCallback
 
     def patched(*args, **kwargs):
         cb = real(*args, **kwargs)
@@ -545,7 +556,7 @@ def _nan_weights_at_step(monkeypatch, step: int):
         cb.on_train_batch_end = on_train_batch_end
         return cb
 
-    monkeypatch.setattr(train_mod, "_RunCallback", patched)
+    monkeypatch.setattr(callbacks_mod, "RunCallback", patched)
 
 
 @pytest.mark.parametrize("fault", ["nan-loss", "nan-weights"])
@@ -712,7 +723,7 @@ def test_init_from_and_generation_refuse_a_gpt2_they_would_compute_otherwise(tmp
     vocab = CharVocab.load(tiny_data_dir)
     folder = _gpt2_folder(tmp_path / "foreign", vocab, **settings)
     with pytest.raises(RunDirError) as exc:
-        train_mod._load_init(folder, vocab, tiny())
+        trainer_mod.load_init(folder, vocab, tiny())
     assert one_line(exc).startswith(f"--init-from {folder}: config.json sets {named}")
     with pytest.raises(RunDirError) as exc:  # the export loader of generate / eval
         load_export(folder)
@@ -724,7 +735,7 @@ def test_init_from_accepts_other_activation_and_inner_width_and_uses_the_runs_dr
     # (tests/test_fast_gpt2.py); the folder's dropout (0.3) gives way to the run's --dropout
     vocab = CharVocab.load(tiny_data_dir)
     folder = _gpt2_folder(tmp_path / "relu", vocab, activation_function="relu", n_inner=96)
-    lm = train_mod._load_init(folder, vocab, tiny().replace(model={"dropout": 0.1}))
+    lm = trainer_mod.load_init(folder, vocab, tiny().replace(model={"dropout": 0.1}))
     assert lm.config.activation_function == "relu" and lm.transformer.h[0].mlp.c_fc.weight.shape == (64, 96)
     assert lm.config.resid_pdrop == lm.config.embd_pdrop == lm.config.attn_pdrop == 0.1
 

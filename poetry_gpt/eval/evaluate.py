@@ -38,6 +38,7 @@ from ..generate.generator import PoemGenerator
 from ..sampling import SamplingConfig
 from ..data.records import IGNORE_INDEX, Manifest, eval_dataset, eval_stride, read_poem_ids
 from ..run_dir import RunDir, data_manifest, open_run
+from ..train.trainer import perplexity
 from ..data.vocab import CharVocab
 
 # a share from 300 samples has a standard error of at most 2.9 points (100: 5); ~20 s for `small`
@@ -50,7 +51,6 @@ DEFAULT_EXAMPLES = 5
 CORPUS_SAMPLE_SEED = 0  # the corpus sample does not change with --seed
 MIN_CLAUSE_LEN = 5  # copy rate: clauses of at least this many characters
 UNK_CHAR = "\ufffd"  # [UNK] decoded as one character, so clause lengths stay right
-MAX_PERPLEXITY_LOSS = 80.0  # exp() overflow guard (as in train.py)
 
 
 #: the options of ``evaluate`` beyond the sampling ones, checked first
@@ -122,13 +122,6 @@ def parse_lines(lines: list[str]) -> list[tuple[str, str, str]]:
 
 
 # --- validation loss -------------------------------------------------------------------------
-
-def perplexity(loss: float | None) -> float | None:
-    """exp(loss); None when the loss is missing, not finite, or exp would overflow."""
-    if loss is None or not math.isfinite(loss) or loss >= MAX_PERPLEXITY_LOSS:
-        return None
-    return math.exp(loss)
-
 
 def validation_loss(lm, manifest: Manifest, vocab: CharVocab, batch_size: int, n_ctx: int,
                     stride: int | None = None) -> dict:

@@ -108,3 +108,25 @@ def keras_schedule(peak: float, warmup: int, total: int, schedule: str, min_rati
                     "schedule": self.schedule, "min_ratio": self.min_ratio}
 
     return WarmupDecay(peak, warmup, total, schedule, min_ratio, plan)
+
+
+def plan_values(plan) -> tuple[float, float, float] | None:
+    """The plan variable's ``(p0, s0, end)``, or None without one.
+
+    Args:
+        plan: the float64 ``tf.Variable`` ``[p0, s0, end]`` of ``keras_schedule``, or None.
+    """
+    return None if plan is None else tuple(float(x) for x in plan.numpy())
+
+
+def run_lr(train, step: int, total: int, plan=None) -> float:
+    """``lr_at`` for a run's training settings.
+
+    Args:
+        train: the run's ``TrainConfig`` (peak rate, warm-up, schedule, final ratio).
+        step: the global step.
+        total: the run's total steps.
+        plan: the plan variable (``plan_values``), or None for the fixed schedule.
+    """
+    return lr_at(step, train.learning_rate, train.warmup_steps, total, train.schedule, train.min_lr_ratio,
+                 plan_values(plan))

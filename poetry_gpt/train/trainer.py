@@ -1,0 +1,341 @@
+"""Training setup: the Keras model wrapper with our loss, the optimizer, precision, and ``build_training``.
+
+* Loss: float32 cross-entropy of the next character; labels −100 are ignored (the
+  model's logits are shifted here once: position t predicts label t+1).
+* AdamW (``tf_keras``), global-norm clipping, warm-up + cosine/linear decay on the global step.
+* Precision: fp32, bf16 (mixed_bfloat16: bf16 compute, fp32 weights) or fp16 (mixed_float16
+  with loss scaling); the loss in float32, from logits of the compute dtype's LM-head matmul (see README, Performance).
+
+``build_training`` is what ``train()`` and ``scripts/bench.py`` share: the model (new or ``--init-from``),
+its trainer, the optimizer and the checkpointed counters, all made in the strategy's scope.
+Nothing here imports TensorFlow at import time.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import RunConfig
+from ..data.records import Manifest, eval_dataset, train_dataset
+from ..data.vocab import CharVocab
+from ..envcheck import cpu_flags
+from ..errors import PoetryGPTError, RunDirError
+from .distribute import distribute_options
+from .schedule import keras_schedule
+
+MAX_PERPLEXITY_LOSS = 80.0  # exp() overflow guard: no perplexity is reported above this loss
+
+
+class TrainingDiverged(PoetryGPTError):
+    """The loss became NaN or infinite."""
+
+
+def resolve_precision(name: str) -> str:
+    """Turn ``auto`` into fp32 / bf16 for this machine.
+
+    Args:
+        name: auto, fp32, bf16 or fp16.
+    """
+    if name != "auto":
+        return name
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return "bf16" if details.get("compute_capability", (0, 0)) >= (8, 0) else "fp32"
+    flags = cpu_flags()
+    return "bf16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "fp32"
+
+
+def set_precision(precision: str) -> None:
+    """Set the Keras mixed-precision policy (a process-wide setting, done at train time only).
+
+    Args:
+        precision: fp32, bf16 or fp16.
+    """
+    import tf_keras
+
+    policy = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[precision]
+    tf_keras.mixed_precision.set_global_policy(policy)
+
+
+def perplexity(loss: float | None) -> float | None:
+    """exp(loss); None when the loss is missing, not finite, or exp would overflow (``MAX_PERPLEXITY_LOSS``).
+
+    Args:
+        loss: a mean cross-entropy in nats, or None.
+    """
+    if loss is None or not math.isfinite(loss) or loss >= MAX_PERPLEXITY_LOSS:
+        return None
+    return math.exp(loss)
+
+
+def inner_optimizer(optimizer):
+    """The optimizer that holds the step and the moments (inside fp16's ``LossScaleOptimizer``).
+
+    Args:
+        optimizer: a ``make_optimizer`` result.
+    """
+    return optimizer.inner_optimizer if hasattr(optimizer, "inner_optimizer") else optimizer
+
+
+def global_step(optimizer) -> int:
+    """Steps taken so far (the optimizer's ``iterations``, which the checkpoint restores).
+
+    Args:
+        optimizer: a ``make_optimizer`` result.
+    """
+    return int(inner_optimizer(optimizer).iterations.numpy())
+
+
+def build_lm_trainer(lm, seed: int = 0):
+    """Wrap a ``TFGPT2LMHeadModel`` in a Keras model with our train/test steps.
+
+    Args:
+        lm: the transformers model.
+        seed: the run seed; a training step's dropout masks are a function of (seed, global step,
+            replica, layer), so a resumed run draws the very masks an uninterrupted one would.
+    """
+    import tensorflow as tf
+    import tf_keras
+
+    from ..model.fast_forward import lm_loss_terms
+
+    class TokenMeanLoss(tf_keras.metrics.Metric):
+        """Cross-entropy averaged over target tokens (not over batches): sum / count."""
+
+        def __init__(self, name="loss"):
+            # float32 state whatever the precision policy: under mixed precision the weights would
+            # otherwise be AutoCastVariables, which multi-worker (sync-on-read) variables cannot read
+            super().__init__(name=name, dtype=tf.float32)
+            self.total = self.add_weight(name="total", initializer="zeros", dtype=tf.float32)
+            self.count = self.add_weight(name="count", initializer="zeros", dtype=tf.float32)
+
+        def update_state(self, loss_sum, count):
+            self.total.assign_add(loss_sum)
+            self.count.assign_add(count)
+
+        def result(self):
+            return self.total / tf.maximum(self.count, 1.0)
+
+    class PoemLM(tf_keras.Model):
+        """Keras model whose loss is the float32 next-character cross-entropy, pads ignored."""
+
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+            self.loss_tracker = TokenMeanLoss()
+
+        def call(self, input_ids, training=False):
+            return self.lm(input_ids=input_ids, training=training, use_cache=False).logits
+
+        def _loss_terms(self, batch, training):
+            """(sum of next-token cross-entropies, number of targets); see fast_forward.lm_loss_terms."""
+            return lm_loss_terms(self.lm, batch["input_ids"], batch["labels"], training=training,
+                                 dropout=self.lm.config.resid_pdrop, seed=self._dropout_seed() if training else None)
+
+        def _dropout_seed(self):
+            """Stateless seed of this step's dropout: (run seed, global step), the replica folded in."""
+            step = tf.cast(self.optimizer.iterations, tf.int64)  # before this step's update: 0, 1, …
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            return tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), step]), replica)
+
+        def train_step(self, batch):
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            with tf.GradientTape() as tape:
+                loss_sum, count = self._loss_terms(batch, training=True)
+                # packed rows have no padding: every replica's batch holds the same number of targets
+                loss = loss_sum / (count * replicas)
+                scaled = self.optimizer.get_scaled_loss(loss) if hasattr(self.optimizer, "get_scaled_loss") else loss
+            grads = tape.gradient(scaled, self.trainable_variables)
+            if hasattr(self.optimizer, "get_unscaled_gradients"):
+                grads = self.optimizer.get_unscaled_gradients(grads)
+            self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+            self.loss_tracker.update_state(loss_sum, count)
+            return {"loss": self.loss_tracker.result()}
+
+        def test_step(self, batch):
+            loss_sum, count = self._loss_terms(batch, training=False)
+            self.loss_tracker.update_state(loss_sum, count)
+            return {"loss": self.loss_tracker.result()}
+
+        @property
+        def metrics(self):
+            return [self.loss_tracker]
+
+    return PoemLM(lm)
+
+
+def make_optimizer(config: RunConfig, total_steps: int, precision: str, plan=None):
+    """AdamW with the warm-up/decay schedule, clipping, and loss scaling for fp16.
+
+    Args:
+        config: the run configuration.
+        total_steps: the run's total steps (end of the decay).
+        precision: fp32, bf16 or fp16.
+        plan: the decay plan variable of a run whose length changes (``schedule.keras_schedule``), or None.
+    """
+    import tf_keras
+
+    t = config.train
+    schedule = keras_schedule(t.learning_rate, t.warmup_steps, total_steps, t.schedule, t.min_lr_ratio, plan)
+    opt = tf_keras.optimizers.AdamW(learning_rate=schedule, weight_decay=t.weight_decay, beta_1=t.beta1,
+                                    beta_2=t.beta2, epsilon=1e-8, global_clipnorm=t.grad_clip or None)
+    # no decay on biases and layer-norm scales/offsets (nanoGPT's rule: decay only matrices)
+    opt.exclude_from_weight_decay(var_names=["bias", "ln_", "gamma", "beta"])
+    if precision == "fp16":
+        opt = tf_keras.mixed_precision.LossScaleOptimizer(opt)
+    return opt
+
+
+@dataclass
+class Training:
+    """What ``fit`` needs, made by ``build_training`` in the strategy's scope.
+
+    Args:
+        lm: the transformers model.
+        trainer: its Keras wrapper (``build_lm_trainer``), compiled with ``optimizer``.
+        optimizer: the ``make_optimizer`` result.
+        plan: the decay plan variable (``schedule.keras_schedule``), or None for the fixed schedule.
+        epoch: the checkpointed epoch counter.
+        best_val: the checkpointed best validation loss.
+        checkpoint: what a resume restores (model, optimizer, epoch, best validation loss).
+        saved: what a save writes: ``checkpoint`` plus the plan, which is restored on its own
+            (``loop._restore_plan``) so that a checkpoint written without one still fits.
+    """
+
+    lm: Any
+    trainer: Any
+    optimizer: Any
+    plan: Any
+    epoch: Any
+    best_val: Any
+    checkpoint: Any
+    saved: Any
+
+    def step(self) -> int:
+        """The global step (the optimizer's iterations)."""
+        return global_step(self.optimizer)
+
+
+def build_training(config: RunConfig, vocab: CharVocab, strategy, total_steps: int, precision: str,
+                   init_from: str | Path | None = None, use_plan: bool = False) -> Training:
+    """Build the model, its trainer and optimizer, and the checkpointed counters in ``strategy``'s scope.
+
+    The precision policy must be set before (``set_precision``): the model's layers take it when made.
+
+    Args:
+        config: the run configuration.
+        vocab: the DATA_DIR's vocabulary.
+        strategy: the ``tf.distribute`` strategy (``distribute.make_strategy``).
+        total_steps: the run's total steps (end of the decay).
+        precision: the resolved precision (fp32, bf16 or fp16).
+        init_from: an HF GPT-2 folder to fine-tune from (``load_init``), or None for a new model.
+        use_plan: lay the decay over a plan variable (a run whose length changes: ``--max-time``).
+    """
+    import tensorflow as tf
+
+    from ..model.gpt2 import build_model
+
+    t = config.train
+    with strategy.scope():
+        lm = load_init(init_from, vocab, config) if init_from is not None else build_model(config.model, vocab,
+                                                                                             seed=t.seed)
+        trainer = build_lm_trainer(lm, seed=t.seed)
+        plan = (tf.Variable([0.0, t.warmup_steps, total_steps], dtype=tf.float64, trainable=False, name="lr_plan")
+                if use_plan else None)
+        optimizer = make_optimizer(config, total_steps, precision, plan)
+        trainer.compile(optimizer=optimizer)
+        inner_optimizer(optimizer).build(lm.trainable_variables)
+        epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        best_val = tf.Variable(float("inf"), dtype=tf.float32, trainable=False, name="best_val_loss")
+        checkpoint = tf.train.Checkpoint(model=lm, optimizer=optimizer, epoch=epoch, best_val_loss=best_val)
+        saved = checkpoint if plan is None else tf.train.Checkpoint(model=lm, optimizer=optimizer, epoch=epoch,
+                                                                     best_val_loss=best_val, lr_plan=plan)
+    return Training(lm, trainer, optimizer, plan, epoch, best_val, checkpoint, saved)
+
+
+def training_data(manifest: Manifest, config: RunConfig, vocab: CharVocab, strategy, start_step: int = 0):
+    """The training stream (packed rows, ``records.train_dataset``) from ``start_step``, ready for ``strategy``.
+
+    Args:
+        manifest: the DATA_DIR's manifest.
+        config: the run configuration (batch size, context, seed).
+        vocab: the DATA_DIR's vocabulary.
+        strategy: the ``tf.distribute`` strategy.
+        start_step: the global step the stream continues at (a resume reads on from there).
+    """
+    t = config.train
+    data = train_dataset(manifest, t.batch_size, config.model.n_ctx, seed=t.seed, start_step=start_step,
+                         pad_id=vocab.pad_id, sep_id=vocab.sep_id)
+    return distribute_options(data, strategy)
+
+
+def validation_data(manifest: Manifest, config: RunConfig, vocab: CharVocab, strategy):
+    """The validation split (``records.eval_dataset``), ready for ``strategy``.
+
+    Args:
+        manifest: the DATA_DIR's manifest.
+        config: the run configuration (batch size, context).
+        vocab: the DATA_DIR's vocabulary.
+        strategy: the ``tf.distribute`` strategy.
+    """
+    data = eval_dataset(manifest, config.train.batch_size, config.model.n_ctx, pad_id=vocab.pad_id,
+                        sep_id=vocab.sep_id)
+    return distribute_options(data, strategy)
+
+
+def load_init(init_from, vocab: CharVocab, config: RunConfig):
+    """Load an HF GPT-2 folder for fine-tuning, refusing mismatched vocabularies or shapes and settings that
+    the training and sampling paths do not compute (``model.check_supported``); its dropout becomes the run's.
+
+    Args:
+        init_from: the folder (``save_pretrained`` files, TF weights or safetensors).
+        vocab: the run's vocabulary (the folder's must match it).
+        config: the run configuration (its shape must match the folder's).
+    """
+    from transformers import GPT2Config, TFGPT2LMHeadModel
+
+    from ..fsutil import read_json
+    from ..model.gpt2 import check_agreement, check_supported
+
+    path = Path(init_from)
+    if not (path / "config.json").is_file():
+        raise RunDirError(f"--init-from {path}: not a GPT-2 checkpoint folder (no config.json); pass a folder "
+                          "written by save_pretrained, e.g. a run's export/")
+    try:
+        model_type = read_json(path / "config.json").get("model_type")
+    except (OSError, ValueError, AttributeError):
+        raise RunDirError(f"--init-from {path}: config.json is not readable JSON; pass a folder written by "
+                          "save_pretrained, e.g. a run's export/") from None
+    if model_type != "gpt2":
+        raise RunDirError(f"--init-from {path}: config.json describes a {model_type!r} model, not GPT-2; pass a GPT-2 "
+                          "folder, e.g. a run's export/")
+    has_tf = (path / "tf_model.h5").is_file()
+    has_pt = any(path.glob("*.safetensors")) or (path / "pytorch_model.bin").is_file()
+    if not (has_tf or has_pt):
+        raise RunDirError(f"--init-from {path}: no weights (tf_model.h5 or *.safetensors) in the folder")
+    try:
+        gpt2 = GPT2Config.from_pretrained(str(path))
+        check_supported(gpt2, f"--init-from {path}")
+        # the fast training path applies one rate everywhere: the run's --dropout, not the folder's
+        gpt2.resid_pdrop = gpt2.embd_pdrop = gpt2.attn_pdrop = config.model.dropout
+        lm = TFGPT2LMHeadModel.from_pretrained(str(path), from_pt=not has_tf, config=gpt2)
+    except RunDirError:
+        raise
+    except Exception as exc:
+        raise RunDirError(f"--init-from {path}: not loadable as GPT-2 ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    if (path / "vocab.txt").is_file() and CharVocab.load(path).hash != vocab.hash:
+        raise RunDirError(f"--init-from {path}: its vocabulary differs from the DATA_DIR's; prepare the data with "
+                          f"`poetry-gpt prepare RAW --vocab {path}`")
+    check_agreement(lm, vocab, str(path))
+    c = lm.config
+    if (c.n_layer, c.n_embd, c.n_head) != (config.model.n_layer, config.model.n_embd, config.model.n_head) \
+            or c.n_positions < config.model.n_ctx:
+        raise RunDirError(f"--init-from {path}: model shape (layers {c.n_layer}, width {c.n_embd}, heads {c.n_head}, "
+                          f"context {c.n_positions}) differs from --config; pick the matching preset")
+    return lm
