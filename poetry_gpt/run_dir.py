@@ -453,7 +453,7 @@ def data_manifest(run: RunDir, data_dir: str | os.PathLike | None = None):
         DataDirError: the DATA_DIR is missing or incomplete (naming run.json when it was the recorded one).
     """
     from .errors import DataDirError
-    from .data.records import load_manifest
+    from .data.manifest import load_manifest
 
     if data_dir is not None:
         return load_manifest(data_dir)

@@ -177,7 +177,8 @@ def assert_rows_split_the_global_stream(rows: Path, run: Path, data: Path, first
     The global batches are those an uninterrupted single process consumes: ``train_dataset`` from
     step 0 with the run's seed, batch size and context, at steps ``first_step … first_step + steps − 1``.
     """
-    from poetry_gpt.data.records import load_manifest, train_dataset
+    from poetry_gpt.data.manifest import load_manifest
+    from poetry_gpt.data.datasets import train_dataset
 
     config = json.loads((run / "run.json").read_text(encoding="utf-8"))["config"]
     batch, n_ctx = config["train"]["batch_size"], config["model"]["n_ctx"]
@@ -332,7 +333,8 @@ def test_workers_that_resume_different_steps_are_refused(cluster_run, data_dir, 
 @pytest.mark.parametrize("fault", [None, "duplicated", "skipped", "one-step-late"])
 def test_row_check_fails_on_a_duplicated_or_skipped_shard(data_dir, tmp_path, fault):
     """The check the cluster tests apply to the recorded rows, on made-up records of each fault."""
-    from poetry_gpt.data.records import load_manifest, train_dataset
+    from poetry_gpt.data.manifest import load_manifest
+    from poetry_gpt.data.datasets import train_dataset
 
     run = tmp_path / "run"
     run.mkdir()

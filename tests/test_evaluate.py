@@ -61,7 +61,8 @@ def invoke(args):
 
 def split_bodies(data_dir, split: str) -> list[str]:
     """Bodies of a split, decoded independently of poetry_gpt.eval.evaluate."""
-    from poetry_gpt.data.records import load_manifest, read_poem_ids
+    from poetry_gpt.data.manifest import load_manifest
+    from poetry_gpt.data.datasets import read_poem_ids
     from poetry_gpt.data.vocab import CharVocab
 
     vocab = CharVocab.load(data_dir)
@@ -120,7 +121,7 @@ def direct_loss(lm, poems: list[list[int]], n_ctx: int, stride: int) -> tuple[fl
     """(sum of −log p, tokens) over ``[SEP]`` + each poem, one model call per predicted token.
 
     Token ``t`` is scored from transformers' own logits for ``seq[context_start(t):t]`` (float64
-    log-softmax in numpy), independently of ``records.eval_dataset``.
+    log-softmax in numpy), independently of ``datasets.eval_dataset``.
     """
     import tensorflow as tf
 
@@ -175,7 +176,8 @@ def test_validation_loss_is_the_token_mean_over_all_poems(cli_report, run_dir, d
     """An independent computation: transformers' own logits, log-softmax in numpy, one poem at a time."""
     from transformers import TFGPT2LMHeadModel
 
-    from poetry_gpt.data.records import load_manifest, read_poem_ids
+    from poetry_gpt.data.manifest import load_manifest
+    from poetry_gpt.data.datasets import read_poem_ids
 
     lm = TFGPT2LMHeadModel.from_pretrained(str(run_dir / "export"))
     n_ctx = lm.config.n_positions
@@ -199,7 +201,8 @@ def test_validation_loss_scores_long_poems_in_sliding_windows(tmp_path):
     from poetry_gpt.config import ModelConfig
     from poetry_gpt.eval.evaluate import validation_loss
     from poetry_gpt.model.gpt2 import build_model
-    from poetry_gpt.data.records import load_manifest, read_poem_ids
+    from poetry_gpt.data.manifest import load_manifest
+    from poetry_gpt.data.datasets import read_poem_ids
     from poetry_gpt.train.loop import set_precision
     from poetry_gpt.data.vocab import CharVocab
 
@@ -255,7 +258,8 @@ def test_metre_block_of_known_poems():
 @pytest.mark.slow
 def test_sample_figures_match_the_examples_and_the_prompts(cli_report, data_dir, generator):
     """The samples are the generator's for the held-out prompts and seeds seed..seed+N-1; figures recomputed."""
-    from poetry_gpt.data.records import load_manifest, read_poem_ids
+    from poetry_gpt.data.manifest import load_manifest
+    from poetry_gpt.data.datasets import read_poem_ids
 
     vocab = generator.vocab
     lines = [vocab.decode(ids) for ids in read_poem_ids(load_manifest(data_dir), "valid")]

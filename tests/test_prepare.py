@@ -21,7 +21,8 @@ from poetry_gpt.config import DataConfig
 from poetry_gpt.data.corpus import read_corpus
 from poetry_gpt.errors import DataDirError, OptionError
 from poetry_gpt.data.prepare import prepare, split_indices
-from poetry_gpt.data.records import MANIFEST, load_manifest, read_poem_ids
+from poetry_gpt.data.manifest import MANIFEST, load_manifest
+from poetry_gpt.data.datasets import read_poem_ids
 from poetry_gpt.data.vocab import CharVocab
 
 POEM = "静夜思 唐诗：【床前明月光，疑是地上霜。举头望明月，低头思故乡。】"

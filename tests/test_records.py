@@ -12,7 +12,9 @@ from poetry_gpt.config import DataConfig
 from poetry_gpt.data.corpus import read_corpus
 from poetry_gpt.errors import DataDirError
 from poetry_gpt.data.prepare import prepare, split_indices
-from poetry_gpt.data.records import (IGNORE_INDEX, MANIFEST, _varints, batches_per_pass, eval_dataset, load_manifest, read_poem_ids, serialize_buffer, serialize_examples, train_dataset)
+from poetry_gpt.data.datasets import IGNORE_INDEX, batches_per_pass, eval_dataset, read_poem_ids, train_dataset
+from poetry_gpt.data.manifest import MANIFEST, load_manifest
+from poetry_gpt.data.tfexample import _varints, serialize_buffer, serialize_examples
 from poetry_gpt.data.vocab import PAD_ID, SEP_ID, CharVocab
 
 tf = pytest.importorskip("tensorflow")

@@ -27,7 +27,8 @@ import poetry_gpt.train.trainer as trainer_mod
 from poetry_gpt.config import DataConfig, config_from_preset
 from poetry_gpt.errors import DataDirError, RunDirError
 from poetry_gpt.data.prepare import prepare
-from poetry_gpt.data.records import IGNORE_INDEX, load_manifest, read_poem_ids, train_dataset
+from poetry_gpt.data.datasets import IGNORE_INDEX, read_poem_ids, train_dataset
+from poetry_gpt.data.manifest import load_manifest
 from poetry_gpt.run_dir import RunDir
 from poetry_gpt.train.loop import train
 from poetry_gpt.train.trainer import TrainingDiverged, build_lm_trainer, set_precision

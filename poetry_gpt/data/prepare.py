@@ -32,7 +32,8 @@ from .diagnostics import corpus_report
 from ..errors import DataDirError, OptionError
 from ..verse.metre import warm_up
 from ..fsutil import is_within, recover_aside, replace_dir
-from .records import FORMAT_VERSION, MANIFEST, serialize_buffer, write_manifest, write_shards
+from .manifest import FORMAT_VERSION, MANIFEST, write_manifest
+from .tfexample import serialize_buffer, write_shards
 from .vocab import UNK_ID, CharVocab, codepoints, counts_from_bincount, line_lengths
 
 

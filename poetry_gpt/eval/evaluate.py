@@ -3,7 +3,7 @@
 One report (a JSON-ready dict, see ``evaluate``) with:
 
 * ``validation``: the poem-level cross-entropy per character (nats) and perplexity on the
-  DATA_DIR's validation split, computed as training's validation is (``records.eval_dataset``
+  DATA_DIR's validation split, computed as training's validation is (``datasets.eval_dataset``
   rows: ``[SEP]`` + poem, padded, pads ignored, a poem longer than the context in sliding windows
   that predict each character once with at least half the context; float32 compute, one XLA
   program; the sum of all token losses divided by the number of tokens, not a mean of batch means).
@@ -36,7 +36,8 @@ from ..data.corpus import parse_line, prompt_prefix
 from ..errors import DataDirError, RunDirError, Rule, check_rules
 from ..generate.generator import PoemGenerator
 from ..sampling import SamplingConfig
-from ..data.records import IGNORE_INDEX, Manifest, eval_dataset, eval_stride, read_poem_ids
+from ..data.datasets import IGNORE_INDEX, eval_dataset, eval_stride, read_poem_ids
+from ..data.manifest import Manifest
 from ..run_dir import RunDir, data_manifest, open_run
 from ..train.trainer import perplexity
 from ..data.vocab import CharVocab
@@ -133,7 +134,7 @@ def validation_loss(lm, manifest: Manifest, vocab: CharVocab, batch_size: int, n
         vocab: its vocabulary (pad and sep ids).
         batch_size: rows per batch (does not change the result beyond float rounding).
         n_ctx: tokens per row (the model's context).
-        stride: window stride for poems longer than the context (default ``records.eval_stride``).
+        stride: window stride for poems longer than the context (default ``datasets.eval_stride``).
 
     Returns:
         ``loss`` (nats per character; None when the split has no tokens), ``perplexity``, ``tokens``,

@@ -18,7 +18,7 @@ unchanged. ``tests/test_fast_gpt2.py`` checks logits and loss against transforme
 """
 from __future__ import annotations
 
-from ..data.records import IGNORE_INDEX
+from ..data.datasets import IGNORE_INDEX
 
 TANH_GELUS = ("gelu_new", "gelu_fast")  # the same tanh approximation of GELU: fused_ops.gelu
 _CE = None

@@ -2,7 +2,7 @@
 
 * A checkpoint (``tf.train.CheckpointManager``) holds model, optimizer (moments and step),
   epoch and best validation loss; resuming restores it, checks the restore matched, and
-  continues the data stream at the same batch (see ``records.train_dataset``).
+  continues the data stream at the same batch (see ``datasets.train_dataset``).
 * What each epoch end writes, and the NaN guard, are the run callback's (``callbacks.py``); the
   model, loss, optimizer and precision are ``trainer.py``'s.
 * ``max_time`` (``--max-time``): the decay is planned to end at the deadline (``budget.py``), the plan
@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..config import RunConfig
-from ..data.records import Manifest, batches_per_pass
+from ..data.manifest import Manifest
+from ..data.datasets import batches_per_pass
 from ..data.vocab import CharVocab
 from ..errors import OptionError, RunDirError
 from ..run_dir import RunDir, check_resume_compatible, data_manifest, data_record, export_meta, open_run

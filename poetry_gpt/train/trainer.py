@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
-from ..data.records import Manifest, eval_dataset, train_dataset
+from ..data.manifest import Manifest
+from ..data.datasets import eval_dataset, train_dataset
 from ..data.vocab import CharVocab
 from ..envcheck import cpu_flags
 from ..errors import PoetryGPTError, RunDirError
@@ -259,7 +260,7 @@ def build_training(config: RunConfig, vocab: CharVocab, strategy, total_steps: i
 
 
 def training_data(manifest: Manifest, config: RunConfig, vocab: CharVocab, strategy, start_step: int = 0):
-    """The training stream (packed rows, ``records.train_dataset``) from ``start_step``, ready for ``strategy``.
+    """The training stream (packed rows, ``datasets.train_dataset``) from ``start_step``, ready for ``strategy``.
 
     Args:
         manifest: the DATA_DIR's manifest.
@@ -275,7 +276,7 @@ def training_data(manifest: Manifest, config: RunConfig, vocab: CharVocab, strat
 
 
 def validation_data(manifest: Manifest, config: RunConfig, vocab: CharVocab, strategy):
-    """The validation split (``records.eval_dataset``), ready for ``strategy``.
+    """The validation split (``datasets.eval_dataset``), ready for ``strategy``.
 
     Args:
         manifest: the DATA_DIR's manifest.

@@ -34,7 +34,7 @@ def child_setup(a: dict) -> dict:
         from poetry_gpt.config import ModelConfig
         from poetry_gpt.model.gpt2 import build_model
         from poetry_gpt.model.export import save_export
-        from poetry_gpt.data.records import load_manifest
+        from poetry_gpt.data.manifest import load_manifest
         from poetry_gpt.data.vocab import CharVocab
 
         manifest = load_manifest(export["data_dir"])

@@ -113,7 +113,8 @@ def child_train_poetry(a: dict) -> dict:
     import poetry_gpt  # noqa: F401
     import tf_keras
     from poetry_gpt.config import config_from_preset
-    from poetry_gpt.data.records import load_manifest, train_dataset
+    from poetry_gpt.data.manifest import load_manifest
+    from poetry_gpt.data.datasets import train_dataset
     from poetry_gpt.model.gpt2 import count_parameters
     from poetry_gpt.train.distribute import make_strategy
     from poetry_gpt.train.trainer import build_training, resolve_precision, set_precision, training_data
