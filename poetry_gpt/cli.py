@@ -156,7 +156,7 @@ def main(ctx):
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     # poetry_gpt is TensorFlow-only: with torch installed, transformers would import it too
-    # (about 6 s and 300 MB more for every command). USE_TF=1 makes transformers skip torch.
+    # (seconds and hundreds of MB more for every command). USE_TF=1 makes transformers skip torch.
     os.environ.setdefault("USE_TF", "1")
     if ctx.invoked_subcommand in _QUIET_TF_COMMANDS and not {"-h", "--help"} & set(sys.argv[1:]):
         _import_tensorflow_quietly()

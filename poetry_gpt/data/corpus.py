@@ -208,7 +208,7 @@ _FAST_LINE = re.compile(
 
 def _new_poem(title: str, genre: str, body: str, source: str, line_no: int,
               _new=object.__new__) -> Poem:
-    """``Poem(...)`` without the frozen dataclass's per-field ``__setattr__`` (3× faster; same object)."""
+    """``Poem(...)`` without the frozen dataclass's per-field ``__setattr__`` (faster; the same object)."""
     poem = _new(Poem)
     poem.__dict__.update(title=title, genre=genre, body=body, source=source, line_no=line_no)
     return poem

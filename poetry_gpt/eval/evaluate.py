@@ -42,7 +42,7 @@ from ..run_dir import RunDir, data_manifest, open_run
 from ..train.trainer import perplexity
 from ..data.vocab import CharVocab
 
-# a share from 300 samples has a standard error of at most 2.9 points (100: 5); ~20 s for `small`
+# a share from 300 samples has a standard error of at most 2.9 points (100: 5)
 DEFAULT_SAMPLES = 300
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_SEED = 0

@@ -5,8 +5,8 @@ import math
 
 import tensorflow as tf
 
-#: batch-1 decode-step matmuls run as this many row-block dots (see ``CachedGPT2._linear``): 1.5x
-#: faster decode on 2 cores, where XLA's matrix-vector dot leaves one core idle (4 blocks: no better)
+#: batch-1 decode-step matmuls run as this many row-block dots (see ``CachedGPT2._linear``): faster
+#: decode on few cores, where XLA's matrix-vector dot leaves a core idle (figures: README, Performance)
 SPLIT = 2
 NEG = -1e9  # "impossible" logit; finite so that softmax never sees inf - inf
 
