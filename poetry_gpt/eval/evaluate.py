@@ -32,6 +32,7 @@ from typing import Callable
 
 from .. import __version__
 from ..verse import poem_metrics
+from ..verse.forms import CLOSE, OPEN
 from ..data.corpus import parse_line, prompt_prefix
 from ..errors import DataDirError, RunDirError, Rule, check_rules
 from ..generate.generator import PoemGenerator
@@ -276,15 +277,7 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     manifest, vocab = resolve_data(run, info, data_dir)
     state = run.read_state()
 
-    if generator is None:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        say(f"Loading {run.export} …")
-        generator = PoemGenerator(run.path)
-    if generator.vocab.hash != manifest.vocab_hash:
-        raise RunDirError(f"{generator.export.path}: the export's vocabulary is not the DATA_DIR's "
-                          f"({manifest.path}); re-export the run with `poetry-gpt train --run {run.path}`")
+    generator = _generator_for(run, manifest, generator, say)
     n_ctx = generator.n_ctx
 
     say(f"Validation loss on {manifest.poems('valid')} held-out poems …")
@@ -293,49 +286,13 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     say("Reading the splits …")
     valid_poems = parse_lines(read_split_lines(manifest, vocab, "valid"))
     train_poems = parse_lines(read_split_lines(manifest, vocab, "train"))
-    train_bodies = [body for _, _, body in train_poems]
-    index = poem_metrics.CopyIndex(train_bodies, MIN_CLAUSE_LEN)
-    prompts, ref_bodies, prompt_info = held_out_prompts(valid_poems, samples, n_ctx)
+    index = poem_metrics.CopyIndex([body for _, _, body in train_poems], MIN_CLAUSE_LEN)
+    patterns = manifest.data.get("cipai") or generator.cipai
 
     say(f"Sampling {samples} poems (top-k {config.top_k}, seed {seed}) …")
-    max_new = n_ctx - 1 - max(len(p) for p in prompts)
-    t0 = time.perf_counter()
-    drawn = generator.generate(prompts, sampling=config.replace(num_samples=1, max_new_tokens=max_new))
-    sample_seconds = time.perf_counter() - t0
-    tokens = sum(s.tokens for s in drawn)
-    sample_block = poem_metrics.sample_figures([(s.text, s.closed) for s in drawn], index)
-    patterns = manifest.data.get("cipai") or generator.cipai
-    prompt_titles = [s.text.partition("：【")[0].rpartition(" ")[0] for s in drawn]
-    sample_block["metre"] = poem_metrics.metre_block([s.body if s.closed else "" for s in drawn], prompt_titles,
-                                                     patterns)
-    sample_block.update({
-        "prompts": "titles and genres of held-out poems: `title 体裁：【`",
-        "prompt_poems": prompt_info,
-        "max_new_tokens": max_new,
-        "tokens": tokens,
-        "seconds": round(sample_seconds, 2),
-        "tokens_per_second": round(tokens / sample_seconds, 1) if sample_seconds > 0 else None,
-    })
-    held_out = poem_metrics.sample_figures([("【" + b + "】", True) for b in ref_bodies], index)
-    held_out["what"] = "the held-out poems whose titles prompted the samples, one per sample"
-    held_out["metre"] = poem_metrics.metre_block(ref_bodies, prompt_titles, patterns)
-
+    drawn, sample_block, held_out = _sample_blocks(generator, config, valid_poems, samples, index, patterns)
     say("Corpus figures …")
-    chosen, sampled = corpus_sample(train_bodies, corpus_poems)
-    corpus_block = poem_metrics.corpus_figures(chosen)
-    train_titles = {body: title for title, _, body in train_poems}
-    corpus_block["metre"] = poem_metrics.metre_block(chosen, [train_titles.get(b, "") for b in chosen], patterns)
-    sample_bodies = [s.body for s in drawn]
-    for n in (1, 2):  # distinct-n depends on the text's size: the corpus at the samples' size
-        corpus_block[f"distinct_{n}_at_sample_size"] = poem_metrics.distinct_n_at_size(
-            chosen, n, poem_metrics.ngram_count(sample_bodies, n))
-    corpus_block.update({
-        "split": "train",
-        "train_poems": len(train_bodies),
-        "sampled": sampled,
-        "sample": (f"a fixed random sample of {len(chosen)} of the {len(train_bodies)} training poems "
-                   f"(seed {CORPUS_SAMPLE_SEED})") if sampled else f"all {len(train_bodies)} training poems",
-    })
+    corpus_block = _corpus_block(train_poems, corpus_poems, patterns, [s.body for s in drawn])
 
     meta = generator.export.meta or {}
     report = {
@@ -366,6 +323,85 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
         "seconds": round(time.perf_counter() - started, 2),
     }
     return _clean(report)
+
+
+def _generator_for(run: RunDir, manifest: Manifest, generator, say: Callable[[str], None]):
+    """The run's ``PoemGenerator`` (loaded unless given), checked against the DATA_DIR's vocabulary."""
+    if generator is None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        say(f"Loading {run.export} …")
+        generator = PoemGenerator(run.path)
+    if generator.vocab.hash != manifest.vocab_hash:
+        raise RunDirError(f"{generator.export.path}: the export's vocabulary is not the DATA_DIR's "
+                          f"({manifest.path}); re-export the run with `poetry-gpt train --run {run.path}`")
+    return generator
+
+
+def _sample_blocks(generator, config: SamplingConfig, valid_poems: list, samples: int, index,
+                   patterns: dict) -> tuple[list, dict, dict]:
+    """Sample one poem per held-out title; the figures of the samples and of the poems they stand beside.
+
+    Args:
+        generator: the run's ``PoemGenerator``.
+        config: the sampling configuration.
+        valid_poems: ``parse_lines`` of the validation split.
+        samples: how many poems to sample.
+        index: the training poems' ``CopyIndex``.
+        patterns: the 词牌 patterns of the corpus.
+
+    Returns:
+        ``(drawn samples, samples block, held_out block)``.
+    """
+    prompts, ref_bodies, prompt_info = held_out_prompts(valid_poems, samples, generator.n_ctx)
+    max_new = generator.n_ctx - 1 - max(len(p) for p in prompts)
+    t0 = time.perf_counter()
+    drawn = generator.generate(prompts, sampling=config.replace(num_samples=1, max_new_tokens=max_new))
+    seconds = time.perf_counter() - t0
+    tokens = sum(s.tokens for s in drawn)
+    block = poem_metrics.sample_figures([(s.text, s.closed) for s in drawn], index)
+    titles = [s.text.partition("：" + OPEN)[0].rpartition(" ")[0] for s in drawn]
+    block["metre"] = poem_metrics.metre_block([s.body if s.closed else "" for s in drawn], titles, patterns)
+    block.update({
+        "prompts": "titles and genres of held-out poems: `title 体裁：【`",
+        "prompt_poems": prompt_info,
+        "max_new_tokens": max_new,
+        "tokens": tokens,
+        "seconds": round(seconds, 2),
+        "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None,
+    })
+    held_out = poem_metrics.sample_figures([(OPEN + b + CLOSE, True) for b in ref_bodies], index)
+    held_out["what"] = "the held-out poems whose titles prompted the samples, one per sample"
+    held_out["metre"] = poem_metrics.metre_block(ref_bodies, titles, patterns)
+    return drawn, block, held_out
+
+
+def _corpus_block(train_poems: list, corpus_poems: int, patterns: dict, sample_bodies: list[str]) -> dict:
+    """The figures of the training poems (all, or a fixed sample of ``corpus_poems``).
+
+    Args:
+        train_poems: ``parse_lines`` of the training split.
+        corpus_poems: how many (0 = all).
+        patterns: the 词牌 patterns of the corpus.
+        sample_bodies: the samples' bodies (distinct-n is also given at their size).
+    """
+    train_bodies = [body for _, _, body in train_poems]
+    chosen, sampled = corpus_sample(train_bodies, corpus_poems)
+    block = poem_metrics.corpus_figures(chosen)
+    train_titles = {body: title for title, _, body in train_poems}
+    block["metre"] = poem_metrics.metre_block(chosen, [train_titles.get(b, "") for b in chosen], patterns)
+    for n in (1, 2):  # distinct-n depends on the text's size: the corpus at the samples' size
+        block[f"distinct_{n}_at_sample_size"] = poem_metrics.distinct_n_at_size(
+            chosen, n, poem_metrics.ngram_count(sample_bodies, n))
+    block.update({
+        "split": "train",
+        "train_poems": len(train_bodies),
+        "sampled": sampled,
+        "sample": (f"a fixed random sample of {len(chosen)} of the {len(train_bodies)} training poems "
+                   f"(seed {CORPUS_SAMPLE_SEED})") if sampled else f"all {len(train_bodies)} training poems",
+    })
+    return block
 
 
 def _form_name(sample) -> str | None:
