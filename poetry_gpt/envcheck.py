@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import platform
 import re
-
 from importlib import metadata
 
 from . import __version__

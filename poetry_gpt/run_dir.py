@@ -452,8 +452,8 @@ def data_manifest(run: RunDir, data_dir: str | os.PathLike | None = None):
     Raises:
         DataDirError: the DATA_DIR is missing or incomplete (naming run.json when it was the recorded one).
     """
-    from .errors import DataDirError
     from .data.manifest import load_manifest
+    from .errors import DataDirError
 
     if data_dir is not None:
         return load_manifest(data_dir)

@@ -115,8 +115,8 @@ def pipeline_cmd(raw, run_dir, n_samples, preset, overwrite, quiet, **values):
 
     from ..config import DataConfig
     from ..data.diagnostics import format_report
-    from ..data.prepare import prepare
     from ..data.manifest import MANIFEST
+    from ..data.prepare import prepare
     from ..generate.epoch import sample_poems
     from ..run_dir import check_run_target
     from ..train.budget import clock

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..errors import InputError, OptionError
 from ..verse.forms import CLOSE, OPEN
 from .corpus import format_line, read_text_file
-from ..errors import InputError, OptionError
 
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com/chinese-poetry/chinese-poetry/master/全唐诗/"
 TANG_FILES = tuple(f"poet.tang.{n}.json" for n in range(0, 58000, 1000))  # 58 files, 1000 poems each

@@ -12,9 +12,9 @@ from typing import Sequence
 import numpy as np
 
 from ..config import DEFAULT_N_CTX
-from .corpus import SKIP_REASONS, ReadResult
 from ..verse.cipai import format_patterns, learn_patterns
 from ..verse.metre import corpus_metre
+from .corpus import SKIP_REASONS, ReadResult
 from .vocab import UNK_ID, CharVocab
 
 COVERAGE_TOP = (500, 1000, 2000, 3000, 5000)

@@ -27,11 +27,11 @@ import numpy as np
 
 from .. import __version__
 from ..config import DEFAULT_N_CTX, DataConfig
+from ..errors import DataDirError, OptionError
+from ..fsutil import is_within, recover_aside, replace_dir
+from ..verse.metre import warm_up
 from .corpus import ReadResult, read_corpus
 from .diagnostics import corpus_report
-from ..errors import DataDirError, OptionError
-from ..verse.metre import warm_up
-from ..fsutil import is_within, recover_aside, replace_dir
 from .manifest import FORMAT_VERSION, MANIFEST, write_manifest
 from .tfexample import serialize_buffer, write_shards
 from .vocab import UNK_ID, CharVocab, codepoints, counts_from_bincount, line_lengths

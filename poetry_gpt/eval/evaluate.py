@@ -31,17 +31,17 @@ from pathlib import Path
 from typing import Callable
 
 from .. import __version__
-from ..verse import poem_metrics
-from ..verse.forms import CLOSE, OPEN
 from ..data.corpus import parse_line, prompt_prefix
-from ..errors import DataDirError, RunDirError, Rule, check_rules
-from ..generate.generator import PoemGenerator
-from ..sampling import SamplingConfig
 from ..data.datasets import IGNORE_INDEX, eval_dataset, eval_stride, read_poem_ids
 from ..data.manifest import Manifest
-from ..run_dir import RunDir, data_manifest, open_run
-from ..train.trainer import perplexity
 from ..data.vocab import CharVocab
+from ..errors import DataDirError, Rule, RunDirError, check_rules
+from ..generate.generator import PoemGenerator
+from ..run_dir import RunDir, data_manifest, open_run
+from ..sampling import SamplingConfig
+from ..train.trainer import perplexity
+from ..verse import poem_metrics
+from ..verse.forms import CLOSE, OPEN
 
 # a share from 300 samples has a standard error of at most 2.9 points (100: 5)
 DEFAULT_SAMPLES = 300

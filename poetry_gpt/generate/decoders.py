@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
-from . import constraints
+from ..data.vocab import PAD_ID, SEP_ID, UNK_ID
 from ..errors import OptionError
 from ..memory import release_freed_memory
-from ..data.vocab import PAD_ID, SEP_ID, UNK_ID
 from ..sampling import SamplingConfig
+from . import constraints
 
 UNPENALISED = set("，。？！；：、【】 ")  # a poem repeats its punctuation by design: no repetition penalty
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Sequence
 
 from ..data.corpus import prompt_prefix
-from ..verse.forms import CLOSE
 from ..data.vocab import CharVocab
 from ..sampling import SamplingConfig
+from ..verse.forms import CLOSE
 from .generator import Export, PoemGenerator
 from .planning import Row
 

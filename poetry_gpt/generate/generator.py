@@ -30,12 +30,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..verse import forms
-from ..verse.forms import CLOSE, OPEN, extract_body
+from ..data.vocab import PAD_ID, CharVocab
 from ..errors import RunDirError
 from ..memory import release_freed_memory
-from ..data.vocab import PAD_ID, CharVocab
 from ..sampling import DEFAULT_BATCH_SIZE, SamplingConfig
+from ..verse import forms
+from ..verse.forms import CLOSE, OPEN, extract_body
 from .planning import FormTables, Plan, Row, plan_rows
 from .prompts import build_prompts, is_full_prefix
 

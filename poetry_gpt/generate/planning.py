@@ -9,10 +9,10 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from ..verse import forms
-from . import constraints
 from ..errors import OptionError
 from ..sampling import SamplingConfig
+from ..verse import forms
+from . import constraints
 
 FORM_NAMES = tuple(forms.FORMS)
 TABLE_CACHE = 8  # constraint tables kept per generator (free sampling and the last forms used)

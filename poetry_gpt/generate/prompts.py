@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..data.corpus import prompt_prefix
-from ..verse.forms import CLOSE
 from ..errors import OptionError
+from ..verse.forms import CLOSE
 
 
 def is_full_prefix(opening: str) -> bool:

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 from ..config import ModelConfig
-from ..errors import RunDirError
 from ..data.vocab import CharVocab
-
+from ..errors import RunDirError
 
 
 def gpt2_config(model: ModelConfig, vocab: CharVocab):

@@ -32,12 +32,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..verse import forms
 from ..errors import OptionError, PoetryGPTError
 from ..generate.planning import FORM_NAMES
 from ..sampling import SamplingConfig
+from ..verse import forms
 from .batcher import Batcher, QueueFull
-
 
 #: an oversized body up to this size is read and dropped before the 413 (see ``Service.read_body``)
 DRAIN_BYTES = 4 << 20

@@ -30,15 +30,15 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .. import __version__
-from ..verse import forms
-from ..generate import constraints
 from ..data.corpus import prompt_prefix
-from ..verse.forms import CLOSE
+from ..data.vocab import PAD_ID, SEP_ID
 from ..errors import OptionError
 from ..fsutil import atomic_write_json, fsync_dir, is_within, recover_aside, replace_dir
+from ..generate import constraints
 from ..generate.sampler import NEG, bucket_length, row_seeds, top_k_cap
-from ..data.vocab import PAD_ID, SEP_ID
 from ..sampling import RULES, SamplingConfig
+from ..verse import forms
+from ..verse.forms import CLOSE
 
 ASSET = "poetry_gpt.json"  # in OUT_DIR/assets/: source run, step, versions, the signature
 DEFAULT_BATCH_SIZES = (1, 8)

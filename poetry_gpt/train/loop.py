@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..config import RunConfig
-from ..data.manifest import Manifest
 from ..data.datasets import batches_per_pass
+from ..data.manifest import Manifest
 from ..data.vocab import CharVocab
 from ..errors import OptionError, RunDirError
 from ..run_dir import RunDir, check_resume_compatible, data_manifest, data_record, export_meta, open_run

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
-from ..data.manifest import Manifest
 from ..data.datasets import eval_dataset, train_dataset
+from ..data.manifest import Manifest
 from ..data.vocab import CharVocab
 from ..envcheck import cpu_flags
 from ..errors import PoetryGPTError, RunDirError

@@ -34,8 +34,8 @@ from typing import Sequence
 
 import numpy as np
 
-from . import forms, tones
 from ..errors import OptionError
+from . import forms, tones
 
 LENIENCIES = ("standard", "strict")
 FREE = "中"

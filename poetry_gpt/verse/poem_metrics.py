@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 
 from . import forms
 from .forms import extract_body
+
 _MARKS_TO_NEWLINE = str.maketrans({m: "\n" for m in forms.CLAUSE_MARKS})
 
 
