@@ -118,3 +118,30 @@ def test_replace_validates():
     with pytest.raises(OptionError, match=r"train: unknown setting\(s\) no_such_field"):
         RunConfig().replace(train={"no_such_field": 1})
     assert RunConfig().replace() == RunConfig()
+
+
+def test_presets_come_from_the_checkout_file_and_take_no_global_module_name():
+    import sys
+
+    from poetry_gpt import presets
+
+    assert presets.presets_file() == presets.PACKAGE_DIR.parent / "configs.py"  # a checkout: the file users edit
+    config_from_preset("tiny")
+    assert "configs" not in sys.modules  # never imported as a top-level module a user's project may own
+
+
+def test_an_installed_wheel_reads_the_copy_shipped_in_the_package(tmp_path, monkeypatch):
+    from poetry_gpt import presets
+    from poetry_gpt.errors import EnvironmentProblem
+
+    package = tmp_path / "site" / "poetry_gpt"
+    package.mkdir(parents=True)
+    monkeypatch.setattr(presets, "PACKAGE_DIR", package)
+    with pytest.raises(EnvironmentProblem, match="no presets"):
+        presets.presets_file()
+    (package / presets.SHIPPED).write_text('PRESETS = {"mine": {"model": {"n_layer": 3}}}\n', encoding="utf-8")
+    assert presets.presets_file() == package / presets.SHIPPED
+    assert config_from_preset("mine").model.n_layer == 3
+    (package / presets.SHIPPED).write_text("OTHER = 1\n", encoding="utf-8")
+    with pytest.raises(EnvironmentProblem, match="defines no PRESETS"):
+        presets.load_presets()
