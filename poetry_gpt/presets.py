@@ -13,7 +13,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import EnvironmentProblem
+from .errors import EnvironmentProblem, InputError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SHIPPED = "_configs.py"  # the name setup.py gives its copy inside the package
@@ -33,11 +33,19 @@ def load_presets(path: str | Path | None = None) -> Mapping[str, Mapping[str, Ma
 
     Args:
         path: a ``configs.py``-style file (default: ``presets_file()``).
+
+    Raises:
+        InputError: the file does not run (its line is named); EnvironmentProblem: it defines no ``PRESETS``.
     """
     path = Path(path) if path is not None else presets_file()
     spec = importlib.util.spec_from_file_location("poetry_gpt._presets_file", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # not put in sys.modules: no global name is taken
+    try:
+        spec.loader.exec_module(module)  # not put in sys.modules: no global name is taken
+    except SyntaxError as exc:
+        raise InputError(f"{path}:{exc.lineno}: {exc.msg}; fix the preset file (see README, train)") from None
+    except Exception as exc:  # an edit can raise anything at import
+        raise InputError(f"{path}: {type(exc).__name__} while reading the presets ({exc}); fix the file") from None
     presets = getattr(module, "PRESETS", None)
     if not isinstance(presets, Mapping):
         raise EnvironmentProblem(f"{path}: defines no PRESETS mapping; restore it from the repository")

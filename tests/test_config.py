@@ -145,3 +145,16 @@ def test_an_installed_wheel_reads_the_copy_shipped_in_the_package(tmp_path, monk
     (package / presets.SHIPPED).write_text("OTHER = 1\n", encoding="utf-8")
     with pytest.raises(EnvironmentProblem, match="defines no PRESETS"):
         presets.load_presets()
+
+
+def test_a_broken_preset_file_is_one_line_naming_file_and_line(tmp_path):
+    from poetry_gpt.errors import InputError
+    from poetry_gpt.presets import load_presets
+
+    broken = tmp_path / "configs.py"
+    broken.write_text('PRESETS = {\n    "tiny": {"model": {"n_layer": 2}\n', encoding="utf-8")  # a brace left open
+    with pytest.raises(InputError, match=r"configs\.py:\d+: .*fix the preset file"):
+        load_presets(broken)
+    broken.write_text("PRESETS = {'tiny': undefined_name}\n", encoding="utf-8")
+    with pytest.raises(InputError, match="NameError while reading the presets"):
+        load_presets(broken)
