@@ -35,9 +35,9 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import OptionError
+from ..sampling import CHOICE_RULES, LENIENCIES
 from . import forms, tones
 
-LENIENCIES = ("standard", "strict")
 FREE = "中"
 BASE_LINES: dict[int, dict[str, dict[str, str]]] = {
     5: {"A": {"strict": "仄仄平平仄", "standard": "中仄中平仄"},
@@ -70,8 +70,9 @@ def check_leniency(leniency: str, option: str = "--leniency") -> str:
     Raises:
         OptionError: another value (names ``option`` and the choices).
     """
-    if leniency not in LENIENCIES:
-        raise OptionError(f"{option}: unknown leniency {leniency!r}; choose one of {', '.join(LENIENCIES)}")
+    if leniency not in LENIENCIES:  # the words of ``SamplingConfig``'s rule
+        rule = next(r for r in CHOICE_RULES if r.name == "leniency")
+        raise OptionError(f"{option}: {rule.expected}, got {leniency}")
     return leniency
 
 
