@@ -239,6 +239,16 @@ def _build(form, vocab, acrostic, rhyme):
                                         rhyme_book=rhyme or constraints.DEFAULT_RHYME_BOOK)
 
 
+@pytest.mark.parametrize("form", list(forms.FORMS))
+def test_plain_rhyme_defaults_to_pingshui(vocab, form):
+    """issue 13: ``--rhyme`` alone rhymes in the 平水韵 (one 平声 group, no character twice) over many seeds;
+    the old 中华新韵 default failed this for 79 of these 80 poems."""
+    c = constraints.build_constraint(form, vocab, rhyme=True)
+    for seed in range(20):
+        body = body_of(_sample_numpy(c, "题 唐诗：【", np.random.default_rng(seed)))
+        assert pingshui_rhymes(forms.check(body).rhyme_chars), body
+
+
 def test_rhyme_book_is_checked(vocab):
     with pytest.raises(OptionError, match=r"^--rhyme-book: must be pingshui .* or modern .*, got pinshui$"):
         constraints.build_constraint("五绝", vocab, rhyme=True, rhyme_book="pinshui")
