@@ -3,7 +3,8 @@
 The CLI (``generate``, ``chat``, ``eval``), the API (``PoemGenerator.generate``/``plan``), the web server,
 the SavedModel's defaults and the per-epoch samples of ``train`` all build one ``SamplingConfig`` instead
 of passing each option along. Its numeric rules (``RULES``) are also run on tensors inside the
-SavedModel, so a bad value gets the same words everywhere.
+SavedModel, so a bad value gets the same words everywhere; its word choices (``CHOICE_RULES``: the 格律
+leniency, the rhyme book) are checked with them.
 """
 from __future__ import annotations
 
@@ -31,6 +32,18 @@ RULES = (
     Rule("batch_size", "--batch-size", lambda v: v >= 1, "must be ≥ 1"),
     Rule("max_new_tokens", "--max-new-tokens", lambda v: v >= 1, "must be ≥ 1"),
 )
+#: 格律 leniencies (``verse.metre`` reads them from here): ``standard`` (一三五不论) or ``strict`` (every position)
+LENIENCIES = ("standard", "strict")
+#: the rhyme books ``--rhyme`` can follow: the 平水韵 平声 groups (the default: every corpus we read is classical
+#: verse) or the modern 中华新韵 finals
+RHYME_BOOKS = ("pingshui", "modern")
+DEFAULT_RHYME_BOOK = "pingshui"
+#: the word options, checked after ``RULES``
+CHOICE_RULES = (
+    Rule("leniency", "--leniency", lambda v: v in LENIENCIES, "must be standard or strict"),
+    Rule("rhyme_book", "--rhyme-book", lambda v: v in RHYME_BOOKS,
+         "must be pingshui (平水韵 平声 groups) or modern (中华新韵 finals)"),
+)
 #: the options that shape each decode step (``Sampler.run`` takes them), as opposed to how many poems,
 #: their seeds, budget and form
 DRAW_OPTIONS = ("top_k", "top_p", "min_p", "temperature", "repetition_penalty")
@@ -55,12 +68,14 @@ class SamplingConfig:
         seed: seed of the first poem (poem i uses seed + i); None picks a random one.
         form: 五绝, 七绝, 五律 or 七律, or a 词牌 the model's corpus recorded (None: free sampling).
         acrostic: characters that begin the clauses (with ``form``).
-        rhyme: make the rhyme clauses rhyme (with ``form``).
+        rhyme: make the rhyme clauses rhyme (with ``form``), in ``rhyme_book``.
+        rhyme_book: ``pingshui`` (平水韵 平声 groups, no rhyme character twice) or ``modern`` (中华新韵 finals).
         strict: follow the form's 格律 too (tone patterns and 平水韵 rhyme).
-        leniency: ``standard`` or ``strict`` (with ``strict``; checked by ``verse.metre.check_leniency``).
+        leniency: ``standard`` or ``strict`` (with ``strict``).
 
     Raises:
-        OptionError: a numeric option out of range (``RULES``), naming the CLI option.
+        OptionError: a numeric option out of range (``RULES``) or an unknown word (``CHOICE_RULES``), naming
+            the CLI option.
     """
 
     top_k: int = DEFAULT_TOP_K
@@ -75,11 +90,14 @@ class SamplingConfig:
     form: str | None = None
     acrostic: str | None = None
     rhyme: bool = False
+    rhyme_book: str = DEFAULT_RHYME_BOOK
     strict: bool = False
     leniency: str = "standard"
 
     def __post_init__(self):
-        check_rules(RULES, dataclasses.asdict(self))
+        values = dataclasses.asdict(self)
+        check_rules(RULES, values)
+        check_rules(CHOICE_RULES, values)
 
     @classmethod
     def of(cls, config: "SamplingConfig | None" = None, **options) -> "SamplingConfig":

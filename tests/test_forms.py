@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from poetry_gpt.verse import forms
+from poetry_gpt.verse import forms, tones
 from poetry_gpt.generate import constraints
 from poetry_gpt.data.corpus import parse_line
 from poetry_gpt.errors import OptionError
@@ -154,7 +154,7 @@ def test_prompt_misfit(vocab, form, acrostic, rhyme, prompt, match):
 
 
 def test_initial_state(vocab):
-    c = constraints.build_constraint("五绝", vocab, rhyme=True)
+    c = constraints.build_constraint("五绝", vocab, rhyme=True, rhyme_book="modern")
     none = constraints.NO_RHYME
     assert c.initial_state("") == (0, none)
     assert c.initial_state("春晓 唐诗：") == (0, none)
@@ -164,6 +164,17 @@ def test_initial_state(vocab):
     assert state == 13 and constraints.group_of(rhyme[0]) == ["唐"] and rhyme[1:] == none[1:]  # 中华新韵: no record
     assert c.initial_state("题 唐诗：【" + JINGYESI + "】")[0] == c.done_state
     assert c.initial_state("题 唐诗：【" + JINGYESI)[0] == c.done_state - 1
+
+
+def test_initial_state_pingshui(vocab):
+    """The default book: clause 2 records its 平水韵 平声 group and the character (none may come twice)."""
+    c = constraints.build_constraint("五绝", vocab, rhyme=True)
+    assert c.rhyme_book == "pingshui"
+    state, rhyme = c.initial_state("题 唐诗：【床前明月光，疑是地上霜。")
+    assert state == 13 and constraints.group_of(rhyme[0], tones.group_names()) == ["下平七阳"]
+    assert c.tokens[rhyme[1]] == "霜"
+    with pytest.raises(OptionError, match=r"--rhyme: '霜' at the end of clause 4 does not rhyme \(平水韵 平声 group, no rhyme character twice\)"):
+        c.initial_state("题 唐诗：【床前明月光，疑是地上霜。举头望明月，低头思故霜")
 
 
 def _sample_numpy(c, prompt, rng, boost_open=False):
@@ -184,25 +195,65 @@ def _sample_numpy(c, prompt, rng, boost_open=False):
 
 
 def _assert_poem(text, form, acrostic, rhyme):
+    """``rhyme``: False, or the book the rhyme clauses must rhyme in (True: the default, pingshui)."""
     body = body_of(text)
     report = forms.check(body)
     assert report.form == form, text
     clauses = forms.split_clauses(body)[0]
     assert all(forms.is_hanzi(ch) for ch in "".join(clauses)), text
     assert "".join(cl[0] for cl in clauses[:len(acrostic or "")]) == (acrostic or ""), text
-    if rhyme:
+    if rhyme == "modern":
         assert report.rhymes, (text, report.rhyme_finals)
+    elif rhyme:
+        assert pingshui_rhymes(report.rhyme_chars), (text, report.rhyme_chars)
 
 
-CASES = [(f, a, r) for f in forms.FORMS for a in (None, "春风明月") for r in (False, True)]
+def pingshui_rhymes(chars) -> bool:
+    """The 平水韵 rhyme check, written out: one 平声 group shared by every rhyme character, none twice."""
+    table = tones.table()
+    shared = set.intersection(*(set(table.ping_groups(c)) for c in chars))
+    return bool(shared) and len(set(chars)) == len(chars)
+
+
+def test_pingshui_rhyme_check_itself():
+    assert pingshui_rhymes("霜乡") and pingshui_rhymes("流楼")
+    assert not pingshui_rhymes("霜人")  # 下平七阳 / 上平十一真
+    assert not pingshui_rhymes("乡乡")  # a rhyme character twice
+    assert not pingshui_rhymes("鸟少")  # 上声十七筱: 仄韵
+
+
+CASES = [(f, a, r) for f in forms.FORMS for a in (None, "春风明月") for r in (False, "pingshui", "modern")]
 
 
 @pytest.mark.parametrize("form, acrostic, rhyme", CASES)
 def test_random_logits_numpy(vocab, form, acrostic, rhyme):
-    c = constraints.build_constraint(form, vocab, acrostic=acrostic, rhyme=rhyme)
+    c = _build(form, vocab, acrostic, rhyme)
     for seed in range(20):
         text = _sample_numpy(c, "题 唐诗：【", np.random.default_rng(seed))
         _assert_poem(text, form, acrostic, rhyme)
+
+
+def _build(form, vocab, acrostic, rhyme):
+    """``build_constraint`` with ``rhyme`` False or a rhyme book."""
+    return constraints.build_constraint(form, vocab, acrostic=acrostic, rhyme=bool(rhyme),
+                                        rhyme_book=rhyme or constraints.DEFAULT_RHYME_BOOK)
+
+
+@pytest.mark.parametrize("form", list(forms.FORMS))
+def test_plain_rhyme_defaults_to_pingshui(vocab, form):
+    """issue 13: ``--rhyme`` alone rhymes in the 平水韵 (one 平声 group, no character twice) over many seeds;
+    the old 中华新韵 default failed this for 79 of these 80 poems."""
+    c = constraints.build_constraint(form, vocab, rhyme=True)
+    for seed in range(20):
+        body = body_of(_sample_numpy(c, "题 唐诗：【", np.random.default_rng(seed)))
+        assert pingshui_rhymes(forms.check(body).rhyme_chars), body
+
+
+def test_rhyme_book_is_checked(vocab):
+    with pytest.raises(OptionError, match=r"^--rhyme-book: must be pingshui .* or modern .*, got pinshui$"):
+        constraints.build_constraint("五绝", vocab, rhyme=True, rhyme_book="pinshui")
+    with pytest.raises(OptionError, match="--rhyme-book modern: --strict rhymes in the 平水韵"):
+        constraints.build_constraint("五绝", vocab, strict="standard", rhyme_book="modern")
 
 
 def test_random_logits_from_header_and_opening(vocab):
@@ -245,14 +296,14 @@ def test_every_form_keeps_the_free_rule(vocab, form, acrostic, rhyme):
     """The free rule composes with the forms: in each state a form allows only what the free automaton
     allows in the matching state (header ↔ header, body positions and close ↔ body, done ↔ done)."""
     free = constraints.free_constraint(vocab)
-    c = constraints.build_constraint(form, vocab, acrostic=acrostic, rhyme=rhyme)
+    c = _build(form, vocab, acrostic, rhyme)
     matching = np.array([0] + [1] * (c.done_state - 1) + [free.done_state])
     assert not (c.allowed & ~free.allowed[matching]).any()
     assert (c.allowed[0] == free.allowed[0]).all()  # the header is written as freely as without a form
 
 
 def test_allowed_tokens_rhyme_fallback(vocab):
-    c = constraints.build_constraint("五绝", vocab, rhyme=True)
+    c = constraints.build_constraint("五绝", vocab, rhyme=True, rhyme_book="modern")
     match_state = int(np.flatnonzero(c.rhyme_role == constraints.ROLE_MATCH)[0])
     group = 1 << forms.GROUP_NAMES.index("唐")
     rest = constraints.NO_RHYME[1:]
@@ -270,7 +321,7 @@ def tf():
 
 
 def test_tf_matches_numpy_and_fallback(vocab, tf):
-    c = constraints.build_constraint("五绝", vocab, rhyme=True)
+    c = constraints.build_constraint("五绝", vocab, rhyme=True, rhyme_book="modern")
     tables = c.as_tensors()
     match_state = int(np.flatnonzero(c.rhyme_role == constraints.ROLE_MATCH)[0])
     states = np.array([0, 1, 6, match_state, match_state, match_state, c.done_state], np.int32)
@@ -305,9 +356,9 @@ def test_random_logits_tf_xla(vocab, tf, form):
             state, group = constraints.advance_tf(state, group, tok, tables)
         return tf.transpose(out.stack()), state
 
-    settings = [(None, False), ("春风明月", False), (None, True), ("春风明月", True)]
+    settings = [(None, False), ("春风明月", False), (None, "pingshui"), ("春风明月", "pingshui"), (None, "modern")]
     for seed, (acrostic, rhyme) in enumerate(settings):
-        c = constraints.build_constraint(form, vocab, acrostic=acrostic, rhyme=rhyme)
+        c = _build(form, vocab, acrostic, rhyme)
         s0, g0 = c.initial_state("题 唐诗：【")
         ids, final = sample(c.as_tensors(), tf.fill([batch], s0), tf.constant([g0] * batch), tf.constant(seed))
         assert (final.numpy() == c.done_state).all()

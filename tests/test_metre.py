@@ -159,6 +159,7 @@ def test_corpus_report_has_the_metre_figures(tmp_path):
     report = read_only_report([raw])
     rf = report["regular_form"]
     assert (rf["pass_standard"], rf["pass_strict"], rf["pingshui_rhyme_rate"]) == (0.5, 0.0, 1.0)
+    assert rf["pingshui_ping_rhyme_rate"] == 0.75  # 春晓 rhymes in 仄声: not what --rhyme writes
     assert report["metre"]["by_form"]["五律"]["pass_standard"] == 1.0 and report["metre"]["script"] == "simplified"
     assert report["metre"]["unknown"]["unknown_characters"] == 0
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import SERVE_MAX_BATCH, SERVE_MAX_QUEUE
-from poetry_gpt.verse import forms
+from poetry_gpt.verse import forms, tones
 
 
 def call(url: str, path: str, body=None, raw: bytes | None = None, timeout: float = 300) -> tuple[int, dict | list]:
@@ -49,6 +49,7 @@ def test_info_reports_the_model(serve_url, tiny_run):
     # the vocabulary has tone data, so strict is offered; the corpus has no 词牌 (no title heads 20 poems)
     assert info["strict"] is True and info["cipai"] == [] and info["tones"] is True
     assert info["defaults"]["top_k"] == 64 and info["defaults"]["min_p"] == 0.05 and info["defaults"]["n"] == 1
+    assert info["defaults"]["leniency"] == "standard" and info["defaults"]["rhyme_book"] == "pingshui"
 
 
 def test_page_is_self_contained(serve_url):
@@ -62,7 +63,7 @@ def test_page_is_self_contained(serve_url):
 
 def test_every_field(serve_url):
     body = {"openings": ["春花秋月山"], "title": "春山", "genre": "唐诗", "form": "五绝", "strict": False,
-            "acrostic": "春花秋月", "rhyme": True, "n": 2, "seed": 5, "top_k": 10, "top_p": 0.9, "min_p": 0.1,
+            "leniency": "strict", "acrostic": "春花秋月", "rhyme": True, "rhyme_book": "pingshui", "n": 2, "seed": 5, "top_k": 10, "top_p": 0.9, "min_p": 0.1,
             "temperature": 0.8, "repetition_penalty": 1.2, "max_new_tokens": 30}
     status, answer = call(serve_url, "/api/generate", body)
     assert status == 200, answer
@@ -73,6 +74,8 @@ def test_every_field(serve_url):
         report = forms.check(poem["body"])
         assert report.form == "五绝", poem
         assert [clause[0] for clause in forms.split_clauses(poem["body"])[0]] == list("春花秋月")
+        rhymes = [tones.table().ping_groups(ch) for ch in report.rhyme_chars]  # 平水韵: one 平声 group, none twice
+        assert set(rhymes[0]) & set(rhymes[1]) and len(set(report.rhyme_chars)) == 2, poem
         assert poem["tokens"] <= 30
     assert answer["options"] == body
     assert set(answer["timings"]) == {"queued_ms", "decode_ms", "total_ms", "batch_poems"}
@@ -130,6 +133,13 @@ BAD = {
     # strict is offered (tone data), but 18 characters hold no 平水韵 group with the 4 rhyme characters a 五绝 needs
     "strict_vocabulary_too_small": ({"form": "五绝", "strict": True}, 400, "strict", ["--strict", "平水韵", "五绝"]),
     "strict_without_form": ({"strict": True}, 400, "strict", ["--strict", "needs --form"]),
+    "leniency_unknown": ({"form": "五绝", "strict": True, "leniency": "loose"}, 400, "leniency",
+                         ["--leniency: must be standard or strict, got loose"]),
+    "leniency_number": ({"leniency": 1}, 400, "leniency", ["string"]),
+    "rhyme_book_misspelt": ({"form": "五绝", "rhyme": True, "rhyme_book": "pinshui"}, 400, "rhyme_book",
+                            ["--rhyme-book: must be pingshui", "modern", "got pinshui"]),
+    "rhyme_book_modern_with_strict": ({"form": "五绝", "strict": True, "rhyme_book": "modern"}, 400, "rhyme_book",
+                                      ["--rhyme-book modern", "--strict"]),
     "closing_bracket": ({"openings": ["春花】"]}, 400, "openings", ["】"]),
     "one_megabyte": (b'{"title": "' + b"a" * (1 << 20) + b'"}', 413, None, ["larger than"]),
 }

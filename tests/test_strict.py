@@ -180,7 +180,7 @@ def test_a_vocabulary_that_cannot_satisfy_a_position_is_refused():
     only_ping = CharVocab.from_counts({ch: 1 for ch in [*ping, *"【】，。"]})
     with pytest.raises(OptionError, match="--strict: the vocabulary has no 仄 character"):
         constraints.build_constraint("五绝", only_ping, strict="strict")
-    with pytest.raises(OptionError, match="--leniency: unknown leniency 'loose'"):
+    with pytest.raises(OptionError, match="--leniency: must be standard or strict, got loose"):
         constraints.build_constraint("五绝", few, strict="loose")
 
 
@@ -217,7 +217,7 @@ def test_strict_keeps_one_decode_program_and_plain_forms_unchanged(gen):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"strict": True}, "--strict: needs --form"),
-    ({"strict": True, "form": "五绝", "leniency": "loose"}, "--leniency: unknown leniency"),
+    ({"strict": True, "form": "五绝", "leniency": "loose"}, "--leniency: must be standard or strict, got loose"),
     ({"strict": True, "form": "五绝", "openings": "春风明花"}, "--strict: .*'花' at line 1, character 4"),
 ])
 def test_strict_option_errors(gen, kwargs, message):

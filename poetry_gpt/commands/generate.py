@@ -147,6 +147,7 @@ Commands:
   :n N         poems per request           :seed S   fixed seed (:seed off = random)
   :form F      五绝/七绝/五律/七律 (:form off)   :acrostic 字字字字 (:acrostic off)
   :rhyme on|off   rhyme clauses (with :form)   :genre G   genre word of prompts
+  :rhymebook pingshui|modern   the rhyme book of :rhyme (平水韵 平声 groups or 中华新韵 finals)
   :strict on|off  格律 tones and 平水韵 rhyme (with :form)   :leniency standard|strict
   :show        current settings            :help     this text
   :quit        leave (Ctrl-D / Ctrl-C too)"""
@@ -157,6 +158,7 @@ _SETTINGS = {
     ":n": ("num_samples", int), ":seed": ("seed", int), ":form": ("form", str), ":acrostic": ("acrostic", str),
     ":genre": ("genre", str), ":rhyme": ("rhyme", lambda v: v.lower() in ("on", "1", "yes", "true")),
     ":strict": ("strict", lambda v: v.lower() in ("on", "1", "yes", "true")), ":leniency": ("leniency", str),
+    ":rhymebook": ("rhyme_book", str),
 }
 _OFF = {"off", "none", "-"}
 _NULLABLE = {"seed", "form", "acrostic", "genre"}  # settings that ":x off" resets to their default

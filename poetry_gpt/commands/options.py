@@ -54,7 +54,12 @@ SAMPLING_OPTIONS = {
                                             "but still forbids 孤平 and 三平尾; strict fixes every position.")),
     "acrostic": (("--acrostic",), dict(default=_D.acrostic,
                                        help="Characters that begin the clauses (藏头; needs --form).")),
-    "rhyme": (("--rhyme",), dict(is_flag=True, help="Make the rhyme clauses rhyme (needs --form).")),
+    "rhyme": (("--rhyme",), dict(is_flag=True, help="Make the rhyme clauses rhyme (needs --form), in "
+                                                    "--rhyme-book.")),
+    "rhyme_book": (("--rhyme-book",), dict(default=_D.rhyme_book, show_default=True, metavar="[pingshui|modern]",
+                                           help="The rhyme book of --rhyme: pingshui (平水韵 平声 groups, no rhyme "
+                                                "character twice; the default, as our corpora are classical) or "
+                                                "modern (中华新韵 finals).")),
 }
 assert set(SAMPLING_OPTIONS) == set(field_names()), "every SamplingConfig field has its option"
 

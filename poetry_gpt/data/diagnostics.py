@@ -122,7 +122,7 @@ def corpus_report(read: ReadResult, vocab: CharVocab, ids: np.ndarray | None, le
         "metre": corpus_metre([p.body for p in poems], chars),
         "cipai": learn_patterns((p.title, p.body) for p in poems),
     }
-    for key in ("pass_standard", "pass_strict", "pingshui_rhyme_rate"):
+    for key in ("pass_standard", "pass_strict", "pingshui_rhyme_rate", "pingshui_ping_rhyme_rate"):
         report["regular_form"][key] = report["metre"].get(key)
     if vocab_given:
         report["not_in_vocab"] = {"characters": len(missing), "occurrences": sum(missing.values()),
@@ -137,7 +137,8 @@ def _format_metre(m: dict) -> list[str]:
     if not m.get("regular"):
         return []
     out = [f"格律 of the regular poems ({m['script']} 平水韵 table): {m['pass_standard']:.1%} pass at standard "
-           f"leniency, {m['pass_strict']:.1%} strict; rhyme in one 平水韵 group {m['pingshui_rhyme_rate']:.1%}."]
+           f"leniency, {m['pass_strict']:.1%} strict; rhyme in one 平水韵 group {m['pingshui_rhyme_rate']:.1%} "
+           f"(in one 平声 group, no character twice: {m['pingshui_ping_rhyme_rate']:.1%})."]
     unknown = m.get("unknown")
     if unknown and unknown["characters"]:
         out.append(f"Not in the tone table: {unknown['unknown_occurrence_share']:.2%} of character occurrences "

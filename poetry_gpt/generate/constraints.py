@@ -1,7 +1,7 @@
 """Constrained decoding: a form (or free sampling, or a 词牌 layout) as an automaton the compiled sampler applies.
 
 Constrained decoding: ``build_constraint`` turns a form (plus an optional
-acrostic, rhyme and 格律 leniency ``strict``) into a small automaton whose tables are
+acrostic, rhyme in a rhyme book and 格律 leniency ``strict``) into a small automaton whose tables are
 indexed by a per-sample integer state, so an XLA-compiled decode loop can apply it with
 ``apply_constraint_tf`` / ``advance_tf``. States: 0 = header (``title 体裁：``,
 written freely; 【 enters the body), then one state per body position
@@ -24,6 +24,11 @@ used (none may come twice, ``metre.RHYME``). All tables are padded to ``max_stat
 free sampling, the four forms, both leniencies and 词牌 (``layout_constraint``: a corpus's clause
 lengths and marks) share one compiled decode program.
 
+``--rhyme`` without ``strict`` uses the same rhyme state: in the 平水韵 book (the default) the rhyme
+clauses (2, 4, 6, 8) end in characters of one 平声 group, none twice, tones elsewhere free (clause 1 may
+rhyme, never must); in the ``modern`` book they share a 中华新韵 final, with a fallback to any character
+when the vocabulary offers none.
+
 Importing this module imports neither TensorFlow nor pypinyin.
 """
 from __future__ import annotations
@@ -34,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import OptionError
+from ..sampling import DEFAULT_RHYME_BOOK
 from ..verse.forms import (_BY_FULL_NAME, _TRADITIONAL_NAMES, CLOSE, FORMS, GROUP_NAMES, OPEN, Form, get_form, is_hanzi,
                            rhyme_final)
 
@@ -90,8 +96,8 @@ class DecodeConstraint:
         next_state: int32 [S, V]: state after emitting token v in state s.
         rhyme_role: int32 [S]: ``ROLE_*`` flags of each state.
         token_final: int32 [V]: each token's rhyme groups as a bit mask (0 none): one bit of
-            ``GROUP_NAMES`` (中华新韵) for ``--rhyme``, the 平声 groups of the 平水韵 (bit i: group i of
-            ``tones.group_names()``) with ``strict``; all 0 without rhyme.
+            ``GROUP_NAMES`` (中华新韵) for ``--rhyme-book modern``, the 平声 groups of the 平水韵 (bit i: group i
+            of ``tones.group_names()``) for ``pingshui`` and with ``strict``; all 0 without rhyme.
         done_state: the state after 】 (only [SEP] allowed).
         form: the regulated form the tables encode (None for free sampling and 词牌).
         tokens: the vocabulary's tokens (for prompts and messages).
@@ -100,6 +106,7 @@ class DecodeConstraint:
         position: int [S]: the body position of each state (-1 header, ``body_len`` close, +1 done).
         layout: the body's shape (None for free sampling).
         strict: the 格律 leniency the tones follow (None: tones free).
+        rhyme_book: the book the rhyme follows (``pingshui`` or ``modern``; None without rhyme).
     """
 
     allowed: np.ndarray
@@ -114,6 +121,7 @@ class DecodeConstraint:
     position: np.ndarray | None = None
     layout: Layout | None = None
     strict: str | None = None
+    rhyme_book: str | None = None
 
     def tokens_to_finish(self, state: int) -> int:
         """Tokens still to write from ``state`` up to and including 】 (from the header state:
@@ -216,10 +224,13 @@ class DecodeConstraint:
             return (f"--strict: {where}: {ch!r} at line {clause + 1}, character {offset + 1} breaks every "
                     f"{layout.name} tone pattern (or the 平水韵 rhyme) at {self.strict} leniency; change the "
                     "opening or drop --strict")
+        book = "平水韵 平声" if self.rhyme_book == "pingshui" else "中华新韵"
         if role & ROLE_SET:
-            return f"--rhyme: {ch!r} at the end of clause {clause + 1} has no known rhyme group; change the opening"
-        return (f"--rhyme: {ch!r} at the end of clause {clause + 1} does not rhyme with the clauses before it "
-                f"in the prompt {prompt!r}; change the opening or drop --rhyme")
+            return (f"--rhyme: {ch!r} at the end of clause {clause + 1} has no {book} rhyme group the vocabulary "
+                    "can complete; change the opening" + (" or use --rhyme-book modern" if book != "中华新韵" else ""))
+        return (f"--rhyme: {ch!r} at the end of clause {clause + 1} does not rhyme ({book} group, no rhyme "
+                f"character twice) with the clauses before it in the prompt {prompt!r}; change the opening or "
+                "drop --rhyme")
 
     def padded_tables(self, states: int | None = None) -> dict:
         """The tables as numpy arrays, the state axis padded: what ``as_tensors`` turns into tensors.
@@ -352,8 +363,8 @@ class _Patterns:
     Args:
         req: uint8 [P, clauses, longest clause]: tone code each pattern requires (0 free, 1 平, 2 仄).
         rhyme_lines: bool [P, clauses]: the clause ends in a rhyme of the pattern.
-        mode: "none", "modern" (``--rhyme``: 中华新韵, fallback when nothing rhymes) or "pingshui"
-            (``strict``: 平水韵 平声 groups, no fallback needed, no rhyme character twice).
+        mode: "none", "modern" (``--rhyme-book modern``: 中华新韵, fallback when nothing rhymes) or "pingshui"
+            (``--rhyme`` and ``strict``: 平水韵 平声 groups, no fallback needed, no rhyme character twice).
     """
 
     req: np.ndarray
@@ -361,12 +372,18 @@ class _Patterns:
     mode: str
 
 
-def _free_patterns(layout: Layout, rhyme_clauses: tuple[int, ...] = ()) -> _Patterns:
-    """One pattern with every tone free; ``rhyme_clauses`` (1-based) rhyme in 中华新韵 (``--rhyme``)."""
+def _free_patterns(layout: Layout, rhyme_clauses: tuple[int, ...] = (), book: str = "modern") -> _Patterns:
+    """One pattern with every tone free; ``rhyme_clauses`` (1-based) rhyme in ``book`` (``--rhyme``).
+
+    Args:
+        layout: the body's shape.
+        rhyme_clauses: the clauses whose last characters rhyme (none: no rhyme).
+        book: ``pingshui`` (the 平水韵 平声 groups, as ``strict`` rhymes) or ``modern`` (中华新韵).
+    """
     lines = np.zeros((1, len(layout.lens)), bool)
     lines[0, [c - 1 for c in rhyme_clauses]] = True
     return _Patterns(np.zeros((1, len(layout.lens), max(layout.lens)), np.uint8), lines,
-                     "modern" if rhyme_clauses else "none")
+                     book if rhyme_clauses else "none")
 
 
 def _strict_patterns(form: Form, leniency: str) -> _Patterns:
@@ -501,8 +518,12 @@ def _unsatisfiable(layout: Layout, patterns: _Patterns, present: np.ndarray, acr
     """One line: why no body of ``layout`` can be written with this vocabulary (and acrostic)."""
     if not present.any():
         return f"--form: the vocabulary has no Chinese character, so it cannot write a {layout.name}"
+    need = int(patterns.rhyme_lines.sum(axis=1).max())
+    if not strict and patterns.mode == "pingshui" and not present[4:].any():
+        return (f"--rhyme: no 平水韵 平声 group has {need} characters in the vocabulary (a {layout.name} needs "
+                f"{need} different rhyme characters of one group); train on a larger corpus, use --rhyme-book "
+                "modern or drop --rhyme")
     if strict:
-        need = int(patterns.rhyme_lines.sum(axis=1).max())
         for tone, bit in (("平", 1), ("仄", 2)):
             if not any(present[c] for c in range(_CLASSES) if c & bit):
                 return (f"--strict: the vocabulary has no {tone} character of the 平水韵 table, so it cannot "
@@ -538,7 +559,7 @@ def _check_acrostic(acrostic: str, layout: Layout, index: dict) -> str:
 
 
 def build_constraint(form_name: str, vocab, acrostic: str | None = None, rhyme: bool = False,
-                     strict: str | None = None) -> DecodeConstraint:
+                     strict: str | None = None, rhyme_book: str = DEFAULT_RHYME_BOOK) -> DecodeConstraint:
     """Build the decoding automaton for a regulated form.
 
     Args:
@@ -546,25 +567,46 @@ def build_constraint(form_name: str, vocab, acrostic: str | None = None, rhyme: 
         vocab: a ``CharVocab``.
         acrostic: characters that start clauses 1, 2, … (藏头, per clause); at most the
             form's clause count; spaces between them are ignored (``春 夏 秋 冬``).
-        rhyme: constrain the last characters of clauses 4, 6, 8 to clause 2's 中华新韵 group.
+        rhyme: constrain the last characters of clauses 4, 6, 8 to clause 2's rhyme group in ``rhyme_book``.
         strict: a leniency of ``metre.LENIENCIES``: follow the 格律 of ``metre`` at it — the tone
             patterns of ``metre.SEQUENCES`` (平起/仄起 commit at the first character of line 1 whose tone
             tells them apart, usually its second; 首句入韵 at line 1's end) and the 平水韵 rhyme of
             ``metre.RHYME`` (the group committed at the first rhyme; ``rhyme`` is then implied).
+        rhyme_book: the book of ``rhyme`` without ``strict``: ``pingshui`` (clauses 2, 4, 6, 8 end in one
+            平水韵 平声 group, no character twice; tones free) or ``modern`` (one 中华新韵 final).
 
     Raises:
-        OptionError: unknown form or leniency, bad acrostic, a vocabulary without the form's marks, or
-            one that cannot satisfy some position (too few characters of a tone or a rhyme group).
+        OptionError: unknown form, leniency or rhyme book, bad acrostic, a vocabulary without the form's
+            marks, or one that cannot satisfy some position (too few characters of a tone or a rhyme group),
+            or ``strict`` with the modern book.
     """
     form = get_form(form_name)
     layout = form_layout(form)
+    book = check_rhyme_book(rhyme_book)
     if strict is not None:
         from ..verse.metre import check_leniency
 
+        if book != "pingshui":
+            raise OptionError(f"--rhyme-book {book}: --strict rhymes in the 平水韵 (pingshui); drop one of them")
         patterns = _strict_patterns(form, check_leniency(strict))
     else:
-        patterns = _free_patterns(layout, form.rhyme_clauses if rhyme else ())
-    return _build(layout, patterns, vocab, acrostic, form=form, rhyme=rhyme or strict is not None, strict=strict)
+        patterns = _free_patterns(layout, form.rhyme_clauses if rhyme else (), book)
+    rhyme = rhyme or strict is not None
+    return _build(layout, patterns, vocab, acrostic, form=form, rhyme=rhyme, strict=strict,
+                  rhyme_book=book if rhyme else None)
+
+
+def check_rhyme_book(book: str) -> str:
+    """``book`` if it is one of ``sampling.RHYME_BOOKS``.
+
+    Raises:
+        OptionError: another value, with ``SamplingConfig``'s message.
+    """
+    from ..errors import check_rules
+    from ..sampling import CHOICE_RULES
+
+    check_rules(CHOICE_RULES, {"rhyme_book": book})
+    return book
 
 
 def layout_constraint(layout: Layout, vocab, acrostic: str | None = None) -> DecodeConstraint:
@@ -579,7 +621,7 @@ def layout_constraint(layout: Layout, vocab, acrostic: str | None = None) -> Dec
 
 
 def _build(layout: Layout, patterns: _Patterns, vocab, acrostic: str | None, form: Form | None = None,
-           rhyme: bool = False, strict: str | None = None) -> DecodeConstraint:
+           rhyme: bool = False, strict: str | None = None, rhyme_book: str | None = None) -> DecodeConstraint:
     """The tables of ``build_constraint`` / ``layout_constraint``.
 
     States: 0 header (``title 体裁：``, written freely; 【 enters the body), one per reachable
@@ -635,7 +677,7 @@ def _build(layout: Layout, patterns: _Patterns, vocab, acrostic: str | None, for
     allowed[done, 2] = True  # [SEP]
     next_state[done] = done
     return DecodeConstraint(allowed, next_state, role, masks, done, form, tokens, acrostic, rhyme, position,
-                            layout, strict)
+                            layout, strict, rhyme_book)
 
 
 @functools.lru_cache(maxsize=None)

@@ -292,7 +292,8 @@ class PoemGenerator:
         listed = [openings] if isinstance(openings, str) else list(openings or [])
         if form in self.cipai and title is None and not any(is_full_prefix(o) for o in listed):
             title = form  # a 词's title is its tune
-        constraint, tables = self.tables.get(form, config.acrostic, config.rhyme, config.strict, config.leniency)
+        constraint, tables = self.tables.get(form, config.acrostic, config.rhyme, config.strict, config.leniency,
+                                             config.rhyme_book)
         prompts = self.build_prompts(openings, title, genre)
         return Plan(plan_rows(prompts, config, constraint, self.tables.free, self.n_ctx), config, tables)
 

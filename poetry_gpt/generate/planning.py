@@ -71,31 +71,43 @@ class FormTables:
         """The ``form`` values this model takes: the four regulated forms, then its corpus's 词牌."""
         return [*FORM_NAMES, *self.cipai]
 
-    def get(self, form, acrostic, rhyme, strict=False, leniency="standard") -> tuple:
+    def get(self, form, acrostic, rhyme, strict=False, leniency="standard",
+            rhyme_book=constraints.DEFAULT_RHYME_BOOK) -> tuple:
         """``(DecodeConstraint or None for free sampling, its tables as tensors)``, kept for the last
-        ``TABLE_CACHE`` settings: building them costs a few ms, a few percent of a short poem."""
+        ``TABLE_CACHE`` settings: building them costs a few ms, a few percent of a short poem.
+
+        Args:
+            form: a regulated form or one of the model's 词牌 (None: free sampling).
+            acrostic: as in ``constraints.build_constraint``.
+            rhyme: as in ``constraints.build_constraint``.
+            strict: follow the form's 格律 at ``leniency``.
+            leniency: ``standard`` or ``strict``.
+            rhyme_book: the book of ``rhyme`` (``pingshui`` or ``modern``).
+        """
         from ..verse.metre import check_leniency
 
         check_leniency(leniency)
+        constraints.check_rhyme_book(rhyme_book)
         for option, value in (("--acrostic", acrostic), ("--rhyme", rhyme), ("--strict", strict)):
             if form is None and value:
                 raise OptionError(f"{option}: needs --form ({', '.join(self.form_names())})")
         if strict and form in self.cipai:
             raise OptionError(f"--strict: a 词牌's pattern records clause lengths and marks, not tones; "
                               f"drop --strict for --form {form}")
-        key = (form, acrostic or "", bool(rhyme), leniency if strict else None)
+        key = (form, acrostic or "", bool(rhyme), leniency if strict else None, rhyme_book if rhyme or strict else None)
         if key not in self.cache:
-            constraint = None if form is None else self._build(form, acrostic, rhyme, key[3])
+            constraint = None if form is None else self._build(form, acrostic, rhyme, key[3], rhyme_book)
             if len(self.cache) >= TABLE_CACHE:
                 self.cache.pop(next(iter(self.cache)))
             self.cache[key] = (constraint, (constraint or self.free).as_tensors(self.states))
         return self.cache[key]
 
-    def _build(self, form: str, acrostic, rhyme, strict: str | None):
+    def _build(self, form: str, acrostic, rhyme, strict: str | None, rhyme_book: str):
         """The ``DecodeConstraint`` of a regulated form or of one of the model's 词牌."""
         if form not in self.cipai:
             try:
-                return constraints.build_constraint(form, self.vocab, acrostic=acrostic, rhyme=rhyme, strict=strict)
+                return constraints.build_constraint(form, self.vocab, acrostic=acrostic, rhyme=rhyme, strict=strict,
+                                                    rhyme_book=rhyme_book)
             except OptionError as exc:
                 if self.cipai and str(exc).startswith("--form: unknown form"):
                     raise OptionError(f"{exc}; or a 词牌 of this model's corpus: {', '.join(list(self.cipai)[:12])}"

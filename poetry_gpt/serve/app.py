@@ -73,7 +73,8 @@ _STR, _INT, _NUM, _BOOL = (str,), (int,), (int, float), (bool,)
 _D = SamplingConfig()
 FIELDS = {
     "openings": ((list, str), None), "title": (_STR, None), "genre": (_STR, None), "form": (_STR, _D.form),
-    "strict": (_BOOL, _D.strict), "acrostic": (_STR, _D.acrostic), "rhyme": (_BOOL, _D.rhyme),
+    "strict": (_BOOL, _D.strict), "leniency": (_STR, _D.leniency), "acrostic": (_STR, _D.acrostic),
+    "rhyme": (_BOOL, _D.rhyme), "rhyme_book": (_STR, _D.rhyme_book),
     "n": (_INT, _D.num_samples), "seed": (_INT, _D.seed), "top_k": (_INT, _D.top_k), "top_p": (_NUM, _D.top_p),
     "min_p": (_NUM, _D.min_p), "temperature": (_NUM, _D.temperature),
     "repetition_penalty": (_NUM, _D.repetition_penalty), "max_new_tokens": (_INT, _D.max_new_tokens),
@@ -85,7 +86,8 @@ _OPTION_FIELDS = {"--top-k": "top_k", "--top-p": "top_p", "--min-p": "min_p", "-
                   "--repetition-penalty": "repetition_penalty", "--num-samples": "n",
                   "--max-new-tokens": "max_new_tokens", "--form": "form", "--acrostic": "acrostic",
                   "--rhyme": "rhyme", "--title": "title", "--genre": "genre", "opening": "openings",
-                  "--opening": "openings", "--strict": "strict"}
+                  "--opening": "openings", "--strict": "strict", "--leniency": "leniency",
+                  "--rhyme-book": "rhyme_book"}
 MAX_SEED = 2**31 - 2
 
 

@@ -55,7 +55,7 @@ INPUTS = (
     ("title", "string", [], "", "title of the prompts that are not full prefixes"),
     ("form", "string", [], "", "五绝, 七绝, 五律 or 七律 (or 五言绝句 …, traditional spellings too); \"\" = free"),
     ("acrostic", "string", [], "", "characters that begin the clauses (needs form)"),
-    ("rhyme", "bool", [], False, "make the rhyme clauses rhyme (needs form)"),
+    ("rhyme", "bool", [], False, "make the rhyme clauses rhyme (needs form), in the 平水韵 平声 groups"),
     ("strict", "bool", [], False, "格律 (tone patterns, 平水韵 rhyme) is not in the SavedModel: a row asking for it "
                                   "gets an error; use `poetry-gpt generate --strict`"),
     ("seed", "int64", [], RANDOM_SEED, "seed of row 0, row i uses seed + i; -1 = random"),

@@ -35,9 +35,9 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import OptionError
+from ..sampling import CHOICE_RULES, LENIENCIES
 from . import forms, tones
 
-LENIENCIES = ("standard", "strict")
 FREE = "中"
 BASE_LINES: dict[int, dict[str, dict[str, str]]] = {
     5: {"A": {"strict": "仄仄平平仄", "standard": "中仄中平仄"},
@@ -70,8 +70,9 @@ def check_leniency(leniency: str, option: str = "--leniency") -> str:
     Raises:
         OptionError: another value (names ``option`` and the choices).
     """
-    if leniency not in LENIENCIES:
-        raise OptionError(f"{option}: unknown leniency {leniency!r}; choose one of {', '.join(LENIENCIES)}")
+    if leniency not in LENIENCIES:  # the words of ``SamplingConfig``'s rule
+        rule = next(r for r in CHOICE_RULES if r.name == "leniency")
+        raise OptionError(f"{option}: {rule.expected}, got {leniency}")
     return leniency
 
 
@@ -213,6 +214,15 @@ def _any_group_rhyme(cps: np.ndarray, look: Lookups, form: forms.Form) -> np.nda
     return (common != 0).any(axis=1)
 
 
+def _ping_rhyme(cps: np.ndarray, look: Lookups, form: forms.Form) -> np.ndarray:
+    """Bool [n]: the rhyme lines' last characters (2, 4, 6, 8) share one 平水韵 平声 group and none comes
+    twice: the rhyme ``--rhyme`` writes (its default book), tones and line 1 aside."""
+    ends = cps[:, [c - 1 for c in form.rhyme_clauses], -1]
+    common = np.bitwise_and.reduce(_lut(look.ping, ends), axis=1)
+    s = np.sort(ends, axis=1)
+    return (common != 0) & ~(s[:, 1:] == s[:, :-1]).any(axis=1)
+
+
 def _regular_codes(bodies: Sequence[str], form: forms.Form) -> np.ndarray:
     """[m, body_len] code points of the bodies that are regular in ``form`` (numpy, no Python per poem)."""
     same = [b for b in bodies if len(b) == form.body_len]
@@ -237,16 +247,18 @@ def metre_figures(bodies: Sequence[str], script: str = "simplified") -> dict:
 
     Returns:
         ``regular`` (bodies judged), ``pass_standard``, ``pass_strict``, ``pingshui_rhyme_rate``
-        (rhyme lines in one group, 平 or 仄) and ``by_form`` (the same per form); shares are None
+        (rhyme lines in one group, 平 or 仄), ``pingshui_ping_rhyme_rate`` (rhyme lines in one 平声 group, no
+        character twice: what ``--rhyme`` guarantees) and ``by_form`` (the same per form); shares are None
         without a regular body.
     """
     look = lookups(script)
-    total = {"regular": 0, "standard": 0, "strict": 0, "rhyme": 0}
+    total = {"regular": 0, "standard": 0, "strict": 0, "rhyme": 0, "ping_rhyme": 0}
     by_form = {}
     for form in forms.FORMS.values():
         cps = _clauses(_regular_codes(bodies, form), form)
         tone = _lut(look.tone, cps)
-        counts = {"regular": len(cps), "rhyme": int(_any_group_rhyme(cps, look, form).sum())}
+        counts = {"regular": len(cps), "rhyme": int(_any_group_rhyme(cps, look, form).sum()),
+                  "ping_rhyme": int(_ping_rhyme(cps, look, form).sum())}
         for len_ in LENIENCIES:
             ok = (~_violations(tone, form, len_).any(axis=(2, 3))) & _rhyme_ok(cps, look, form, len_)
             counts[len_] = int(ok.any(axis=1).sum())
@@ -286,7 +298,7 @@ def _shares(counts: dict) -> dict:
     n = counts["regular"]
     share = (lambda k: round(counts[k] / n, 4) if n else None)
     return {"regular": n, "pass_standard": share("standard"), "pass_strict": share("strict"),
-            "pingshui_rhyme_rate": share("rhyme")}
+            "pingshui_rhyme_rate": share("rhyme"), "pingshui_ping_rhyme_rate": share("ping_rhyme")}
 
 
 # ---------------------------------------------------------------------------------- one poem
