@@ -15,6 +15,7 @@ import click
 
 from . import __version__
 from .errors import EnvironmentProblem, PoetryGPTError
+from .memory import use_sampling_env
 
 
 class _Group(click.Group):
@@ -33,6 +34,8 @@ class _Group(click.Group):
 # commands that load TensorFlow and print poems or progress a user reads (not `env`, whose job
 # includes showing what TensorFlow says about CUDA)
 _QUIET_TF_COMMANDS = {"prepare", "train", "pipeline", "generate", "chat", "eval", "serve"}
+# commands that only sample from a loaded model (``memory.use_sampling_env``: less memory, same speed)
+_SAMPLING_COMMANDS = {"generate", "chat", "serve"}
 
 
 _DIED_LOADING = ("Error: the process died while TensorFlow was loading; what TensorFlow printed is above "
@@ -158,6 +161,8 @@ def main(ctx):
     # poetry_gpt is TensorFlow-only: with torch installed, transformers would import it too
     # (seconds and hundreds of MB more for every command). USE_TF=1 makes transformers skip torch.
     os.environ.setdefault("USE_TF", "1")
+    if ctx.invoked_subcommand in _SAMPLING_COMMANDS:
+        use_sampling_env()
     if ctx.invoked_subcommand in _QUIET_TF_COMMANDS and not {"-h", "--help"} & set(sys.argv[1:]):
         _import_tensorflow_quietly()
 

@@ -6,12 +6,23 @@ peak and the next compile piles on top of it. ``release_freed_memory`` asks glib
 return it (``malloc_trim(0)``): generation with several compiled programs then stays
 under its memory budget (``scripts/bench.py``, memory section). Elsewhere (macOS,
 musl) it does nothing.
+
+``use_sampling_env`` sets up a process that only samples (``generate``, ``chat``, ``serve``) before
+TensorFlow is imported: the compiled sampler is XLA and uses none of TensorFlow's oneDNN kernels,
+but with oneDNN on, TensorFlow allocates every tensor, XLA's buffers included, from its oneDNN
+CPU allocator, a pool that never gives memory back: it keeps the largest batch's working set (the
+KV caches) for good.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import functools
+import os
+from typing import MutableMapping
+
+#: environment of a sampling-only process (``use_sampling_env``)
+SAMPLING_ENV = {"TF_ENABLE_ONEDNN_OPTS": "0"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -34,3 +45,13 @@ def release_freed_memory() -> bool:
         return False
     trim(0)
     return True
+
+
+def use_sampling_env(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Set ``SAMPLING_ENV`` where the user has not set those variables (call before TensorFlow is imported).
+
+    Args:
+        environ: the environment to fill (default: this process's).
+    """
+    for name, value in SAMPLING_ENV.items():
+        environ.setdefault(name, value)

@@ -396,6 +396,14 @@ def test_batches_round_up_to_a_power_of_two():
     assert batch_rows(5, 6) == 6 and batch_rows(3, 1) == 1
 
 
+def test_a_larger_base_means_fewer_batch_sizes():
+    from poetry_gpt.generate.decoders import batch_rows, batch_sizes
+
+    assert [batch_rows(n, 32, base=8) for n in (1, 2, 8, 9, 31, 40)] == [1, 8, 8, 32, 32, 32]
+    assert batch_sizes(32) == [1, 2, 4, 8, 16, 32] and batch_sizes(32, base=8) == [1, 8, 32]
+    assert batch_sizes(6, base=8) == [1, 6] and batch_sizes(1, base=8) == [1]
+
+
 def test_padded_rows_do_not_change_poems_or_count(gen):
     three = gen.generate("春眠", seed=5, num_samples=3, batch_size=8)  # run as a batch of 4
     traces = dict(gen.sampler.traces)

@@ -51,3 +51,20 @@ def test_without_malloc_trim_it_reports_false(monkeypatch):
         assert memory.release_freed_memory() is False
     finally:
         memory._malloc_trim.cache_clear()
+
+
+@pytest.mark.parametrize("command, expected", [("generate", "0"), ("chat", "0"), ("serve", "0"), ("train", None)])
+def test_sampling_commands_turn_off_onednn_before_tensorflow_loads(monkeypatch, command, expected):
+    """With oneDNN on, TensorFlow's pooling allocator keeps the largest batch's buffers for good; the
+    sampler is XLA, so the sampling-only commands turn it off (a user's own setting wins)."""
+    from click.testing import CliRunner
+
+    from poetry_gpt.cli import main
+
+    monkeypatch.setattr("poetry_gpt.cli._import_tensorflow_quietly", lambda: None)
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    assert CliRunner().invoke(main, [command, "--help"]).exit_code == 0
+    assert memory.os.environ.get("TF_ENABLE_ONEDNN_OPTS") == expected
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    CliRunner().invoke(main, [command, "--help"])
+    assert memory.os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"

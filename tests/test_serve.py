@@ -245,6 +245,20 @@ class FakeGenerator:
         return list(rows)
 
 
+def test_warm_up_compiles_only_the_batch_sizes_the_server_uses(tiny_run):
+    """Each compiled batch size keeps tens of MB: the server compiles powers of 8 (1, 8, 16 here), and a
+    request of any size afterwards reuses one of them."""
+    from poetry_gpt.generate.generator import PoemGenerator
+    from poetry_gpt.serve.app import warm_up
+
+    gen = PoemGenerator(tiny_run)
+    warm_up(gen, 16)
+    assert gen.sampler.traces["decode"] == 3
+    for n in (2, 5, 9, 16):
+        gen.generate(None, num_samples=n, batch_size=16, seed=0, max_new_tokens=2)
+    assert gen.sampler.traces["decode"] == 3
+
+
 def test_batcher_groups_by_options_caps_batches_and_queue():
     from poetry_gpt.serve.batcher import Batcher, QueueFull
 

@@ -43,8 +43,8 @@ class Decoder(Protocol):
         """The ids of each planned row (``generator.Row``), in order."""
 
 
-def batch_rows(rows: int, batch_size: int) -> int:
-    """Rows of each compiled batch: the next power of two ≥ ``rows``, at most ``batch_size``.
+def batch_rows(rows: int, batch_size: int, base: int = 2) -> int:
+    """Rows of each compiled batch: the next power of ``base`` ≥ ``rows``, at most ``batch_size``.
 
     Rounding up (the extra rows are inactive padding) keeps the number of compiled programs,
     and so the compile time and memory, small when ``-n`` varies, e.g. in ``chat``.
@@ -52,16 +52,31 @@ def batch_rows(rows: int, batch_size: int) -> int:
     Args:
         rows: samples asked for.
         batch_size: the most rows run together.
+        base: 2 (1, 2, 4, 8, …) or more: fewer programs (each keeps tens of MB), more padding.
     """
-    return min(batch_size, 1 << max(rows - 1, 0).bit_length())
+    size = 1
+    while size < rows:
+        size *= base
+    return min(batch_size, size)
+
+
+def batch_sizes(batch_size: int, base: int = 2) -> list[int]:
+    """Every batch size ``batch_rows`` gives up to ``batch_size`` (the programs to compile ahead), smallest first.
+
+    Args:
+        batch_size: the most rows run together.
+        base: as in ``batch_rows``.
+    """
+    return sorted({batch_rows(rows, batch_size, base) for rows in range(1, batch_size + 1)})
 
 
 class CompiledDecoder:
     """The compiled sampler (``sampler.Sampler``) over a ``CachedGPT2`` view of the model.
 
-    Programs are compiled on first use: the decode loop once per batch size (a power of two,
-    see ``batch_rows``) and top-k cap (16, 64, all), shared by free sampling and every form;
-    the prompt pass once per (batch size, prompt bucket of 16 tokens).
+    Programs are compiled on first use: the decode loop once per batch size (a power of
+    ``batch_base``, see ``batch_rows``) and top-k cap (16, 64, all), shared by free sampling and every
+    form; the prompt pass once per (batch size, prompt bucket of 16 tokens). ``batch_base`` is 2; a
+    server that compiles its batch sizes ahead sets a larger one (fewer programs in memory).
 
     Args:
         model: a ``TFGPT2LMHeadModel`` (its variables are read at each call, so a model in training
@@ -83,6 +98,7 @@ class CompiledDecoder:
         self.sampler = Sampler(CachedGPT2(model, getattr(tf, compute_dtype)), stop_id=stop_id,
                                banned_ids=(PAD_ID, UNK_ID, SEP_ID), unpenalised_ids=punctuation,
                                jit_compile=jit_compile)
+        self.batch_base = 2
 
     def check(self, config: SamplingConfig) -> None:
         """Every option is supported."""
@@ -99,7 +115,7 @@ class CompiledDecoder:
             on_tokens: streaming: called as ``on_tokens(first_row, ids_per_row)`` every few decode steps
                 with the ids each row of the running batch has drawn so far (cut to its budget).
         """
-        B = batch_rows(len(rows), batch_size)
+        B = batch_rows(len(rows), batch_size, self.batch_base)
         budget = max(r.budget for r in rows)
         drawn, traces = [], dict(self.sampler.traces)
         for start in range(0, len(rows), B):

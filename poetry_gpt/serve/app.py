@@ -335,8 +335,13 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
                         status_code=exc.status_code)
 
 
+#: the server's batch sizes are powers of this up to ``--max-batch`` (1, 8, 32): each compiled size keeps
+#: tens of MB of programs, so fewer sizes keep the server's memory down, at the cost of more padding rows
+SERVE_BATCH_BASE = 8
+
+
 def warm_up(generator, max_batch: int, echo: Callable[[str], None] | None = None) -> None:
-    """Compile the programs of every batch size the batcher uses (powers of two up to ``max_batch``).
+    """Set the batch sizes the batcher uses (powers of ``SERVE_BATCH_BASE`` up to ``max_batch``) and compile them.
 
     Prompts longer than 15 characters and top-k above 64 compile their programs on first use.
 
@@ -345,20 +350,18 @@ def warm_up(generator, max_batch: int, echo: Callable[[str], None] | None = None
         max_batch: the largest batch.
         echo: progress lines go here (None: silent).
     """
+    from ..generate.decoders import batch_sizes
+
     try:
         generator.plan(None, form=FORM_NAMES[0], rhyme=True)  # loads the rhyme readings (pypinyin) once
     except OptionError:
         pass  # a vocabulary without rhyming characters: the request will say so
-    rows = 1
-    while True:
-        rows = min(rows, max_batch)
+    generator.decoders["compiled"].batch_base = SERVE_BATCH_BASE
+    for rows in batch_sizes(max_batch, SERVE_BATCH_BASE):
         t0 = time.perf_counter()
         generator.generate(None, num_samples=rows, batch_size=rows, seed=0, max_new_tokens=2)
         if echo is not None:
             echo(f"compiled batch {rows} in {time.perf_counter() - t0:.1f} s")
-        if rows >= max_batch:
-            return
-        rows *= 2
 
 
 def create_app(generator, run_dir, limits: Limits | None = None, window: float = 0.005) -> Starlette:

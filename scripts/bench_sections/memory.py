@@ -51,9 +51,13 @@ def child_train_memory(a: dict) -> dict:
 
 def child_generate_memory(a: dict) -> dict:
     """Load an export with ``PoemGenerator`` and write poems (batch 1 and 8; free, a form, a form
-    with rhyme), in a process set up as ``poetry-gpt generate`` sets itself up (``USE_TF=1``)."""
+    with rhyme), in a process set up as ``poetry-gpt generate`` sets itself up (``USE_TF=1``,
+    ``memory.use_sampling_env``)."""
     os.environ.setdefault("USE_TF", "1")  # as poetry_gpt.cli: transformers leaves torch alone
     import poetry_gpt  # noqa: F401
+    from poetry_gpt.memory import use_sampling_env
+
+    use_sampling_env()  # as poetry_gpt.cli for generate/chat/serve (before TensorFlow is imported)
     from poetry_gpt.generate.generator import PoemGenerator
 
     gen = PoemGenerator(a["export"])
