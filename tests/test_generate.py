@@ -371,10 +371,12 @@ def test_cut_at_close(tmp_path, vocab):
 
 def test_no_recompile_for_new_openings_or_sampling_options(gen):
     gen.generate("春眠不觉晓", seed=1)  # compile for batch 1 and the first bucket (≤ 16 tokens)
-    traces = dict(gen.sampler.traces)
+    gen.generate("春眠不觉晓", seed=1, top_k=16)  # and the 16-candidate cap (top_k_cap: one program per cap)
+    traces = dict(gen.sampler.traces)  # (the test's own warm-up: it passes alone as well as after others)
     gen.generate("红豆生南国", title="相思", seed=2, top_k=7, top_p=0.9, temperature=0.7,
                  repetition_penalty=1.3, max_new_tokens=20)
     gen.generate("白日", seed=3, top_k=1)
+    gen.generate("白日依山尽", seed=4, top_k=40, min_p=0.2)
     assert gen.sampler.traces == traces
     gen.generate("床前明月光，疑是地上霜", title="静夜思", seed=4)  # 20 tokens: next bucket, decode loop reused
     assert gen.sampler.traces == {"prefill": traces["prefill"] + 1, "decode": traces["decode"]}
