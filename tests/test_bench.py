@@ -354,6 +354,63 @@ def test_torch_child_uses_every_usable_core(monkeypatch):
     assert calls == [5, 5]
 
 
+def _copy_tf_gpt2_into(torch, lm, model) -> None:
+    """Load a ``TFGPT2LMHeadModel``'s weights into the nanoGPT baseline's model (Conv1D kernels transposed)."""
+    import re
+
+    import numpy as np
+
+    state = {}
+    for v in lm.weights:
+        name = re.sub(r"h_\._(\d+)", r"h.\1", v.name.split("transformer/", 1)[1].removesuffix(":0")).replace("/", ".")
+        name = name.replace("embeddings", "weight").replace("gamma", "weight").replace("beta", "bias")
+        value = v.numpy()
+        if name.endswith(".bias"):
+            value = value.reshape(-1)
+        elif value.ndim == 2 and not name.startswith(("wte", "wpe")):
+            value = value.T
+        state[name] = torch.from_numpy(np.ascontiguousarray(value))
+    state["lm_head.weight"] = state["wte.weight"]
+    model.load_state_dict(state)
+
+
+def test_nanogpt_baseline_is_gpt2_and_scores_validation_as_poetry_gpt(tmp_path):
+    """With TF GPT-2's weights, the baseline's model gives poetry_gpt's validation loss on the same windows
+    (long poems in sliding windows): the same function, the same scoring (float32)."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+    from helpers import write_raw
+
+    from poetry_gpt.config import DataConfig, ModelConfig
+    from poetry_gpt.data.datasets import eval_dataset
+    from poetry_gpt.data.manifest import load_manifest
+    from poetry_gpt.data.prepare import prepare
+    from poetry_gpt.eval.evaluate import validation_loss
+    from poetry_gpt.model.gpt2 import build_model
+
+    nanogpt = load_bench_module().nanogpt
+    prepare([write_raw(tmp_path / "raw.txt", 60, width=7)], tmp_path / "data", DataConfig(valid_fraction=0.2))
+    manifest = load_manifest(tmp_path / "data")
+    vocab = manifest.load_vocab()
+    lm = build_model(ModelConfig(n_layer=2, n_embd=32, n_head=2, n_ctx=16), vocab, seed=5)
+    for v in lm.weights:  # activations and logits of order 1: GELU's tanh form and the attention matter
+        if v.shape.rank == 2:
+            v.assign(v * 10.0)
+    model = nanogpt.gpt_model(torch, vocab.size, 2, 32, 2, 16)
+    _copy_tf_gpt2_into(torch, lm, model)
+    ours = validation_loss(lm, manifest, vocab, 8, 16)
+    batches = list(eval_dataset(manifest, 8, 16, pad_id=vocab.pad_id, sep_id=vocab.sep_id))
+    ids, labels = (torch.from_numpy(np.concatenate([b[k].numpy() for b in batches]).astype(np.int64))
+                   for k in ("input_ids", "labels"))
+    assert ids.size(0) > manifest.poems("valid")  # poems longer than the context: several windows each
+    theirs = nanogpt.validation_loss(torch, model, ids, labels, 8)
+    assert theirs["tokens"] == ours["tokens"] > 0
+    assert theirs["loss"] == pytest.approx(ours["loss"], rel=1e-5)
+    expected = lm(input_ids=ids[:8].numpy().astype(np.int32)).logits.numpy()
+    with torch.no_grad():
+        np.testing.assert_allclose(model(ids[:8]).numpy(), expected, atol=2e-4 * np.abs(expected).max())
+
+
 def test_generation_summary_reads_both_benchmark_layouts():
     bench = load_bench_module()
     nested = {"new_tokens": 64, "batches": {
