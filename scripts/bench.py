@@ -3,7 +3,9 @@
 
     python scripts/bench.py                          # everything, full size (about 15-30 minutes on 2 cores)
     python scripts/bench.py --quick                  # tiny shapes, few steps: checks that it all runs (~2-3 min)
-    python scripts/bench.py --only train,memory      # some sections (train, generate, prepare, memory, serve, export)
+    python scripts/bench.py --only train,memory      # some sections (train, generate, prepare, memory, serve, export,
+                                                     # quality: not in a full run unless named here)
+    python scripts/bench.py --only quality --quality-steps 3000   # validation loss after N steps (default 1000)
     python scripts/bench.py --run runs/small         # generation figures on a trained run instead of a random model
     python scripts/bench.py --out bench.json         # also write the document to a file
     python scripts/bench.py --check                  # exit 1 when a judged goal fails
@@ -18,7 +20,10 @@ system do not affect another; a subprocess prints one JSON line that this parent
   at the preset's default precision; (2) a seed-style baseline written here — one poem per row padded
   to the context, loss masked with ``tf.boolean_mask``, ``tf_keras`` Adam 5e-5, fp32, ``fit`` of a
   Keras wrapper around transformers' ``TFGPT2LMHeadModel`` (its own forward); (3) transformers'
-  PyTorch ``GPT2LMHeadModel`` on packed rows with bf16 autocast and AdamW, when torch is installed.
+  PyTorch ``GPT2LMHeadModel`` on packed rows with bf16 autocast and AdamW, when torch is installed;
+  (4) the nanoGPT-style PyTorch run written in ``bench_sections/nanogpt.py`` (``scaled_dot_product_attention``,
+  fused AdamW, bf16 autocast) on poetry_gpt's own packed rows with the preset's optimizer settings, when torch
+  is installed.
   Every system uses every core the process may run on (its CPU affinity): TensorFlow's intra-op pool
   and ``torch.set_num_threads`` alike.
   Steady state: the timed window starts after the warm-up steps (a Keras callback / a loop timer).
@@ -38,6 +43,10 @@ system do not affect another; a subprocess prints one JSON line that this parent
 * ``export`` — ``poetry-gpt export`` of the generation export: export time, SavedModel size, load time, and ms
   per poem through the loaded SavedModel against ``PoemGenerator`` (batch 1 and 8, free and ``五绝``, timed in
   turns in one process; goal: within 10% of ``PoemGenerator``).
+* ``quality`` — validation cross-entropy of poetry_gpt and the nanoGPT-style baseline after the same
+  ``--quality-steps`` (1000) steps of the preset (decay over them) on the same packed rows of tang-full, scored
+  on the same held-out windows in float32 (``bench_sections/quality.py``; goal: ours ≤ the baseline's).
+  Minutes of training: run only with ``--only quality`` (or ``--quick``, a few steps of the tiny preset).
 * ``memory`` — peak RSS (``wait4`` of the subprocess: its ``ru_maxrss``) of a short real ``train``
   run on 1× and 16× tang-full DATA_DIRs (it must stay flat: the reader streams), and of generation.
 
@@ -67,25 +76,29 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_sections/ and bench_generate.py, also when
 # this file is loaded by path (tests/test_bench.py) rather than run as a script
 
-from bench_sections import export, generate, memory, prepare, serve, train  # noqa: E402
+from bench_sections import export, generate, memory, nanogpt, prepare, quality, serve, train  # noqa: E402
 from bench_sections.generate import summarise_generation  # noqa: E402,F401  (tests/test_bench.py)
 from bench_sections.goals import code_path, goals, goals_text, verdict  # noqa: E402
 from bench_sections.inputs import child_setup  # noqa: E402
 from bench_sections.machine import load_average, machine_facts, versions  # noqa: E402
 from bench_sections.runner import ROOT, ChildError, emit, log, run_child  # noqa: E402
+from bench_sections.nanogpt import child_train_nanogpt  # noqa: E402,F401  (tests/test_bench.py)
 from bench_sections.train import child_train_torch  # noqa: E402,F401  (tests/test_bench.py)
 
 SHARED = ROOT.parent / "shared" / "corpus"
 DEFAULT_CORPUS = SHARED / "tang-4k.raw.txt"
 DEFAULT_FULL_CORPUS = SHARED / "tang-full.raw.txt"
-SECTIONS = ("train", "generate", "prepare", "memory", "serve", "export")
+SECTIONS = ("train", "generate", "prepare", "memory", "serve", "export", "quality")
+NOT_BY_DEFAULT = ("quality",)  # minutes of training: a full run measures it only when --only names it
 SECTION_RUNS = {"train": train.section, "generate": generate.section, "prepare": prepare.section,
-                "memory": memory.section, "serve": serve.section, "export": export.section}
+                "memory": memory.section, "serve": serve.section, "export": export.section,
+                "quality": quality.section}
 CHILDREN = {"peak": train.child_peak, "setup": child_setup, "train_poetry": train.child_train_poetry,
             "train_seed": train.child_train_seed, "train_torch": train.child_train_torch,
             "generate": generate.child_generate, "first_call": generate.child_first_call,
             "train_memory": memory.child_train_memory, "generate_memory": memory.child_generate_memory,
-            "export": export.child_export}
+            "export": export.child_export, "rows": nanogpt.child_rows, "train_nanogpt": nanogpt.child_train_nanogpt,
+            "quality_poetry": quality.child_quality_poetry, "quality_nanogpt": quality.child_quality_nanogpt}
 
 SMALL_SHAPE = {"n_layer": 6, "n_embd": 384, "n_head": 6, "n_ctx": 128, "batch_size": 16}
 TINY_SHAPE = {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_ctx": 64, "batch_size": 8}
@@ -104,6 +117,7 @@ class Bench:
         self.warmup = args.warmup if args.warmup is not None else (2 if self.quick else 5)
         self.steps = args.steps if args.steps is not None else (3 if self.quick else 20)
         self.rounds = args.rounds if args.rounds is not None else (1 if self.quick else 2)
+        self.quality_steps = args.quality_steps if args.quality_steps is not None else (20 if self.quick else 1000)
         self.setup_info: dict = {}
 
     # -- shared data ----------------------------------------------------------------------
@@ -112,6 +126,12 @@ class Bench:
 
     def export_dir(self) -> Path:
         return self.work / "export"
+
+    def quality_corpus(self) -> Path:
+        return self.args.corpus if self.quick else self.args.full_corpus
+
+    def quality_data(self) -> Path:
+        return self.train_data() if self.quick else self.work / "data-quality"
 
     def memory_copies(self) -> list[int]:
         return [1, 4] if self.quick else [1, 16]
@@ -126,9 +146,12 @@ class Bench:
         """Prepare, in one subprocess, every DATA_DIR and the export the chosen sections need."""
         jobs, export = [], None
         need_train_data = "train" in sections or (bool({"generate", "memory", "export"} & set(sections))
-                                                   and not self.args.run)
+                                                   and not self.args.run) or ("quality" in sections and self.quick)
         if need_train_data:
             jobs.append({"raw": str(self.args.corpus), "copies": 1, "out": str(self.train_data()),
+                         "keep_duplicates": False, "valid_fraction": 0.02})
+        if "quality" in sections and not self.quick:
+            jobs.append({"raw": str(self.quality_corpus()), "copies": 1, "out": str(self.quality_data()),
                          "keep_duplicates": False, "valid_fraction": 0.02})
         if "memory" in sections:
             raw = self.memory_corpus()
@@ -157,7 +180,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny shapes and few steps: checks that everything runs")
-    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    p.add_argument("--only", default=None, help=f"comma-separated sections of {', '.join(SECTIONS)} (default: all; "
+                                                f"{', '.join(NOT_BY_DEFAULT)} only with --quick)")
     p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="the training-speed corpus (tang-4k)")
     p.add_argument("--full-corpus", type=Path, default=DEFAULT_FULL_CORPUS,
                    help="the corpus that prepare and memory repeat (tang-full)")
@@ -166,6 +190,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 5; quick 2)")
     p.add_argument("--steps", type=int, default=None, help="measured steps (default 20; quick 3)")
     p.add_argument("--rounds", type=int, default=None, help="runs of each training system (default 2; quick 1)")
+    p.add_argument("--quality-steps", type=int, default=None,
+                   help="training steps of each system in the quality section (default 1000; quick 20)")
     p.add_argument("--keep-work", action="store_true", help="keep the temporary work folder (logs of each process)")
     p.add_argument("--check", action="store_true",
                    help="exit 1 when a judged goal fails (unjudged goals are listed with the reason, not failed)")
@@ -175,18 +201,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--child-args", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is None:
-        only = [s.strip() for s in args.only.split(",") if s.strip()]
+        default = [s for s in SECTIONS if args.quick or s not in NOT_BY_DEFAULT]
+        only = default if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
         bad = [s for s in only if s not in SECTIONS]
         if bad or not only:
             p.error(f"--only: unknown section(s) {', '.join(bad) or '(none)'}; choose from {', '.join(SECTIONS)}")
         args.sections = [s for s in SECTIONS if s in only]
-        if args.warmup is not None and args.warmup < 1 or args.steps is not None and args.steps < 1:
-            p.error("--warmup and --steps must be >= 1")
+        if any(v is not None and v < 1 for v in (args.warmup, args.steps, args.quality_steps)):
+            p.error("--warmup, --steps and --quality-steps must be >= 1")
         if args.judge is not None:
             args.judged_doc = read_document(p, args.judge)
             return args
         for path, option in ((args.corpus, "--corpus"), (args.full_corpus, "--full-corpus")):
-            needed = option == "--corpus" or {"prepare", "memory"} & set(args.sections) and not args.quick
+            needed = option == "--corpus" or {"prepare", "memory", "quality"} & set(args.sections) and not args.quick
             if needed and not path.is_file():
                 p.error(f"{option}: no such file {path}; give the corpus's path with {option} PATH")
     return args

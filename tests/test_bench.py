@@ -19,6 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "scripts" / "bench.py"
 TORCH_SKIP = "torch not installed: pip install torch==2.13.0"
+TORCH_GOALS = ("train_vs_torch_bf16", "train_vs_nanogpt_bf16", "quality_vs_nanogpt")
 
 
 def load_bench_module():
@@ -68,7 +69,7 @@ def quick_doc(quick_run):
 @pytest.mark.slow
 def test_quick_document_has_every_section(quick_doc):
     assert quick_doc["mode"] == "quick"
-    for section in ("train", "generate", "prepare", "memory"):
+    for section in ("train", "generate", "prepare", "memory", "quality"):  # --quick runs quality too
         assert section in quick_doc and "error" not in quick_doc[section], quick_doc.get(section)
         check_context(quick_doc[section])
     assert quick_doc["machine"]["cores"] >= 1 and quick_doc["versions"]["python"]
@@ -80,12 +81,17 @@ def test_quick_train_section(quick_doc):
     positive(train["matmul_peak"], "fp32_gflops", "bf16_gflops")
     systems = train["systems"]
     measured = ["poetry_gpt", "seed_style"]
-    if "skipped" in systems["torch_bf16"]:
-        assert systems["torch_bf16"]["skipped"] == TORCH_SKIP
-        assert train["ratios"]["poetry_gpt_vs_torch_bf16"] is None
-    else:
-        measured.append("torch_bf16")
-        positive(train["ratios"], "poetry_gpt_vs_torch_bf16")
+    for name in ("torch_bf16", "nanogpt_bf16"):
+        if "skipped" in systems[name]:
+            assert systems[name]["skipped"] == TORCH_SKIP
+            assert train["ratios"][f"poetry_gpt_vs_{name}"] is None
+        else:
+            measured.append(name)
+            positive(train["ratios"], f"poetry_gpt_vs_{name}")
+    if "nanogpt_bf16" in measured:
+        nano = systems["nanogpt_bf16"]
+        assert nano["padding_fraction"] == 0.0 and nano["adamw"] in ("fused", "foreach")
+        assert nano["shape"] == systems["poetry_gpt"]["shape"]  # same shape, batch, vocabulary
     for name in measured:
         system = systems[name]
         positive(system, "tokens_per_s", "useful_tokens_per_s", "ms_per_step", "median_ms_per_step", "mfu",
@@ -102,6 +108,20 @@ def test_quick_train_section(quick_doc):
     assert train["matmul_peak"]["threads"] == cores
     for name in measured:
         assert systems[name]["threads"] == cores, name  # every system on every usable core alike
+
+
+@pytest.mark.slow
+def test_quick_quality_section(quick_doc):
+    quality = quick_doc["quality"]
+    assert quality["steps"] == 20 and quality["preset"] == "tiny"
+    ours, theirs = quality["systems"]["poetry_gpt"], quality["systems"]["nanogpt_bf16"]
+    positive(ours, "validation_loss", "validation_tokens", "final_train_loss")
+    if "skipped" in theirs:
+        assert theirs["skipped"] == TORCH_SKIP and quality["validation_loss_minus_nanogpt"] is None
+    else:
+        positive(theirs, "validation_loss", "final_train_loss")
+        assert theirs["validation_tokens"] == ours["validation_tokens"]  # the same held-out windows
+        assert quality["validation_loss_minus_nanogpt"] == round(ours["validation_loss"] - theirs["validation_loss"], 4)
 
 
 @pytest.mark.slow
@@ -175,7 +195,7 @@ def test_quick_goals_are_judged(quick_run):
     assert set(goals) == set(GOALS)
     for name, goal in goals.items():
         assert goal["target"]
-        if name == "train_vs_torch_bf16" and goal["value"] is None:
+        if name in TORCH_GOALS and goal["value"] is None:
             assert goal["status"] == "unjudged" and goal["why"] == TORCH_SKIP  # torch not installed
         else:
             assert goal["status"] in ("pass", "fail") and goal["pass"] is (goal["status"] == "pass"), (name, goal)
@@ -190,7 +210,8 @@ def test_quick_goals_are_judged(quick_run):
 
 # --- fast checks of the parent's pieces (no subprocess) ---------------------------------------
 
-GOALS = ("train_vs_seed_style", "train_vs_torch_bf16", "generate_batch_1_vs_eager", "generate_first_compile",
+GOALS = ("train_vs_seed_style", "train_vs_torch_bf16", "train_vs_nanogpt_bf16", "quality_vs_nanogpt",
+         "generate_batch_1_vs_eager", "generate_first_compile",
          "generate_no_recompile_for_new_opening", "prepare_chars_per_s", "prepare_linear", "train_peak_rss_mb",
          "train_peak_rss_flat", "generate_peak_rss_mb", "serve_32_clients_vs_one_at_a_time",
          "serve_32_clients_p95_vs_single", "serve_errors", "serve_peak_rss_mb", "export_saved_model_vs_generator")
@@ -199,8 +220,9 @@ GOALS = ("train_vs_seed_style", "train_vs_torch_bf16", "generate_batch_1_vs_eage
 def fake_document(**changes) -> dict:
     """A bench document whose figures meet every goal (``changes`` replaces whole sections)."""
     doc = {"benchmark": "poetry_gpt scripts/bench.py", "mode": "full",
-           "train": {"ratios": {"poetry_gpt_vs_seed_style": 5.2, "poetry_gpt_vs_torch_bf16": 1.26},
-                     "systems": {}},
+           "train": {"ratios": {"poetry_gpt_vs_seed_style": 5.2, "poetry_gpt_vs_torch_bf16": 1.26,
+                                "poetry_gpt_vs_nanogpt_bf16": 1.05}, "systems": {}},
+           "quality": {"validation_loss_minus_nanogpt": -0.02, "systems": {}},
            "generate": {"summary": {"batch_1_speedup_vs_eager": 45.0, "first_call_seconds_worst": 6.5,
                                     "recompiled_for_other_opening": False}},
            "prepare": {"runs": [{"chars_per_s": 5_000_000}, {"chars_per_s": 4_900_000}],
@@ -231,7 +253,9 @@ def test_goals_pass_and_fail_on_fake_figures():
     assert all(g["status"] == "pass" for g in goals.values()), goals
     assert goals["prepare_chars_per_s"]["value"] == 4_900_000 and goals["prepare_linear"]["value"] == 0.98
     # just under each target fails it (the seed-style goal is ANCHORS' 4.4x, not 4.0x)
-    doc = fake_document(train={"ratios": {"poetry_gpt_vs_seed_style": 4.3, "poetry_gpt_vs_torch_bf16": 0.99}},
+    doc = fake_document(train={"ratios": {"poetry_gpt_vs_seed_style": 4.3, "poetry_gpt_vs_torch_bf16": 0.99,
+                                          "poetry_gpt_vs_nanogpt_bf16": 0.99}},
+                        quality={"validation_loss_minus_nanogpt": 0.001},
                         generate={"summary": {"batch_1_speedup_vs_eager": 39.9, "first_call_seconds_worst": 10.1,
                                               "recompiled_for_other_opening": True}},
                         memory={"train": {"runs": [{"peak_rss_mb": 900.0}, {"peak_rss_mb": 2001.0}],
@@ -250,22 +274,26 @@ def test_goals_pass_and_fail_on_fake_figures():
 def test_unjudged_goals_name_why():
     bench = load_bench_module()
     skipped = {"skipped": TORCH_SKIP}
-    doc = fake_document(train={"ratios": {"poetry_gpt_vs_seed_style": 5.0, "poetry_gpt_vs_torch_bf16": None},
-                               "systems": {"torch_bf16": skipped}},
+    doc = fake_document(train={"ratios": {"poetry_gpt_vs_seed_style": 5.0, "poetry_gpt_vs_torch_bf16": None,
+                                          "poetry_gpt_vs_nanogpt_bf16": None},
+                               "systems": {"torch_bf16": skipped, "nanogpt_bf16": skipped}},
+                        quality={"validation_loss_minus_nanogpt": None, "systems": {"nanogpt_bf16": skipped}},
                         generate={"error": "ChildError: generate: exit code 1 after 3 s: boom"})
     del doc["prepare"]
     goals = bench.goals(doc)
-    assert goals["train_vs_torch_bf16"]["why"] == TORCH_SKIP
+    for name in TORCH_GOALS:
+        assert goals[name]["status"] == "unjudged" and goals[name]["why"] == TORCH_SKIP, name
     assert goals["generate_first_compile"]["why"] == "section generate failed: ChildError: generate: exit code 1 " \
                                                      "after 3 s: boom"
     assert goals["prepare_chars_per_s"]["why"] == "section prepare not run (--only)"
     assert goals["train_vs_seed_style"]["status"] == "pass"
     unjudged = bench.verdict(goals, "full")["unjudged"]
-    assert set(unjudged) == {"train_vs_torch_bf16", "generate_batch_1_vs_eager", "generate_first_compile",
+    assert set(unjudged) == {*TORCH_GOALS, "generate_batch_1_vs_eager", "generate_first_compile",
                              "generate_no_recompile_for_new_opening", "prepare_chars_per_s", "prepare_linear"}
     text = bench.goals_text(goals, bench.verdict(goals, "full"))
     assert f"UNJUDGED  train_vs_torch_bf16" in text and f"({TORCH_SKIP})" in text
-    assert text.splitlines()[-1] == "verdict: 9 passed, 0 failed, 6 unjudged"
+    assert f"UNJUDGED  quality_vs_nanogpt" in text
+    assert text.splitlines()[-1] == "verdict: 9 passed, 0 failed, 8 unjudged"
 
 
 def write_doc(path: Path, doc: dict) -> str:
@@ -281,18 +309,22 @@ def test_check_exits_1_when_a_goal_fails(tmp_path):
     assert checked.returncode == 1, checked.stderr
     assert json.loads(checked.stdout)["verdict"]["failed"] == ["generate_first_compile"]
     assert "FAIL      generate_first_compile" in checked.stderr
-    assert checked.stderr.splitlines()[-1] == "verdict: 14 passed, 1 failed (generate_first_compile), 0 unjudged"
+    assert checked.stderr.splitlines()[-1] == "verdict: 16 passed, 1 failed (generate_first_compile), 0 unjudged"
     assert run_bench("--judge", saved).returncode == 0  # without --check the figures are only reported
 
 
 def test_check_passes_with_unjudged_goals_listed(tmp_path):
-    doc = fake_document(train={"ratios": {"poetry_gpt_vs_seed_style": 5.0, "poetry_gpt_vs_torch_bf16": None},
-                               "systems": {"torch_bf16": {"skipped": TORCH_SKIP}}})
+    skipped = {"skipped": TORCH_SKIP}
+    doc = fake_document(train={"ratios": {"poetry_gpt_vs_seed_style": 5.0, "poetry_gpt_vs_torch_bf16": None,
+                                          "poetry_gpt_vs_nanogpt_bf16": None},
+                               "systems": {"torch_bf16": skipped, "nanogpt_bf16": skipped}},
+                        quality={"validation_loss_minus_nanogpt": None, "systems": {"nanogpt_bf16": skipped}})
     checked = run_bench("--judge", write_doc(tmp_path / "bench.json", doc), "--check")
     assert checked.returncode == 0, checked.stderr
-    assert json.loads(checked.stdout)["verdict"]["unjudged"] == {"train_vs_torch_bf16": TORCH_SKIP}
-    line = next(ln for ln in checked.stderr.splitlines() if "train_vs_torch_bf16" in ln)
-    assert line.split()[0] == "UNJUDGED" and line.endswith(f"({TORCH_SKIP})")
+    assert json.loads(checked.stdout)["verdict"]["unjudged"] == {name: TORCH_SKIP for name in TORCH_GOALS}
+    for name in TORCH_GOALS:
+        line = next(ln for ln in checked.stderr.splitlines() if f" {name} " in ln)
+        assert line.split()[0] == "UNJUDGED" and line.endswith(f"({TORCH_SKIP})")
 
 
 def test_judge_refuses_a_file_that_is_not_a_bench_document(tmp_path):
@@ -317,6 +349,66 @@ def test_torch_child_uses_every_usable_core(monkeypatch):
     with pytest.raises(Stop):
         bench.child_train_torch({})
     assert calls == [5]
+    with pytest.raises(Stop):
+        bench.child_train_nanogpt({"preset": "tiny"})
+    assert calls == [5, 5]
+
+
+def _copy_tf_gpt2_into(torch, lm, model) -> None:
+    """Load a ``TFGPT2LMHeadModel``'s weights into the nanoGPT baseline's model (Conv1D kernels transposed)."""
+    import re
+
+    import numpy as np
+
+    state = {}
+    for v in lm.weights:
+        name = re.sub(r"h_\._(\d+)", r"h.\1", v.name.split("transformer/", 1)[1].removesuffix(":0")).replace("/", ".")
+        name = name.replace("embeddings", "weight").replace("gamma", "weight").replace("beta", "bias")
+        value = v.numpy()
+        if name.endswith(".bias"):
+            value = value.reshape(-1)
+        elif value.ndim == 2 and not name.startswith(("wte", "wpe")):
+            value = value.T
+        state[name] = torch.from_numpy(np.ascontiguousarray(value))
+    state["lm_head.weight"] = state["wte.weight"]
+    model.load_state_dict(state)
+
+
+def test_nanogpt_baseline_is_gpt2_and_scores_validation_as_poetry_gpt(tmp_path):
+    """With TF GPT-2's weights, the baseline's model gives poetry_gpt's validation loss on the same windows
+    (long poems in sliding windows): the same function, the same scoring (float32)."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+    from helpers import write_raw
+
+    from poetry_gpt.config import DataConfig, ModelConfig
+    from poetry_gpt.data.datasets import eval_dataset
+    from poetry_gpt.data.manifest import load_manifest
+    from poetry_gpt.data.prepare import prepare
+    from poetry_gpt.eval.evaluate import validation_loss
+    from poetry_gpt.model.gpt2 import build_model
+
+    nanogpt = load_bench_module().nanogpt
+    prepare([write_raw(tmp_path / "raw.txt", 60, width=7)], tmp_path / "data", DataConfig(valid_fraction=0.2))
+    manifest = load_manifest(tmp_path / "data")
+    vocab = manifest.load_vocab()
+    lm = build_model(ModelConfig(n_layer=2, n_embd=32, n_head=2, n_ctx=16), vocab, seed=5)
+    for v in lm.weights:  # activations and logits of order 1: GELU's tanh form and the attention matter
+        if v.shape.rank == 2:
+            v.assign(v * 10.0)
+    model = nanogpt.gpt_model(torch, vocab.size, 2, 32, 2, 16)
+    _copy_tf_gpt2_into(torch, lm, model)
+    ours = validation_loss(lm, manifest, vocab, 8, 16)
+    batches = list(eval_dataset(manifest, 8, 16, pad_id=vocab.pad_id, sep_id=vocab.sep_id))
+    ids, labels = (torch.from_numpy(np.concatenate([b[k].numpy() for b in batches]).astype(np.int64))
+                   for k in ("input_ids", "labels"))
+    assert ids.size(0) > manifest.poems("valid")  # poems longer than the context: several windows each
+    theirs = nanogpt.validation_loss(torch, model, ids, labels, 8)
+    assert theirs["tokens"] == ours["tokens"] > 0
+    assert theirs["loss"] == pytest.approx(ours["loss"], rel=1e-5)
+    expected = lm(input_ids=ids[:8].numpy().astype(np.int32)).logits.numpy()
+    with torch.no_grad():
+        np.testing.assert_allclose(model(ids[:8]).numpy(), expected, atol=2e-4 * np.abs(expected).max())
 
 
 def test_generation_summary_reads_both_benchmark_layouts():

@@ -741,6 +741,67 @@ def test_init_from_accepts_other_activation_and_inner_width_and_uses_the_runs_dr
     assert lm.config.resid_pdrop == lm.config.embd_pdrop == lm.config.attn_pdrop == 0.1
 
 
+def _kernels(lm, layer_names):
+    """The kernels of every block's layers named ``layer_names`` (e.g. ``attn.c_proj``), flattened into one array."""
+    out = []
+    for block in lm.transformer.h:
+        for name in layer_names:
+            part, layer = name.split(".")
+            out.append(getattr(getattr(block, part), layer).weight.numpy().ravel())
+    return np.concatenate(out)
+
+
+def test_build_model_init_scales_the_residual_projections_as_gpt2(tiny_data_dir):
+    """A new model's attn.c_proj and mlp.c_proj kernels have std 0.02/sqrt(2·n_layer) relative to the others
+    (transformers' PyTorch GPT-2 and nanoGPT; transformers' TF GPT-2 draws them like every other kernel)."""
+    import tensorflow as tf
+    from transformers import TFGPT2LMHeadModel
+
+    from poetry_gpt.config import ModelConfig
+    from poetry_gpt.model.gpt2 import build_model, gpt2_config
+
+    vocab = CharVocab.load(tiny_data_dir)
+    shape = ModelConfig(n_layer=4, n_embd=64, n_head=2, n_ctx=32)
+    lm = build_model(shape, vocab, seed=3)
+    scale = 1 / math.sqrt(2 * 4)
+    projections = _kernels(lm, ["attn.c_proj", "mlp.c_proj"])
+    others = _kernels(lm, ["attn.c_attn", "mlp.c_fc"])  # 81,920 and 49,152 draws: std known to < 0.5%
+    assert projections.std() / others.std() == pytest.approx(scale, rel=0.02)
+    assert others.std() == pytest.approx(0.02 * 0.8796, rel=0.02)  # TF's truncated normal of stddev 0.02
+    # exactly TF GPT-2's own draw (same seed) times the scale; every other weight is TF GPT-2's as it was
+    tf.keras.utils.set_random_seed(3)
+    plain = TFGPT2LMHeadModel(gpt2_config(shape, vocab))
+    plain(tf.zeros([1, 2], tf.int32))
+    np.testing.assert_allclose(projections, _kernels(plain, ["attn.c_proj", "mlp.c_proj"]) * scale, rtol=1e-6)
+    scaled = {v.name for b in lm.transformer.h for v in (b.attn.c_proj.weight, b.mlp.c_proj.weight)}
+    for mine, theirs in zip(lm.weights, plain.weights):
+        if mine.name not in scaled:
+            np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=mine.name)
+
+
+def test_loaded_models_keep_their_weights_no_init_scaling(tmp_path, tiny_data_dir):
+    """--init-from (from_pretrained) and a checkpoint restored over build_model give the saved weights unchanged."""
+    import tensorflow as tf
+
+    from poetry_gpt.model.gpt2 import build_model
+
+    vocab = CharVocab.load(tiny_data_dir)
+    folder = _gpt2_folder(tmp_path / "gpt2", vocab)  # TF GPT-2's own draws: projections like every kernel
+    loaded = trainer_mod.load_init(folder, vocab, tiny())
+    ratio = _kernels(loaded, ["attn.c_proj", "mlp.c_proj"]).std() / _kernels(loaded, ["attn.c_attn", "mlp.c_fc"]).std()
+    assert ratio == pytest.approx(1.0, rel=0.03)  # scaled, it would be 1/sqrt(2·2) = 0.5
+    again = trainer_mod.load_init(folder, vocab, tiny())
+    for a, b in zip(loaded.weights, again.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # resume / generate --checkpoint: build_model, then every variable restored from the checkpoint
+    source = build_model(tiny().model, vocab, seed=11)
+    prefix = tf.train.Checkpoint(model=source).save(str(tmp_path / "ckpt" / "c"))
+    restored = build_model(tiny().model, vocab, seed=12)
+    tf.train.Checkpoint(model=restored).restore(prefix).assert_existing_objects_matched()
+    for a, b in zip(source.weights, restored.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 # --- 8. CLI -------------------------------------------------------------------------------------------
 
 def _cli(args):

@@ -23,7 +23,10 @@ def gpt2_config(model: ModelConfig, vocab: CharVocab):
 
 
 def build_model(model: ModelConfig, vocab: CharVocab, seed: int = 1234):
-    """A freshly initialised, built ``TFGPT2LMHeadModel``.
+    """A freshly initialised, built ``TFGPT2LMHeadModel``, with GPT-2's scaled residual projections.
+
+    Only new models come from here: ``--init-from`` and exports load with ``from_pretrained``, and a resume
+    or a checkpoint read restores every variable over this initialisation.
 
     Args:
         model: the shape.
@@ -36,7 +39,26 @@ def build_model(model: ModelConfig, vocab: CharVocab, seed: int = 1234):
     tf.keras.utils.set_random_seed(seed)
     lm = TFGPT2LMHeadModel(gpt2_config(model, vocab))
     lm(tf.zeros([1, 2], tf.int32))
+    scale_residual_projections(lm)
     return lm
+
+
+def scale_residual_projections(lm) -> None:
+    """Scale each block's residual projections (``attn.c_proj``, ``mlp.c_proj``) by 1/sqrt(2·n_layer).
+
+    GPT-2's initialisation, as transformers' PyTorch GPT-2 and nanoGPT do it (std 0.02/sqrt(2·n_layer)), so that
+    the residual stream's variance does not grow with depth; transformers' TensorFlow GPT-2 draws these kernels
+    like every other (std 0.02). Their biases are zeros and stay so.
+
+    Args:
+        lm: a newly built ``TFGPT2LMHeadModel`` (never a loaded one: this changes its weights).
+    """
+    import math
+
+    scale = 1.0 / math.sqrt(2 * lm.config.n_layer)
+    for block in lm.transformer.h:
+        for proj in (block.attn.c_proj, block.mlp.c_proj):
+            proj.weight.assign(proj.weight * scale)
 
 
 def count_parameters(lm) -> int:

@@ -8,6 +8,8 @@ from .machine import cpu_flags, usable_cores
 # the goals of issue 6
 GOAL_VS_SEED = 4.4  # the nanoGPT figure: 4.4x the seed-style pipeline
 GOAL_VS_TORCH = 1.0
+GOAL_VS_NANOGPT = 1.0  # issue 18: useful tokens/s at least the nanoGPT-style PyTorch run's, same run
+GOAL_QUALITY_VS_NANOGPT = 0.0  # issue 18: validation loss after the same steps at most the baseline's
 GOAL_GEN_SPEEDUP = 40.0
 GOAL_FIRST_COMPILE_S = 10.0
 GOAL_PREPARE_CHARS_PER_S = 4_000_000
@@ -66,6 +68,8 @@ def goal_figures(doc: dict) -> dict:
     return {
         "train_vs_seed_style": ("train", _get(doc, "train", "ratios", "poetry_gpt_vs_seed_style")),
         "train_vs_torch_bf16": ("train", _get(doc, "train", "ratios", "poetry_gpt_vs_torch_bf16")),
+        "train_vs_nanogpt_bf16": ("train", _get(doc, "train", "ratios", "poetry_gpt_vs_nanogpt_bf16")),
+        "quality_vs_nanogpt": ("quality", _get(doc, "quality", "validation_loss_minus_nanogpt")),
         "generate_batch_1_vs_eager": ("generate", _get(doc, *gen, "batch_1_speedup_vs_eager")),
         "generate_first_compile": ("generate", _get(doc, *gen, "first_call_seconds_worst")),
         "generate_no_recompile_for_new_opening": ("generate", _get(doc, *gen, "recompiled_for_other_opening")),
@@ -85,6 +89,9 @@ def goal_figures(doc: dict) -> dict:
 GOAL_TARGETS = {
     "train_vs_seed_style": (f">= {GOAL_VS_SEED}x", lambda v: v >= GOAL_VS_SEED),
     "train_vs_torch_bf16": (f">= {GOAL_VS_TORCH}x", lambda v: v >= GOAL_VS_TORCH),
+    "train_vs_nanogpt_bf16": (f">= {GOAL_VS_NANOGPT}x", lambda v: v >= GOAL_VS_NANOGPT),
+    "quality_vs_nanogpt": (f"validation loss minus the nanoGPT-style run's <= {GOAL_QUALITY_VS_NANOGPT} nats/char",
+                           lambda v: v <= GOAL_QUALITY_VS_NANOGPT),
     "generate_batch_1_vs_eager": (f">= {GOAL_GEN_SPEEDUP}x", lambda v: v >= GOAL_GEN_SPEEDUP),
     "generate_first_compile": (f"<= {GOAL_FIRST_COMPILE_S} s (first call, fresh process)",
                                lambda v: v <= GOAL_FIRST_COMPILE_S),
@@ -109,11 +116,13 @@ def goals(doc: dict) -> dict:
     Args:
         doc: the benchmark document (sections as ``main`` writes them).
     """
-    torch_skip = _get(doc, "train", "systems", "torch_bf16", "skipped")
+    torch_skips = {"train_vs_torch_bf16": _get(doc, "train", "systems", "torch_bf16", "skipped"),
+                   "train_vs_nanogpt_bf16": _get(doc, "train", "systems", "nanogpt_bf16", "skipped"),
+                   "quality_vs_nanogpt": _get(doc, "quality", "systems", "nanogpt_bf16", "skipped")}
     out = {}
     for name, (section, value) in goal_figures(doc).items():
         target, ok = GOAL_TARGETS[name]
-        detail = torch_skip if name == "train_vs_torch_bf16" else None
+        detail = torch_skips.get(name)
         out[name] = _judge(value, target, ok, _why_unjudged(doc, section, detail))
     return out
 

@@ -1,4 +1,5 @@
-"""The ``train`` section: training tokens/s of poetry_gpt's own path, a seed-style baseline and PyTorch, with MFU.
+"""The ``train`` section: training tokens/s of poetry_gpt's own path, a seed-style baseline and two PyTorch ones
+(transformers' GPT-2 and the nanoGPT-style run of ``nanogpt.py``), with MFU.
 
 Each system runs in its own process (``child_train_*``), ``--rounds`` times in alternating order; the best
 round is kept (a shared machine only ever slows a run down) and every round is listed.
@@ -15,6 +16,7 @@ from .machine import load_average, section_context, usable_cores
 from .runner import run_child
 
 TORCH_SKIP = "torch not installed: pip install torch==2.13.0"
+TORCH_SYSTEMS = ("torch_bf16", "nanogpt_bf16")
 
 
 def _read_lines(raw: str) -> list[str]:
@@ -106,32 +108,54 @@ def child_peak(a: dict) -> dict:
     return out
 
 
-def child_train_poetry(a: dict) -> dict:
-    """poetry_gpt's own training path: ``trainer.build_training`` + ``fit(trainer.training_data)``, as ``train`` runs it."""
-    import numpy as np
+def poetry_fit(preset: str, data_dir: str, total: int, times: list[float]) -> dict:
+    """Train a new model of ``preset`` for ``total`` steps as ``train`` does: ``trainer.build_training`` (decay over
+    ``total``) + ``fit(trainer.training_data)`` at the preset's precision, on every usable core.
 
+    Args:
+        preset: the preset name.
+        data_dir: the DATA_DIR.
+        total: steps.
+        times: filled with the step-end times (``_keras_timer``).
+
+    Returns:
+        ``config``, ``manifest``, ``vocab``, ``precision``, ``threads``, ``training`` and ``history``.
+    """
     import poetry_gpt  # noqa: F401
-    import tf_keras
     from poetry_gpt.config import config_from_preset
     from poetry_gpt.data.manifest import load_manifest
-    from poetry_gpt.data.datasets import train_dataset
-    from poetry_gpt.model.gpt2 import count_parameters
     from poetry_gpt.train.distribute import make_strategy
     from poetry_gpt.train.trainer import build_training, resolve_precision, set_precision, training_data
 
     threads = _tf_threads()
-    config = config_from_preset(a["preset"])
-    t, m = config.train, config.model
-    manifest = load_manifest(a["data_dir"])
+    config = config_from_preset(preset)
+    manifest = load_manifest(data_dir)
     vocab = manifest.load_vocab()
-    precision = resolve_precision(t.precision)
+    precision = resolve_precision(config.train.precision)
     set_precision(precision)
-    total = a["warmup"] + a["steps"]
-    strategy = make_strategy(t.strategy)
+    strategy = make_strategy(config.train.strategy)
     training = build_training(config, vocab, strategy, total, precision)
-    times: list[float] = []
     history = training.trainer.fit(training_data(manifest, config, vocab, strategy), epochs=1, steps_per_epoch=total,
                                    callbacks=[_keras_timer(times)], verbose=0)
+    return {"config": config, "manifest": manifest, "vocab": vocab, "precision": precision, "threads": threads,
+            "training": training, "history": history}
+
+
+def child_train_poetry(a: dict) -> dict:
+    """poetry_gpt's own training path: ``trainer.build_training`` + ``fit(trainer.training_data)``, as ``train`` runs it."""
+    import numpy as np
+
+    import tf_keras
+    from poetry_gpt.data.datasets import train_dataset
+    from poetry_gpt.model.gpt2 import count_parameters
+
+    total = a["warmup"] + a["steps"]
+    times: list[float] = []
+    run = poetry_fit(a["preset"], a["data_dir"], total, times)
+    config, manifest, vocab, precision, threads = (run[k] for k in ("config", "manifest", "vocab", "precision",
+                                                                    "threads"))
+    training, history = run["training"], run["history"]
+    t, m = config.train, config.model
     window, durations = _steady(times, a["warmup"])
     # the batches of the timed window, read again from the same deterministic stream, to count padding
     padded = 0
@@ -300,14 +324,20 @@ def section(bench) -> dict:
               "steps": bench.steps, "shape": bench.shape}
     systems = {"poetry_gpt": ("train_poetry", {**common, "preset": bench.preset}),
                "seed_style": ("train_seed", common),
-               "torch_bf16": ("train_torch", {**common, "peak_size": 1024 if bench.quick else 2048})}
+               "torch_bf16": ("train_torch", {**common, "peak_size": 1024 if bench.quick else 2048}),
+               "nanogpt_bf16": ("train_nanogpt", {"data_dir": common["data_dir"], "preset": bench.preset,
+                                                  "rows": str(bench.work / "rows-train" / "train_rows.npy"),
+                                                  "warmup": bench.warmup, "steps": bench.steps})}
     have_torch = importlib.util.find_spec("torch") is not None
+    if have_torch:  # the nanoGPT baseline reads poetry_gpt's own packed rows, written once by a TF child
+        run_child("rows", {"data_dir": common["data_dir"], "preset": bench.preset, "out": str(bench.work / "rows-train"),
+                           "steps": bench.warmup + bench.steps}, bench.work, bench.timeout, name="rows-train")
     rounds: dict[str, list] = {name: [] for name in systems}
     order = list(systems)
     for r in range(bench.rounds):
         for name in (order if r % 2 == 0 else order[::-1]):
             kind, child_args = systems[name]
-            if name == "torch_bf16" and not have_torch:
+            if name in TORCH_SYSTEMS and not have_torch:
                 continue
             result = run_child(kind, child_args, bench.work, bench.timeout, name=f"{kind}-round{r + 1}")
             result["load_average_after"] = load_average()
@@ -348,5 +378,6 @@ def section(bench) -> dict:
             "mfu_formula": "useful tokens/s × (6·N + 12·L·T·D) / matmul peak of the system's compute precision",
             "systems": out_systems,
             "ratios": {"poetry_gpt_vs_seed_style": ratio("seed_style"),
-                       "poetry_gpt_vs_torch_bf16": ratio("torch_bf16")},
+                       "poetry_gpt_vs_torch_bf16": ratio("torch_bf16"),
+                       "poetry_gpt_vs_nanogpt_bf16": ratio("nanogpt_bf16")},
             **section_context(load_before, bench.command)}
