@@ -142,6 +142,10 @@ def test_an_installed_wheel_reads_the_copy_shipped_in_the_package(tmp_path, monk
     (package / presets.SHIPPED).write_text('PRESETS = {"mine": {"model": {"n_layer": 3}}}\n', encoding="utf-8")
     assert presets.presets_file() == package / presets.SHIPPED
     assert config_from_preset("mine").model.n_layer == 3
+    checkout = package.parent / "configs.py"  # beside the package as well: the file users edit wins
+    checkout.write_text('PRESETS = {"mine": {"model": {"n_layer": 4}}}\n', encoding="utf-8")
+    assert presets.presets_file() == checkout and config_from_preset("mine").model.n_layer == 4
+    checkout.unlink()
     (package / presets.SHIPPED).write_text("OTHER = 1\n", encoding="utf-8")
     with pytest.raises(EnvironmentProblem, match="defines no PRESETS"):
         presets.load_presets()
