@@ -19,8 +19,8 @@ def _modules() -> list[Path]:
     return sorted(p for p in PACKAGE.rglob("*.py") if p.name != "_configs.py")
 
 
-def _name(path: Path) -> list[str]:
-    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+def _name(path: Path, root: Path = PACKAGE) -> list[str]:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     return parts[:-1] if parts[-1] == "__init__" else parts
 
 
@@ -30,9 +30,14 @@ def _stage(parts: list[str]) -> int:
     return STAGES[key]
 
 
-def _imported(path: Path) -> list[tuple[int, list[str]]]:
-    """(line, module path inside poetry_gpt) of every import of the package, lazy ones included."""
-    own = _name(path)
+def _imported(path: Path, root: Path = PACKAGE) -> list[tuple[int, list[str]]]:
+    """(line, module path inside poetry_gpt) of every import of the package, lazy ones included.
+
+    Args:
+        path: a module file.
+        root: the package folder it lies in.
+    """
+    own = _name(path, root)
     package = own if path.name == "__init__.py" else own[:-1]
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -51,11 +56,16 @@ def _imported(path: Path) -> list[tuple[int, list[str]]]:
     return found
 
 
+def _later_imports(path: Path, root: Path = PACKAGE) -> list[str]:
+    """The imports of ``path`` that reach a later stage than its own."""
+    stage = _stage(_name(path, root))
+    return [f"line {line}: poetry_gpt.{'.'.join(target)}" for line, target in _imported(path, root)
+            if target and target[0] in STAGES and STAGES[target[0]] > stage]
+
+
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_module_imports_from_a_later_stage(path):
-    stage = _stage(_name(path))
-    later = [f"line {line}: poetry_gpt.{'.'.join(target)}" for line, target in _imported(path)
-             if target and target[0] in STAGES and STAGES[target[0]] > stage]
+    later = _later_imports(path)
     assert not later, f"poetry_gpt/{path.relative_to(PACKAGE)} imports from a later stage: {later}"
 
 
@@ -66,22 +76,10 @@ def test_every_module_says_its_job_in_its_first_line(path):
 
 
 def test_a_later_stage_import_is_caught(tmp_path):
-    """The check itself: a data module importing the generator is reported."""
-    fake = PACKAGE / "data" / "corpus.py"
-    found = _imported(fake)
-    assert all(t[0] != "generate" for _, t in found)
-    probe = tmp_path / "poetry_gpt" / "data"
-    probe.mkdir(parents=True)
-    (probe / "x.py").write_text('"""A probe module that breaks the layout rule."""\nfrom ..generate.generator import PoemGenerator\n')
-    tree_imports = [t for _, t in _imported_at(probe / "x.py", ["data", "x"])]
-    assert ["generate", "generator"] in tree_imports and STAGES["generate"] > STAGES["data"]
-
-
-def _imported_at(path: Path, own: list[str]) -> list[tuple[int, list[str]]]:
-    """``_imported`` for a file outside the package, given its module path."""
-    global PACKAGE
-    saved, PACKAGE = PACKAGE, path.parents[len(own) - 1]
-    try:
-        return _imported(path)
-    finally:
-        PACKAGE = saved
+    """The check itself: a data module importing the generator, lazily, is reported; one importing verse is not."""
+    root = tmp_path / "poetry_gpt"
+    (root / "data").mkdir(parents=True)
+    probe = root / "data" / "x.py"
+    probe.write_text('"""A probe module."""\nfrom ..verse import forms\n\n\ndef f():\n'
+                     '    from ..generate.generator import PoemGenerator\n', encoding="utf-8")
+    assert _later_imports(probe, root) == ["line 6: poetry_gpt.generate.generator"]
