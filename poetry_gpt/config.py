@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from .errors import OptionError
-from .errors import require as _check
+from .errors import require
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
@@ -42,10 +42,10 @@ class DataConfig:
     shard_poems: int = 20000
 
     def __post_init__(self):
-        _check(0.0 < self.valid_fraction < 1.0, "--valid-fraction", f"must be between 0 and 1 (exclusive), got {self.valid_fraction}")
-        _check(self.min_count >= 1, "--min-count", f"must be ≥ 1, got {self.min_count}")
-        _check(self.max_chars >= 8, "--max-chars", f"must be ≥ 8, got {self.max_chars}")
-        _check(self.shard_poems >= 1, "--shard-poems", f"must be ≥ 1, got {self.shard_poems}")
+        require(0.0 < self.valid_fraction < 1.0, "--valid-fraction", f"must be between 0 and 1 (exclusive), got {self.valid_fraction}")
+        require(self.min_count >= 1, "--min-count", f"must be ≥ 1, got {self.min_count}")
+        require(self.max_chars >= 8, "--max-chars", f"must be ≥ 8, got {self.max_chars}")
+        require(self.shard_poems >= 1, "--shard-poems", f"must be ≥ 1, got {self.shard_poems}")
 
 
 @dataclass(frozen=True)
@@ -68,10 +68,10 @@ class ModelConfig:
 
     def __post_init__(self):
         for name in ("n_layer", "n_embd", "n_head", "n_ctx"):
-            _check(getattr(self, name) >= 1, f"model.{name}", f"must be ≥ 1, got {getattr(self, name)}")
-        _check(self.n_embd % self.n_head == 0, "model.n_head", f"must divide n_embd={self.n_embd}, got {self.n_head}")
-        _check(self.n_ctx >= 16, "model.n_ctx", f"must be ≥ 16, got {self.n_ctx}")
-        _check(0.0 <= self.dropout < 1.0, "--dropout", f"must be in [0, 1), got {self.dropout}")
+            require(getattr(self, name) >= 1, f"model.{name}", f"must be ≥ 1, got {getattr(self, name)}")
+        require(self.n_embd % self.n_head == 0, "model.n_head", f"must divide n_embd={self.n_embd}, got {self.n_head}")
+        require(self.n_ctx >= 16, "model.n_ctx", f"must be ≥ 16, got {self.n_ctx}")
+        require(0.0 <= self.dropout < 1.0, "--dropout", f"must be in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)
@@ -117,21 +117,21 @@ class TrainConfig:
     strategy: str = "auto"
 
     def __post_init__(self):
-        _check(self.batch_size >= 1, "--batch-size", f"must be ≥ 1, got {self.batch_size}")
-        _check(self.epochs >= 1, "--epochs", f"must be ≥ 1, got {self.epochs}")
-        _check(self.steps_per_epoch >= 0, "--steps-per-epoch", f"must be ≥ 0 (0 = one pass), got {self.steps_per_epoch}")
-        _check(self.learning_rate > 0, "--learning-rate", f"must be > 0, got {self.learning_rate}")
-        _check(0.0 <= self.min_lr_ratio <= 1.0, "--min-lr-ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        _check(self.warmup_steps >= 0, "--warmup-steps", f"must be ≥ 0, got {self.warmup_steps}")
-        _check(self.schedule in SCHEDULES, "--schedule", f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        _check(self.weight_decay >= 0, "--weight-decay", f"must be ≥ 0, got {self.weight_decay}")
-        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "--beta1/--beta2", "must be in [0, 1)")
-        _check(self.grad_clip >= 0, "--grad-clip", f"must be ≥ 0, got {self.grad_clip}")
-        _check(self.precision in PRECISIONS, "--precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        _check(self.keep_checkpoints >= 1, "--keep-checkpoints", f"must be ≥ 1, got {self.keep_checkpoints}")
-        _check(self.checkpoint_every >= 0, "--checkpoint-every", f"must be ≥ 0, got {self.checkpoint_every}")
-        _check(self.samples_per_epoch >= 0, "--samples-per-epoch", f"must be ≥ 0, got {self.samples_per_epoch}")
-        _check(self.strategy in STRATEGIES, "--strategy", f"must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        require(self.batch_size >= 1, "--batch-size", f"must be ≥ 1, got {self.batch_size}")
+        require(self.epochs >= 1, "--epochs", f"must be ≥ 1, got {self.epochs}")
+        require(self.steps_per_epoch >= 0, "--steps-per-epoch", f"must be ≥ 0 (0 = one pass), got {self.steps_per_epoch}")
+        require(self.learning_rate > 0, "--learning-rate", f"must be > 0, got {self.learning_rate}")
+        require(0.0 <= self.min_lr_ratio <= 1.0, "--min-lr-ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        require(self.warmup_steps >= 0, "--warmup-steps", f"must be ≥ 0, got {self.warmup_steps}")
+        require(self.schedule in SCHEDULES, "--schedule", f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        require(self.weight_decay >= 0, "--weight-decay", f"must be ≥ 0, got {self.weight_decay}")
+        require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "--beta1/--beta2", "must be in [0, 1)")
+        require(self.grad_clip >= 0, "--grad-clip", f"must be ≥ 0, got {self.grad_clip}")
+        require(self.precision in PRECISIONS, "--precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        require(self.keep_checkpoints >= 1, "--keep-checkpoints", f"must be ≥ 1, got {self.keep_checkpoints}")
+        require(self.checkpoint_every >= 0, "--checkpoint-every", f"must be ≥ 0, got {self.checkpoint_every}")
+        require(self.samples_per_epoch >= 0, "--samples-per-epoch", f"must be ≥ 0, got {self.samples_per_epoch}")
+        require(self.strategy in STRATEGIES, "--strategy", f"must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
 
 
 @dataclass(frozen=True)
