@@ -1,9 +1,8 @@
 """The few sample poems ``train`` writes after each epoch (and ``pipeline`` at its end), from the model in memory.
 
 They are drawn by the sampler's programs (``PoemGenerator``, as plain TensorFlow graphs) with the default
-``SamplingConfig``. The
-generator is built once per model object and reused across epochs: its compiled programs read the
-model's variables at each call, so every epoch samples with the weights it ended with.
+``SamplingConfig``. The generator is built once per model object and reused across epochs: its programs read
+the model's variables at each call, so every epoch samples with the weights it ended with.
 """
 from __future__ import annotations
 
