@@ -35,9 +35,9 @@ def load_init(init_from, vocab: CharVocab, config: RunConfig):
     from ..model.gpt2 import check_agreement
 
     path = Path(init_from)
-    has_tf = check_folder(path)
+    from_pt = check_folder(path)
     base = _base_vocab(path, vocab)
-    lm = _from_pretrained(path, has_tf, config)
+    lm = _from_pretrained(path, from_pt, config)
     if base is None:
         check_agreement(lm, vocab, str(path))
     else:
@@ -55,7 +55,10 @@ def load_init(init_from, vocab: CharVocab, config: RunConfig):
 
 
 def check_folder(path: Path) -> bool:
-    """Refuse a folder that is not a GPT-2 checkpoint; True when it has TensorFlow weights (``tf_model.h5``).
+    """Refuse a folder that is not a GPT-2 checkpoint; True when its only weights are ``pytorch_model.bin``.
+
+    ``tf_model.h5`` and ``*.safetensors`` (TensorFlow or PyTorch format) load without PyTorch;
+    ``pytorch_model.bin`` needs it.
 
     Args:
         path: the ``--init-from`` folder.
@@ -73,15 +76,15 @@ def check_folder(path: Path) -> bool:
     if model_type != "gpt2":
         raise RunDirError(f"--init-from {path}: config.json describes a {model_type!r} model, not GPT-2; pass a GPT-2 "
                           "folder, e.g. a run's export/")
-    has_tf = (path / "tf_model.h5").is_file()
-    if not (has_tf or any(path.glob("*.safetensors"))):
-        if (path / "pytorch_model.bin").is_file() and not _torch_installed():
-            raise RunDirError(f"--init-from {path}: only pytorch_model.bin, which needs PyTorch (not installed); "
-                              "install torch, or convert the weights to model.safetensors where it is")
-        if not (path / "pytorch_model.bin").is_file():
-            raise RunDirError(f"--init-from {path}: no weights (tf_model.h5, *.safetensors or pytorch_model.bin) "
-                              "in the folder")
-    return has_tf
+    if (path / "tf_model.h5").is_file() or any(path.glob("*.safetensors")):
+        return False
+    if not (path / "pytorch_model.bin").is_file():
+        raise RunDirError(f"--init-from {path}: no weights (tf_model.h5, *.safetensors or pytorch_model.bin) "
+                          "in the folder")
+    if not _torch_installed():
+        raise RunDirError(f"--init-from {path}: only pytorch_model.bin, which needs PyTorch (not installed); "
+                          "install torch, or convert the weights to model.safetensors where it is")
+    return True
 
 
 def _torch_installed() -> bool:
@@ -105,8 +108,12 @@ def _base_vocab(path: Path, vocab: CharVocab) -> BaseVocab | None:
     return base
 
 
-def _from_pretrained(path: Path, has_tf: bool, config: RunConfig):
-    """``TFGPT2LMHeadModel.from_pretrained`` of the folder, checked, with the run's dropout."""
+def _from_pretrained(path: Path, from_pt: bool, config: RunConfig):
+    """``TFGPT2LMHeadModel.from_pretrained`` of the folder, checked, with the run's dropout.
+
+    ``from_pt`` only for ``pytorch_model.bin`` (it imports torch); PyTorch-format safetensors are read
+    as numpy arrays (``_load_pt_safetensors``), TensorFlow weights by ``from_pretrained``.
+    """
     from transformers import GPT2Config, TFGPT2LMHeadModel
 
     from ..model.gpt2 import check_supported
@@ -116,12 +123,50 @@ def _from_pretrained(path: Path, has_tf: bool, config: RunConfig):
         check_supported(gpt2, f"--init-from {path}")
         # the fast training path applies one rate everywhere: the run's --dropout, not the folder's
         gpt2.resid_pdrop = gpt2.embd_pdrop = gpt2.attn_pdrop = config.model.dropout
-        return TFGPT2LMHeadModel.from_pretrained(str(path), from_pt=not has_tf, config=gpt2)
+        pt_files = _pt_safetensors(path)
+        if pt_files:
+            return _load_pt_safetensors(pt_files, gpt2, path)
+        return TFGPT2LMHeadModel.from_pretrained(str(path), from_pt=from_pt, config=gpt2)
     except RunDirError:
         raise
     except Exception as exc:
         raise RunDirError(f"--init-from {path}: not loadable as GPT-2 ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+
+
+def _pt_safetensors(path: Path) -> list[Path]:
+    """The folder's ``*.safetensors`` files when they are PyTorch-format (metadata ``format: pt``), else []."""
+    from safetensors import safe_open
+
+    files = sorted(path.glob("*.safetensors"))
+    for f in files:
+        with safe_open(str(f), framework="numpy") as archive:
+            if (archive.metadata() or {}).get("format") != "pt":
+                return []
+    return files
+
+
+def _load_pt_safetensors(files: list[Path], gpt2, path: Path):
+    """A ``TFGPT2LMHeadModel`` with the weights of PyTorch-format safetensors, read as numpy (no PyTorch).
+
+    transformers 4.57's own path for them passes the ``safe_open`` archive where it iterates a dict and
+    fails; the same conversion is given the arrays instead. A weight the files lack is refused.
+    """
+    import numpy as np
+    from safetensors.numpy import load_file
+    from transformers import TFGPT2LMHeadModel
+    from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
+
+    state = {}
+    for f in files:
+        state.update({k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in load_file(str(f)).items()})
+    lm = TFGPT2LMHeadModel(gpt2)
+    lm, info = load_pytorch_state_dict_in_tf2_model(lm, state, allow_missing_keys=True, output_loading_info=True,
+                                                    skip_logger_warnings=True)
+    if info["missing_keys"]:
+        raise RunDirError(f"--init-from {path}: the safetensors lack {len(info['missing_keys'])} weight(s) of the "
+                          f"model config.json describes (first: {info['missing_keys'][0]})")
+    return lm
 
 
 def fit_embedding(lm, base: BaseVocab, vocab: CharVocab):
