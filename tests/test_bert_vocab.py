@@ -201,3 +201,17 @@ def test_bert_folder_loads_trains_exports_and_generates(tmp_path_factory):
     assert TFGPT2LMHeadModel.from_pretrained(str(export)).config.vocab_size == ext.size
     samples = PoemGenerator(tmp / "run").generate(num_samples=2, seed=1, max_new_tokens=20)
     assert len(samples) == 2
+
+
+def test_mapped_bert_vocab_round_trips_through_transformers_tokenizer(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "vocab.txt").write_text("\n".join(BERT_TOKENS) + "\n", encoding="utf-8")
+    vocab = load_base_vocab(tmp_path / "bert").vocab
+    vocab.save(tmp_path)
+    tok = PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
+    for text in ["春 花【月】", "春x花"]:  # their space token is a character; x is not in it: [UNK]
+        assert tok(text)["input_ids"] == vocab.encode(text)
+        assert tok.decode(vocab.encode(text)) == vocab.decode(vocab.encode(text))
+    assert vocab.encode("春x") == [vocab.id_of("春"), 1]
