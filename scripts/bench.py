@@ -4,8 +4,10 @@
     python scripts/bench.py                          # everything, full size (about 15-30 minutes on 2 cores)
     python scripts/bench.py --quick                  # tiny shapes, few steps: checks that it all runs (~2-3 min)
     python scripts/bench.py --only train,memory      # some sections (train, generate, prepare, memory, serve, export,
-                                                     # quality: not in a full run unless named here)
+                                                     # quality, metre: not in a full run unless named here;
+                                                     # metre also with --run)
     python scripts/bench.py --only quality --quality-steps 3000   # validation loss after N steps (default 1000)
+    python scripts/bench.py --only metre --run runs/small   # --strict 格律: fluency and cost (--metre-samples 64)
     python scripts/bench.py --run runs/small         # generation figures on a trained run instead of a random model
     python scripts/bench.py --out bench.json         # also write the document to a file
     python scripts/bench.py --check                  # exit 1 when a judged goal fails
@@ -47,6 +49,14 @@ system do not affect another; a subprocess prints one JSON line that this parent
   ``--quality-steps`` (1000) steps of the preset (decay over them) on the same packed rows of tang-full, scored
   on the same held-out windows in float32 (``bench_sections/quality.py``; goal: ours ≤ the baseline's).
   Minutes of training: run only with ``--only quality`` (or ``--quick``, a few steps of the tiny preset).
+* ``metre`` — ``--strict`` 格律 decoding (``bench_sections/metre.py``; issue 13): for 五绝, 七绝, 五律 and 七律, the
+  same prompts (30 fixed common Tang titles) and seeds give ``--metre-samples`` (64) poems free in form
+  (``form=F``) and strict (leniency standard, and strict), default sampling; the model scores each body
+  (】 excluded) in float32, unconstrained: mean NLL per character, the ratio strict/free (goal ≤ 1.15, worst
+  form; judged only with ``--run``: random weights write nothing fluent) and the checker's pass shares; ms per
+  token at batch 1 and poems/s at batch 8 of unconstrained (the form's token count), form and strict decoding
+  (goal: strict ≤ 1.10× unconstrained per token, worst form); programs traced before and after switching form,
+  leniency, rhyme and acrostic values. Runs in a full run only with ``--run`` (or ``--only metre``).
 * ``memory`` — peak RSS (``wait4`` of the subprocess: its ``ru_maxrss``) of a short real ``train``
   run on 1× and 16× tang-full DATA_DIRs (it must stay flat: the reader streams), and of generation.
 
@@ -76,7 +86,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_sections/ and bench_generate.py, also when
 # this file is loaded by path (tests/test_bench.py) rather than run as a script
 
-from bench_sections import export, generate, memory, nanogpt, prepare, quality, serve, train  # noqa: E402
+from bench_sections import export, generate, memory, metre, nanogpt, prepare, quality, serve, train  # noqa: E402
 from bench_sections.generate import summarise_generation  # noqa: E402,F401  (tests/test_bench.py)
 from bench_sections.goals import code_path, goals, goals_text, verdict  # noqa: E402
 from bench_sections.inputs import child_setup  # noqa: E402
@@ -88,17 +98,21 @@ from bench_sections.train import child_train_torch  # noqa: E402,F401  (tests/te
 SHARED = ROOT.parent / "shared" / "corpus"
 DEFAULT_CORPUS = SHARED / "tang-4k.raw.txt"
 DEFAULT_FULL_CORPUS = SHARED / "tang-full.raw.txt"
-SECTIONS = ("train", "generate", "prepare", "memory", "serve", "export", "quality")
-NOT_BY_DEFAULT = ("quality",)  # minutes of training: a full run measures it only when --only names it
+SECTIONS = ("train", "generate", "prepare", "memory", "serve", "export", "quality", "metre")
+# quality: minutes of training; metre: fluency of random weights means nothing. A full run measures them only when
+# --only names them, metre also when --run gives a trained model (--quick runs both, tiny)
+NOT_BY_DEFAULT = ("quality", "metre")
+WITH_RUN = ("metre",)
 SECTION_RUNS = {"train": train.section, "generate": generate.section, "prepare": prepare.section,
                 "memory": memory.section, "serve": serve.section, "export": export.section,
-                "quality": quality.section}
+                "quality": quality.section, "metre": metre.section}
 CHILDREN = {"peak": train.child_peak, "setup": child_setup, "train_poetry": train.child_train_poetry,
             "train_seed": train.child_train_seed, "train_torch": train.child_train_torch,
             "generate": generate.child_generate, "first_call": generate.child_first_call,
             "train_memory": memory.child_train_memory, "generate_memory": memory.child_generate_memory,
             "export": export.child_export, "rows": nanogpt.child_rows, "train_nanogpt": nanogpt.child_train_nanogpt,
-            "quality_poetry": quality.child_quality_poetry, "quality_nanogpt": quality.child_quality_nanogpt}
+            "quality_poetry": quality.child_quality_poetry, "quality_nanogpt": quality.child_quality_nanogpt,
+            "metre": metre.child_metre}
 
 SMALL_SHAPE = {"n_layer": 6, "n_embd": 384, "n_head": 6, "n_ctx": 128, "batch_size": 16}
 TINY_SHAPE = {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_ctx": 64, "batch_size": 8}
@@ -145,7 +159,7 @@ class Bench:
     def setup(self, sections: list[str]) -> None:
         """Prepare, in one subprocess, every DATA_DIR and the export the chosen sections need."""
         jobs, export = [], None
-        need_train_data = "train" in sections or (bool({"generate", "memory", "export"} & set(sections))
+        need_train_data = "train" in sections or (bool({"generate", "memory", "export", "metre"} & set(sections))
                                                    and not self.args.run) or ("quality" in sections and self.quick)
         if need_train_data:
             jobs.append({"raw": str(self.args.corpus), "copies": 1, "out": str(self.train_data()),
@@ -160,7 +174,7 @@ class Bench:
                 # every copy kept (duplicates too), about 100 validation poems whatever the size
                 jobs.append({"raw": str(raw), "copies": copies, "out": str(self.memory_data(copies)),
                              "keep_duplicates": True, "valid_fraction": min(0.5, 100 / (lines * copies))})
-        if {"generate", "memory", "export"} & set(sections) and not self.args.run:
+        if {"generate", "memory", "export", "metre"} & set(sections) and not self.args.run:
             s = self.shape
             export = {"data_dir": str(self.train_data()), "out": str(self.export_dir()),
                       "shape": {k: s[k] for k in ("n_layer", "n_embd", "n_head", "n_ctx")}}
@@ -181,17 +195,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny shapes and few steps: checks that everything runs")
     p.add_argument("--only", default=None, help=f"comma-separated sections of {', '.join(SECTIONS)} (default: all; "
-                                                f"{', '.join(NOT_BY_DEFAULT)} only with --quick)")
+                                                f"{', '.join(NOT_BY_DEFAULT)} only with --quick, "
+                                                f"{', '.join(WITH_RUN)} also with --run)")
     p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="the training-speed corpus (tang-4k)")
     p.add_argument("--full-corpus", type=Path, default=DEFAULT_FULL_CORPUS,
                    help="the corpus that prepare and memory repeat (tang-full)")
-    p.add_argument("--run", type=Path, default=None, help="a trained RUN_DIR for the PoemGenerator figures")
+    p.add_argument("--run", type=Path, default=None, help="a trained RUN_DIR for the PoemGenerator figures (and the metre "
+                                                                 "section's fluency)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON document here")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 5; quick 2)")
     p.add_argument("--steps", type=int, default=None, help="measured steps (default 20; quick 3)")
     p.add_argument("--rounds", type=int, default=None, help="runs of each training system (default 2; quick 1)")
     p.add_argument("--quality-steps", type=int, default=None,
                    help="training steps of each system in the quality section (default 1000; quick 20)")
+    p.add_argument("--metre-samples", type=int, default=None,
+                   help="poems per form and mode in the metre section's fluency figures (default 64; quick 8)")
     p.add_argument("--keep-work", action="store_true", help="keep the temporary work folder (logs of each process)")
     p.add_argument("--check", action="store_true",
                    help="exit 1 when a judged goal fails (unjudged goals are listed with the reason, not failed)")
@@ -201,14 +219,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--child-args", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is None:
-        default = [s for s in SECTIONS if args.quick or s not in NOT_BY_DEFAULT]
+        default = [s for s in SECTIONS if args.quick or s not in NOT_BY_DEFAULT or (s in WITH_RUN and args.run)]
         only = default if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
         bad = [s for s in only if s not in SECTIONS]
         if bad or not only:
             p.error(f"--only: unknown section(s) {', '.join(bad) or '(none)'}; choose from {', '.join(SECTIONS)}")
         args.sections = [s for s in SECTIONS if s in only]
-        if any(v is not None and v < 1 for v in (args.warmup, args.steps, args.quality_steps)):
-            p.error("--warmup, --steps and --quality-steps must be >= 1")
+        if any(v is not None and v < 1 for v in (args.warmup, args.steps, args.quality_steps, args.metre_samples)):
+            p.error("--warmup, --steps, --quality-steps and --metre-samples must be >= 1")
         if args.judge is not None:
             args.judged_doc = read_document(p, args.judge)
             return args

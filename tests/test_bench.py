@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "scripts" / "bench.py"
 TORCH_SKIP = "torch not installed: pip install torch==2.13.0"
 TORCH_GOALS = ("train_vs_torch_bf16", "train_vs_nanogpt_bf16", "quality_vs_nanogpt")
+RANDOM_WEIGHTS = "random weights (no --run): their fluency means nothing"
 
 
 def load_bench_module():
@@ -69,7 +70,7 @@ def quick_doc(quick_run):
 @pytest.mark.slow
 def test_quick_document_has_every_section(quick_doc):
     assert quick_doc["mode"] == "quick"
-    for section in ("train", "generate", "prepare", "memory", "quality"):  # --quick runs quality too
+    for section in ("train", "generate", "prepare", "memory", "quality", "metre"):  # --quick runs quality, metre
         assert section in quick_doc and "error" not in quick_doc[section], quick_doc.get(section)
         check_context(quick_doc[section])
     assert quick_doc["machine"]["cores"] >= 1 and quick_doc["versions"]["python"]
@@ -189,6 +190,47 @@ def test_quick_memory_section(quick_doc):
 
 
 @pytest.mark.slow
+def test_quick_metre_section(quick_doc):
+    """The strict 格律 section on the random tiny export: every strict poem passes the checker at its leniency,
+    the poems differ from the free ones of the same prompts and seeds, the NLLs are real, nothing recompiles."""
+    metre = quick_doc["metre"]
+    assert metre["trained"] is False and metre["samples_per_form"] == 8 and metre["titles"]
+    summary = metre["summary"]
+    # the tiny context (64) holds 五律 but not 七律 (65 tokens after the prompt): skipped with the reason
+    assert summary["forms_measured"] == summary["forms_timed"] == ["五绝", "七绝", "五律"]
+    assert "context" in metre["fluency"]["七律"]["skipped"] and "context" in metre["cost"]["七律"]["skipped"]
+    for form in summary["forms_measured"]:
+        flu = metre["fluency"][form]
+        for mode in ("free", "strict", "strict_leniency"):
+            figures = flu[mode]
+            assert figures["poems"] == 8 and figures["closed_share"] == 1.0 and figures["nll_finite"], (form, mode)
+            body_chars = 8 * {"五绝": 24, "七绝": 32, "五律": 48}[form]  # 】 excluded
+            assert figures["chars"] == body_chars
+            assert 0.0 < figures["nll_per_char"] < 20.0
+        assert flu["strict"]["pass_share_standard"] == 1.0 and flu["strict"]["pass_share_own_leniency"] == 1.0
+        assert flu["strict_leniency"]["pass_share_strict"] == 1.0 and flu["strict_leniency"]["pass_share_standard"]\
+            == 1.0
+        assert flu["free"]["pass_share_standard"] < 1.0  # random weights rarely write 格律 unaided
+        assert flu["same_as_free_share"] < 1.0
+        assert flu["nll_ratio_strict_vs_free"] == round(flu["strict"]["nll_per_char"] / flu["free"]["nll_per_char"], 4)
+        cost = metre["cost"][form]
+        for mode in ("unconstrained", "form", "strict"):  # every mode draws the whole form: the same tokens
+            positive(cost[mode], "ms_per_token_batch_1", "poems_per_s_batch_8")
+            assert cost[mode]["tokens_per_poem_batch_1"] == body_chars / 8 + 1
+        assert cost["traced_while_timing"] is False
+    assert summary["strict_pass_share_min"] == 1.0
+    assert summary["fluency_ratio_worst"] == max(metre["fluency"][f]["nll_ratio_strict_vs_free"]
+                                                 for f in summary["forms_measured"])
+    assert summary["cost_ratio_worst"] == max(metre["cost"][f]["ms_per_token_ratio_strict_vs_unconstrained"]
+                                              for f in summary["forms_timed"])
+    compiles = metre["compiles"]
+    assert compiles["new_compiles"] is False and compiles["traces_after"] == compiles["traces_before"]
+    assert len(compiles["switched"]) >= 6 and all("七律" in name for name in compiles["refused"])
+    assert summary["fluency_unjudged"] == RANDOM_WEIGHTS
+    assert quick_doc["goals"]["strict_cost_per_token"]["value"] == summary["cost_ratio_worst"]
+
+
+@pytest.mark.slow
 def test_quick_goals_are_judged(quick_run):
     doc, proc = quick_run
     goals, verdict = doc["goals"], doc["verdict"]
@@ -197,6 +239,8 @@ def test_quick_goals_are_judged(quick_run):
         assert goal["target"]
         if name in TORCH_GOALS and goal["value"] is None:
             assert goal["status"] == "unjudged" and goal["why"] == TORCH_SKIP  # torch not installed
+        elif name == "strict_fluency_ratio":  # random weights: fluency is not judged
+            assert goal["status"] == "unjudged" and goal["why"] == RANDOM_WEIGHTS, goal
         else:
             assert goal["status"] in ("pass", "fail") and goal["pass"] is (goal["status"] == "pass"), (name, goal)
     assert sorted(verdict["passed"] + verdict["failed"] + list(verdict["unjudged"])) == sorted(GOALS)
@@ -214,7 +258,8 @@ GOALS = ("train_vs_seed_style", "train_vs_torch_bf16", "train_vs_nanogpt_bf16", 
          "generate_batch_1_vs_eager", "generate_first_compile",
          "generate_no_recompile_for_new_opening", "prepare_chars_per_s", "prepare_linear", "train_peak_rss_mb",
          "train_peak_rss_flat", "generate_peak_rss_mb", "serve_32_clients_vs_one_at_a_time",
-         "serve_32_clients_p95_vs_single", "serve_errors", "serve_peak_rss_mb", "export_saved_model_vs_generator")
+         "serve_32_clients_p95_vs_single", "serve_errors", "serve_peak_rss_mb", "export_saved_model_vs_generator",
+         "strict_fluency_ratio", "strict_cost_per_token")
 
 
 def fake_document(**changes) -> dict:
@@ -231,7 +276,9 @@ def fake_document(**changes) -> dict:
                       "generate": {"peak_rss_mb": 600.0}},
            "serve": {"summary": {"speedup_32": 6.1, "p95_32_over_single": 1.8, "errors": 0,
                                  "server_peak_rss_mb": 1100.0}},
-           "export": {"worst_ratio_vs_generator": 1.05}}
+           "export": {"worst_ratio_vs_generator": 1.05},
+           "metre": {"trained": True, "summary": {"fluency_ratio_worst": 1.08, "fluency_unjudged": None,
+                                                  "cost_ratio_worst": 1.04}}}
     doc.update(changes)
     return doc
 
@@ -262,7 +309,9 @@ def test_goals_pass_and_fail_on_fake_figures():
                                           "growth_ratio": 2.2}, "generate": {"peak_rss_mb": 1000.1}},
                         serve={"summary": {"speedup_32": 4.99, "p95_32_over_single": 2.0, "errors": 1,
                                            "server_peak_rss_mb": 1200.1}},
-                        export={"worst_ratio_vs_generator": 1.11})
+                        export={"worst_ratio_vs_generator": 1.11},
+                        metre={"summary": {"fluency_ratio_worst": 1.151, "fluency_unjudged": None,
+                                           "cost_ratio_worst": 1.101}})
     goals = bench.goals(doc)
     failed = {n for n, g in goals.items() if g["status"] == "fail"}
     assert failed == set(GOALS) - {"prepare_chars_per_s", "prepare_linear"}
@@ -293,7 +342,32 @@ def test_unjudged_goals_name_why():
     text = bench.goals_text(goals, bench.verdict(goals, "full"))
     assert f"UNJUDGED  train_vs_torch_bf16" in text and f"({TORCH_SKIP})" in text
     assert f"UNJUDGED  quality_vs_nanogpt" in text
-    assert text.splitlines()[-1] == "verdict: 9 passed, 0 failed, 8 unjudged"
+    assert text.splitlines()[-1] == "verdict: 11 passed, 0 failed, 8 unjudged"
+
+
+def test_strict_fluency_is_unjudged_on_random_weights():
+    """Without --run the metre section still runs (its cost is judged), but fluency of random weights is not."""
+    bench = load_bench_module()
+    doc = fake_document(metre={"trained": False, "summary": {"fluency_ratio_worst": 2.0, "cost_ratio_worst": 1.2,
+                                                             "fluency_unjudged": RANDOM_WEIGHTS}})
+    goals = bench.goals(doc)
+    assert goals["strict_fluency_ratio"] == {"value": None, "target": goals["strict_fluency_ratio"]["target"],
+                                             "status": "unjudged", "pass": None, "why": RANDOM_WEIGHTS}
+    assert goals["strict_cost_per_token"]["status"] == "fail" and goals["strict_cost_per_token"]["value"] == 1.2
+    skipped = bench.goals(fake_document(metre={"skipped": "no 平水韵 tone data", "summary": {}}))
+    assert {skipped[n]["why"] for n in ("strict_fluency_ratio", "strict_cost_per_token")} == {"no 平水韵 tone data"}
+
+
+def test_metre_runs_by_default_only_with_a_run(tmp_path):
+    """The metre section is in a full run only with --run (or when --only names it); --quick runs it."""
+    bench = load_bench_module()
+    corpus = tmp_path / "raw.txt"
+    corpus.write_text("春晓 唐诗：【春眠不觉晓，处处闻啼鸟。】\n", encoding="utf-8")
+    base = ["--corpus", str(corpus), "--full-corpus", str(corpus)]
+    assert "metre" not in bench.parse_args(base).sections
+    assert bench.parse_args(base + ["--run", str(tmp_path)]).sections[-1] == "metre"
+    assert bench.parse_args(base + ["--only", "metre"]).sections == ["metre"]
+    assert {"metre", "quality"} <= set(bench.parse_args(base + ["--quick"]).sections)
 
 
 def write_doc(path: Path, doc: dict) -> str:
@@ -309,7 +383,7 @@ def test_check_exits_1_when_a_goal_fails(tmp_path):
     assert checked.returncode == 1, checked.stderr
     assert json.loads(checked.stdout)["verdict"]["failed"] == ["generate_first_compile"]
     assert "FAIL      generate_first_compile" in checked.stderr
-    assert checked.stderr.splitlines()[-1] == "verdict: 16 passed, 1 failed (generate_first_compile), 0 unjudged"
+    assert checked.stderr.splitlines()[-1] == "verdict: 18 passed, 1 failed (generate_first_compile), 0 unjudged"
     assert run_bench("--judge", saved).returncode == 0  # without --check the figures are only reported
 
 

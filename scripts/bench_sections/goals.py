@@ -21,6 +21,10 @@ GOAL_EXPORT_VS_GENERATOR = 1.10  # loaded SavedModel's ms per poem at most 10% a
 GOAL_SERVE_SPEEDUP = 5.0  # poems/s at 32 clients, batched, over one-at-a-time serving
 GOAL_SERVE_P95 = 2.0  # p95 latency at 32 clients at most this many times a single request's
 GOAL_SERVE_RSS_MB = 1200.0
+# issue 13: --strict poems' NLL per character at most 1.15x free poems' (worst form), a token within 10% of the cost
+# of an unconstrained one (worst form)
+GOAL_STRICT_FLUENCY = 1.15
+GOAL_STRICT_COST = 1.10
 
 
 def _get(doc: dict, *keys):
@@ -83,6 +87,10 @@ def goal_figures(doc: dict) -> dict:
         "serve_errors": ("serve", _get(doc, "serve", "summary", "errors")),
         "serve_peak_rss_mb": ("serve", _get(doc, "serve", "summary", "server_peak_rss_mb")),
         "export_saved_model_vs_generator": ("export", _get(doc, "export", "worst_ratio_vs_generator")),
+        # fluency only on a trained run (``fluency_unjudged`` says why not)
+        "strict_fluency_ratio": ("metre", None if _get(doc, "metre", "summary", "fluency_unjudged")
+                                 else _get(doc, "metre", "summary", "fluency_ratio_worst")),
+        "strict_cost_per_token": ("metre", _get(doc, "metre", "summary", "cost_ratio_worst")),
     }
 
 
@@ -107,6 +115,10 @@ GOAL_TARGETS = {
     "serve_peak_rss_mb": (f"<= {GOAL_SERVE_RSS_MB:.0f} MB", lambda v: v <= GOAL_SERVE_RSS_MB),
     "export_saved_model_vs_generator": (f"loaded SavedModel ms/poem <= {GOAL_EXPORT_VS_GENERATOR}x PoemGenerator's",
                                         lambda v: v <= GOAL_EXPORT_VS_GENERATOR),
+    "strict_fluency_ratio": (f"NLL/char of --strict poems <= {GOAL_STRICT_FLUENCY}x free poems' (worst form)",
+                             lambda v: v <= GOAL_STRICT_FLUENCY),
+    "strict_cost_per_token": (f"--strict ms/token <= {GOAL_STRICT_COST}x unconstrained (batch 1, worst form)",
+                              lambda v: v <= GOAL_STRICT_COST),
 }
 
 
@@ -119,10 +131,13 @@ def goals(doc: dict) -> dict:
     torch_skips = {"train_vs_torch_bf16": _get(doc, "train", "systems", "torch_bf16", "skipped"),
                    "train_vs_nanogpt_bf16": _get(doc, "train", "systems", "nanogpt_bf16", "skipped"),
                    "quality_vs_nanogpt": _get(doc, "quality", "systems", "nanogpt_bf16", "skipped")}
+    metre_skip = _get(doc, "metre", "skipped")  # e.g. no tone data
+    details = {**torch_skips, "strict_cost_per_token": metre_skip,
+               "strict_fluency_ratio": _get(doc, "metre", "summary", "fluency_unjudged") or metre_skip}
     out = {}
     for name, (section, value) in goal_figures(doc).items():
         target, ok = GOAL_TARGETS[name]
-        detail = torch_skips.get(name)
+        detail = details.get(name)
         out[name] = _judge(value, target, ok, _why_unjudged(doc, section, detail))
     return out
 
