@@ -28,7 +28,10 @@ def _data_options(f):
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=str),
               help="The DATA_DIR to create (vocabulary, TFRecord shards, manifest.json).")
 @click.option("--vocab", "vocab_dir", type=click.Path(exists=True, file_okay=False, path_type=str),
-              help="Reuse the vocabulary of this DATA_DIR / RUN_DIR export (for fine-tuning).")
+              help="Reuse the vocabulary of this DATA_DIR / RUN_DIR export / BERT-style checkpoint folder "
+                   "(for fine-tuning).")
+@click.option("--extend-vocab", is_flag=True,
+              help="With --vocab: append the characters it lacks (ids after the base's) instead of [UNK].")
 @click.option("--valid-fraction", type=float, default=_DEFAULTS.valid_fraction, show_default=True,
               help="Share of poems held out for validation.")
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True, help="Seed of the train/validation split.")
@@ -36,7 +39,7 @@ def _data_options(f):
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty DATA_DIR (only once the new one is complete).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of text.")
 @_data_options
-def prepare_cmd(raw, out_dir, vocab_dir, valid_fraction, seed, shard_poems, overwrite, as_json,
+def prepare_cmd(raw, out_dir, vocab_dir, extend_vocab, valid_fraction, seed, shard_poems, overwrite, as_json,
                 max_chars, min_count, keep_duplicates, n_ctx):
     """Turn RAW raw.txt file(s) into a character vocabulary and TFRecords in --out."""
     from tqdm import tqdm
@@ -48,11 +51,15 @@ def prepare_cmd(raw, out_dir, vocab_dir, valid_fraction, seed, shard_poems, over
                         keep_duplicates=keep_duplicates, shard_poems=shard_poems)
     with tqdm(desc="writing poems", unit=" poems", disable=as_json, leave=False) as bar:
         result = prepare(raw, out_dir, config, vocab_dir=vocab_dir, overwrite=overwrite, n_ctx=n_ctx,
-                         progress=bar.update)
+                         progress=bar.update, extend_vocab=extend_vocab)
     if as_json:
         click.echo(json.dumps(result.manifest, ensure_ascii=False, indent=2))
         return
     click.echo(format_report(result.report))
+    base = result.manifest.get("vocab_base")
+    if base:
+        click.echo(f"Extended the vocabulary of {vocab_dir} ({base['size']} tokens) with "
+                   f"{result.manifest['vocab']['size'] - base['size']} new character(s).")
     splits = result.manifest["splits"]
     click.echo(f"Wrote {result.data_dir}/: vocabulary ({result.manifest['vocab']['size']} tokens, tokenizer.json, vocab.txt), "
                f"train {splits['train']['poems']} poems / {splits['train']['tokens']:,} chars in "

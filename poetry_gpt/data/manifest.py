@@ -2,7 +2,8 @@
 
 Layout of a DATA_DIR::
 
-    manifest.json                  written last: shard names, counts, vocab hash, options, version
+    manifest.json                  written last: shard names, counts, vocab hash, options, version;
+                                   "vocab_base": {"size", "hash"} of the base when --extend-vocab
     tokenizer.json, vocab.txt, …   the character vocabulary (see vocab.py)
     train-00000-of-00003.tfrecord  one poem per tf.train.Example: feature "ids" (int64 list)
     valid-00000-of-00001.tfrecord
@@ -65,6 +66,13 @@ class Manifest:
     def hash(self) -> str:
         return self.data["hash"]
 
+    @property
+    def base_vocab_size(self) -> int | None:
+        """N_base of a DATA_DIR prepared with ``--extend-vocab``: ids below it are the base's, the others new
+        characters; None when the vocabulary was not extended."""
+        base = self.data.get("vocab_base")
+        return int(base["size"]) if base else None
+
     def load_vocab(self):
         """The DATA_DIR's ``CharVocab``, checked against the manifest's vocab hash.
 
@@ -83,6 +91,16 @@ class Manifest:
     def genre(self) -> str:
         genres = self.data.get("genres", {})
         return max(genres, key=genres.get) if genres else "诗"
+
+
+def vocab_base(manifest_or_data_dir: "Manifest | str | os.PathLike") -> int | None:
+    """``Manifest.base_vocab_size`` of a manifest or DATA_DIR: the base's vocabulary size, None when not extended.
+
+    Args:
+        manifest_or_data_dir: a ``Manifest`` or a DATA_DIR (opened with ``load_manifest``).
+    """
+    manifest = manifest_or_data_dir if isinstance(manifest_or_data_dir, Manifest) else load_manifest(manifest_or_data_dir)
+    return manifest.base_vocab_size
 
 
 def load_manifest(data_dir: str | os.PathLike) -> Manifest:

@@ -34,7 +34,7 @@ from .corpus import ReadResult, read_corpus
 from .diagnostics import corpus_report
 from .manifest import FORMAT_VERSION, MANIFEST, write_manifest
 from .tfexample import serialize_buffer, write_shards
-from .vocab import UNK_ID, CharVocab, codepoints, counts_from_bincount, line_lengths
+from .vocab import UNK_ID, CharVocab, codepoints, counts_from_bincount, line_lengths, load_base_vocab
 
 
 @dataclass
@@ -107,20 +107,27 @@ def check_output_dir(out: Path, overwrite: bool, inputs: Sequence[tuple[str, str
 
 def prepare(raw_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, config: DataConfig = DataConfig(),
             vocab_dir: str | os.PathLike | None = None, overwrite: bool = False, n_ctx: int = DEFAULT_N_CTX,
-            progress: Callable[[int], None] | None = None, out_option: str = "--out") -> PrepareResult:
+            progress: Callable[[int], None] | None = None, out_option: str = "--out",
+            extend_vocab: bool = False) -> PrepareResult:
     """Turn raw.txt files into a DATA_DIR.
 
     Args:
         raw_paths: the raw.txt files.
         out_dir: the DATA_DIR to create.
         config: split, vocabulary and shard settings.
-        vocab_dir: reuse the vocabulary in this folder instead of building one (for fine-tuning).
+        vocab_dir: reuse the vocabulary in this folder instead of building one (for fine-tuning): a DATA_DIR,
+            RUN_DIR, export, or a BERT-style public checkpoint folder (mapped: ``vocab.BaseVocab``).
         overwrite: replace an existing DATA_DIR at ``out_dir`` (never another non-empty folder, nor
             one that holds or lies inside an input).
         n_ctx: the context the data is meant for (only for the report's long-poem count).
         progress: called with the number of poems just written, for a progress bar.
         out_option: how error messages name ``out_dir`` (the option the user gave it with).
+        extend_vocab: append the corpus's characters that ``vocab_dir``'s vocabulary lacks (ids after the
+            base's; ``CharVocab.extended``) and record the base in the manifest's ``vocab_base``.
     """
+    if extend_vocab and vocab_dir is None:
+        raise OptionError("--extend-vocab: needs --vocab BASE, the vocabulary to extend (a DATA_DIR, a run's "
+                          "export/ or a public checkpoint folder); without --vocab prepare builds a whole new one")
     out = Path(out_dir)
     _remove_stale_partials(out)  # first: it may put back a DATA_DIR that a killed run had moved aside
     # a RAW that is not a file is refused by the reading, with its own message
@@ -129,12 +136,13 @@ def prepare(raw_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
     check_output_dir(out, overwrite, inputs, out_option)
     start = time.perf_counter()
     vocab_given = vocab_dir is not None
-    vocab = CharVocab.load(vocab_dir) if vocab_given else None  # a bad --vocab fails before the reading
+    base = load_base_vocab(vocab_dir) if vocab_given else None  # a bad --vocab fails before the reading
     read = read_corpus(raw_paths, max_chars=config.max_chars, keep_duplicates=config.keep_duplicates)
     warm = time.perf_counter()
     warm_up([p.body for p in read.poems[:200]])  # the tone table: start-up, like TensorFlow's import below
     start += time.perf_counter() - warm
-    vocab, all_records, lengths, report = _encode_and_report(read, config, n_ctx, vocab, serialize=True)
+    vocab, all_records, lengths, report = _encode_and_report(read, config, n_ctx, base and base.vocab,
+                                                             serialize=True, extend=extend_vocab)
     vocab_source = str(vocab_dir) if vocab_given else "built from the corpus"
     train_idx, valid_idx = split_indices(len(lengths), config.valid_fraction, config.seed)
 
@@ -170,6 +178,7 @@ def prepare(raw_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
             "options": dataclasses.asdict(config),
             "vocab": {"size": vocab.size, "hash": vocab.hash, "source": vocab_source,
                       "pad_id": vocab.pad_id, "unk_id": vocab.unk_id, "sep_id": vocab.sep_id},
+            **({"vocab_base": {"size": base.size, "hash": base.vocab.hash}} if extend_vocab else {}),
             "splits": splits,
             "genres": dict(report["genres"]),
             "cipai": report["cipai"],  # 词牌 -> its learned clause pattern (cipai.learn_patterns)
@@ -252,8 +261,9 @@ _CHUNK = 32768  # poems per step of the numpy work: small temporaries keep the c
 
 
 def _encode_and_report(read: ReadResult, config: DataConfig, n_ctx: int, vocab: CharVocab | None,
-                       serialize: bool):
-    """Count, build the vocabulary (unless given), encode and serialise the kept poems; report on them.
+                       serialize: bool, extend: bool = False):
+    """Count, build the vocabulary (unless given; extended with new characters if ``extend``), encode and
+    serialise the kept poems; report on them.
 
     The canonical lines are processed in chunks of ``_CHUNK`` poems (one pass to count the
     characters, one to encode and serialise), so memory and time grow linearly with the corpus.
@@ -275,6 +285,8 @@ def _encode_and_report(read: ReadResult, config: DataConfig, n_ctx: int, vocab: 
     vocab_given = vocab is not None
     if vocab is None:
         vocab = CharVocab.from_counts(chars, config.min_count)
+    elif extend:
+        vocab = vocab.extended(chars, config.min_count)
     unk, records = 0, []
     for s in starts:
         ids = vocab.encode_codepoints(codepoints(lines[s:s + _CHUNK]))

@@ -11,6 +11,10 @@ text into single characters and decodes with ``Fuse`` (no spaces inserted);
 ``transformers.PreTrainedTokenizerFast`` loads it. Encoding many lines at once
 (``encode_lines``) uses a code-point lookup table with the same result as the
 tokenizer, tens of times faster; ``tests/test_vocab.py`` checks they agree.
+
+A base vocabulary (``prepare --vocab DIR``, ``train --init-from DIR``) is read by ``load_base_vocab``:
+either ours, or the BERT-style ``vocab.txt`` of the public Chinese GPT-2 checkpoints, which it maps to
+our layout (see ``BaseVocab``). ``CharVocab.extended`` appends a corpus's new characters to a base.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import hashlib
 import json
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -29,6 +34,7 @@ from ..fsutil import atomic_write_text
 PAD, UNK, SEP = "[PAD]", "[UNK]", "[SEP]"
 SPECIAL_TOKENS = (PAD, UNK, SEP)
 PAD_ID, UNK_ID, SEP_ID = 0, 1, 2
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TOKENIZER_FILE = "tokenizer.json"
 VOCAB_FILE = "vocab.txt"
 
@@ -89,6 +95,25 @@ class CharVocab:
         chars = [c for c, n in counts.items() if n >= min_count and c != "\n"]
         chars.sort(key=lambda c: (-counts[c], ord(c)))
         return cls(list(SPECIAL_TOKENS) + chars)
+
+    def extended(self, counts: Counter, min_count: int = 1) -> "CharVocab":
+        """This vocabulary with the characters of ``counts`` it lacks appended (``prepare --extend-vocab``).
+
+        Every id of ``self`` is kept; the new characters follow, most frequent first (ties by code
+        point), as ``from_counts`` orders a new vocabulary; those seen fewer than ``min_count`` times
+        stay [UNK].
+
+        Args:
+            counts: occurrences of each character in the corpus.
+            min_count: the least number of occurrences that earns a new character an id.
+        """
+        new = [c for c, n in counts.items() if n >= min_count and c != "\n" and c not in self.index]
+        new.sort(key=lambda c: (-counts[c], ord(c)))
+        return CharVocab(self.tokens + new)
+
+    def starts_with(self, base: "CharVocab") -> bool:
+        """Whether ``base``'s tokens are this vocabulary's first ones, with the same ids."""
+        return self.tokens[:base.size] == base.tokens
 
     @staticmethod
     def count_chars(lines: Iterable[str]) -> Counter:
@@ -222,14 +247,89 @@ class CharVocab:
         Args:
             directory: a DATA_DIR, RUN_DIR, export folder or any folder with ``vocab.txt``.
         """
-        path = Path(directory) / VOCAB_FILE
-        if not path.is_file():
-            raise DataDirError(f"{directory}: no {VOCAB_FILE} here; pass a folder written by "
-                               "`poetry-gpt prepare` (or a run's export/)")
-        text = path.read_text(encoding="utf-8")
-        tokens = text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
+        path, tokens = read_vocab_file(directory)
+        if tokens[:3] != list(SPECIAL_TOKENS) and is_bert_style(tokens):
+            raise DataDirError(f"{path}: a BERT-style vocabulary (a public checkpoint's); use the folder through "
+                               f"`poetry-gpt prepare RAW --vocab {directory}` and `train --init-from {directory}`")
         try:
             return cls(tokens)
         except ValueError as exc:
             raise DataDirError(f"{path}: {exc}; rerun `poetry-gpt prepare`") from None
+
+
+def read_vocab_file(directory: str | os.PathLike) -> tuple[Path, list[str]]:
+    """``(path, tokens)`` of the ``vocab.txt`` in ``directory``, one token a line.
+
+    Args:
+        directory: the folder holding it.
+
+    Raises:
+        DataDirError: there is no ``vocab.txt``.
+    """
+    path = Path(directory) / VOCAB_FILE
+    if not path.is_file():
+        raise DataDirError(f"{directory}: no {VOCAB_FILE} here; pass a folder written by "
+                           "`poetry-gpt prepare` (or a run's export/)")
+    text = path.read_text(encoding="utf-8")
+    return path, text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
+
+
+def is_bert_style(tokens: Sequence[str]) -> bool:
+    """Whether ``tokens`` hold every one of ``BERT_SPECIAL_TOKENS`` (the public Chinese GPT-2s' vocab.txt)."""
+    return set(BERT_SPECIAL_TOKENS) <= set(tokens)
+
+
+@dataclass(frozen=True)
+class BaseVocab:
+    """The vocabulary of a ``--vocab`` / ``--init-from`` folder, in our layout.
+
+    A BERT-style ``vocab.txt`` (``[PAD]``, ``[unused…]``, ``[UNK]``, ``[CLS]``, ``[SEP]``, ``[MASK]``,
+    then one token a line: CJK characters, punctuation, ``##`` word pieces, Latin words) is mapped:
+
+    * our ``[PAD]`` (padding) is their ``[PAD]``, our ``[UNK]`` their ``[UNK]``, and our ``[SEP]``
+      (the poem boundary, before every poem) their ``[SEP]``; these take our ids 0, 1, 2;
+    * every other single-character token follows in their order (first occurrence if repeated);
+    * ``[CLS]``, ``[MASK]``, ``[unused…]`` and every multi-character token are dropped (our
+      one-character-a-token encoding never produces them).
+
+    ``source_ids[i]`` is the row of the folder's embedding that holds our id ``i``; ``--init-from``
+    gathers those rows (``model.init_from``), so the model starts with their learned embeddings.
+
+    Args:
+        vocab: the vocabulary in our layout.
+        source_ids: the folder's id of each of ``vocab``'s ids, or None when the folder is ours (same ids).
+        source_size: the number of tokens in the folder's ``vocab.txt``.
+    """
+
+    vocab: CharVocab
+    source_ids: tuple[int, ...] | None
+    source_size: int
+
+    @property
+    def size(self) -> int:
+        return self.vocab.size
+
+
+def load_base_vocab(directory: str | os.PathLike) -> BaseVocab:
+    """Read the ``vocab.txt`` of a DATA_DIR, RUN_DIR, export or BERT-style checkpoint folder.
+
+    Args:
+        directory: the folder.
+
+    Raises:
+        DataDirError: no ``vocab.txt``, or one that is neither ours nor BERT-style (one line naming it).
+    """
+    path, tokens = read_vocab_file(directory)
+    if tokens[:3] == list(SPECIAL_TOKENS):
+        return BaseVocab(CharVocab.load(directory), None, len(tokens))
+    if not is_bert_style(tokens):
+        raise DataDirError(f"{path}: neither a poetry_gpt vocabulary (first lines {', '.join(SPECIAL_TOKENS)}) nor "
+                           f"a BERT-style one ({', '.join(BERT_SPECIAL_TOKENS)} among one token a line); pass a "
+                           "DATA_DIR, a run's export/ or a public Chinese GPT-2 checkpoint folder")
+    first = {}
+    for i, t in enumerate(tokens):
+        first.setdefault(t, i)
+    chars = [t for t, i in first.items() if len(t) == 1 and t != "\n"]
+    ids = [first[PAD], first[UNK], first[SEP]] + [first[c] for c in chars]
+    return BaseVocab(CharVocab(list(SPECIAL_TOKENS) + chars), tuple(ids), len(tokens))
 

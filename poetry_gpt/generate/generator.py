@@ -182,12 +182,13 @@ def _checkpoint_model(run, recorded: dict, config, vocab: CharVocab) -> tuple:
         return model, None, {"model": model}
     from ..data.manifest import load_manifest
     from ..run_dir import check_base
-    from ..train.trainer import load_init, make_tuning
+    from ..model.init_from import load_init
+    from ..train.trainer import make_tuning
 
     base = recorded.get("base") or {}
     check_base(run, base, base.get("path", "?"))
     model = load_init(base["path"], vocab, config)
-    base_size = getattr(load_manifest(recorded["data"]["path"]), "base_vocab_size", None)  # TODO peftdata merge
+    base_size = load_manifest(recorded["data"]["path"]).base_vocab_size
     tuning = make_tuning(model, config, base_size)
     return model, tuning, {"tuned": tuning.tuned_state(model)}
 

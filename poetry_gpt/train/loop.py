@@ -116,7 +116,7 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
     # a run whose length changes lays its decay over a plan variable; one trained so keeps it on resume
     use_plan = max_time is not None or (resuming and _has_lr_plan(run.checkpoints))
     training = build_training(config, vocab, strategy, total_steps, precision, init_from, use_plan,
-                              getattr(manifest, "base_vocab_size", None))  # TODO peftdata merge
+                              manifest.base_vocab_size)
     # a non-chief saves into a temporary folder (deleted at exit) but resumes from the chief's checkpoints
     manager, source = checkpoint_managers(training.saved, run.checkpoints, chief, t.keep_checkpoints)
     restored_step = (_resume(run, source, training, config, total_steps, changes, chief, echo) if resuming else 0)

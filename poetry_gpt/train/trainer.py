@@ -26,7 +26,8 @@ from ..data.datasets import eval_dataset, train_dataset
 from ..data.manifest import Manifest
 from ..data.vocab import CharVocab
 from ..envcheck import cpu_flags
-from ..errors import OptionError, PoetryGPTError, RunDirError
+from ..errors import OptionError, PoetryGPTError
+from ..model.init_from import load_init  # noqa: F401  (moved there; build_training and tests use it here)
 from .distribute import distribute_options
 from .schedule import keras_schedule
 
@@ -357,56 +358,3 @@ def validation_data(manifest: Manifest, config: RunConfig, vocab: CharVocab, str
     data = eval_dataset(manifest, config.train.batch_size, config.model.n_ctx, pad_id=vocab.pad_id,
                         sep_id=vocab.sep_id)
     return distribute_options(data, strategy)
-
-
-def load_init(init_from, vocab: CharVocab, config: RunConfig):
-    """Load an HF GPT-2 folder for fine-tuning, refusing mismatched vocabularies or shapes and settings that
-    the training and sampling paths do not compute (``model.check_supported``); its dropout becomes the run's.
-
-    Args:
-        init_from: the folder (``save_pretrained`` files, TF weights or safetensors).
-        vocab: the run's vocabulary (the folder's must match it).
-        config: the run configuration (its shape must match the folder's).
-    """
-    from transformers import GPT2Config, TFGPT2LMHeadModel
-
-    from ..fsutil import read_json
-    from ..model.gpt2 import check_agreement, check_supported
-
-    path = Path(init_from)
-    if not (path / "config.json").is_file():
-        raise RunDirError(f"--init-from {path}: not a GPT-2 checkpoint folder (no config.json); pass a folder "
-                          "written by save_pretrained, e.g. a run's export/")
-    try:
-        model_type = read_json(path / "config.json").get("model_type")
-    except (OSError, ValueError, AttributeError):
-        raise RunDirError(f"--init-from {path}: config.json is not readable JSON; pass a folder written by "
-                          "save_pretrained, e.g. a run's export/") from None
-    if model_type != "gpt2":
-        raise RunDirError(f"--init-from {path}: config.json describes a {model_type!r} model, not GPT-2; pass a GPT-2 "
-                          "folder, e.g. a run's export/")
-    has_tf = (path / "tf_model.h5").is_file()
-    has_pt = any(path.glob("*.safetensors")) or (path / "pytorch_model.bin").is_file()
-    if not (has_tf or has_pt):
-        raise RunDirError(f"--init-from {path}: no weights (tf_model.h5 or *.safetensors) in the folder")
-    try:
-        gpt2 = GPT2Config.from_pretrained(str(path))
-        check_supported(gpt2, f"--init-from {path}")
-        # the fast training path applies one rate everywhere: the run's --dropout, not the folder's
-        gpt2.resid_pdrop = gpt2.embd_pdrop = gpt2.attn_pdrop = config.model.dropout
-        lm = TFGPT2LMHeadModel.from_pretrained(str(path), from_pt=not has_tf, config=gpt2)
-    except RunDirError:
-        raise
-    except Exception as exc:
-        raise RunDirError(f"--init-from {path}: not loadable as GPT-2 ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
-    if (path / "vocab.txt").is_file() and CharVocab.load(path).hash != vocab.hash:
-        raise RunDirError(f"--init-from {path}: its vocabulary differs from the DATA_DIR's; prepare the data with "
-                          f"`poetry-gpt prepare RAW --vocab {path}`")
-    check_agreement(lm, vocab, str(path))
-    c = lm.config
-    if (c.n_layer, c.n_embd, c.n_head) != (config.model.n_layer, config.model.n_embd, config.model.n_head) \
-            or c.n_positions < config.model.n_ctx:
-        raise RunDirError(f"--init-from {path}: model shape (layers {c.n_layer}, width {c.n_embd}, heads {c.n_head}, "
-                          f"context {c.n_positions}) differs from --config; pick the matching preset")
-    return lm
