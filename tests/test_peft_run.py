@@ -311,3 +311,53 @@ def test_other_tune_on_resume_is_refused(tuned, tmp_path):
     run, _, _ = tuned("lora")
     line = error_line(_cli(["train", "--run", run, "--epochs", 2, "--tune", "adapter"]))
     assert "fine-tuning differs" in line and "lora" in line and "adapter" in line
+
+
+# --- new characters (--extend-vocab) --------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "adapter"])
+def test_extended_vocab_trains_the_new_rows_only(method, tmp_path, base):
+    """A DATA_DIR whose vocabulary extends the base's: the base rows of ``wte`` stay bit-identical, the new rows
+    train, and the export holds them (merged for lora; in ``wte`` and ``tuning.npz`` for adapter)."""
+    from poetry_gpt.data.manifest import load_manifest
+    from poetry_gpt.data.prepare import prepare
+    from poetry_gpt.generate.generator import load_model
+    from poetry_gpt.model.fast_forward import gpt2_logits
+
+    raw = write_raw(tmp_path / "ci.txt", 60, seed=3, chars="春花秋月山水风云天地人心江河日夜雪雨蝶醉词阙")
+    prepare([raw], tmp_path / "data", DataConfig(valid_fraction=0.05), vocab_dir=base, n_ctx=64, extend_vocab=True)
+    n_base = load_manifest(tmp_path / "data").base_vocab_size
+    run = tmp_path / "run"
+    _, training, _ = run_train(tmp_path / "data", run, tiny().replace(tune={"method": method}), init_from=base)
+    wte = training.lm.transformer.wte.embeddings.numpy()
+    base_wte = load_base(base).transformer.wte.embeddings.numpy()
+    assert n_base == base_wte.shape[0] < wte.shape[0]
+    np.testing.assert_array_equal(wte[:n_base], base_wte)
+    rows = training.tuning.variables["embedding_rows"]
+    assert rows.shape[0] == wte.shape[0] - n_base and rows in training.trainable
+    assert not np.array_equal(rows.numpy(), wte[n_base:])  # trained away from their initial mean
+    export = load_model(run)
+    exported = export.model.transformer.wte.embeddings.numpy()
+    np.testing.assert_array_equal(exported[:n_base], base_wte)
+    np.testing.assert_array_equal(exported[n_base:], rows.numpy())
+    ids = np.random.default_rng(0).integers(3, wte.shape[0], (1, 30)).astype(np.int32)
+    np.testing.assert_allclose(gpt2_logits(export.model, ids, tuning=export.tuning).numpy(),
+                               gpt2_logits(training.lm, ids, tuning=training.tuning).numpy(), rtol=0, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_saved_model_of_an_adapter_export_samples_its_poems(tuned, tmp_path):
+    """``poetry-gpt export --saved-model`` of an adapter run: the SavedModel holds the adapters and writes the
+    poems ``PoemGenerator`` writes."""
+    import tensorflow as tf
+
+    from poetry_gpt.generate.generator import PoemGenerator
+    from poetry_gpt.serve.saved_model import export_saved_model
+
+    run, _, _ = tuned("adapter")
+    export_saved_model(run, tmp_path / "poet", batch_sizes="1")
+    loaded = tf.saved_model.load(str(tmp_path / "poet"))
+    out = loaded.generate(prompt=["春花"], seed=7)
+    expected = PoemGenerator(run).generate(["春花"], seed=7, batch_size=1)
+    assert [x.decode() for x in out["poem"].numpy().tolist()] == [s.text for s in expected]
