@@ -361,3 +361,15 @@ def test_saved_model_of_an_adapter_export_samples_its_poems(tuned, tmp_path):
     out = loaded.generate(prompt=["春花"], seed=7)
     expected = PoemGenerator(run).generate(["春花"], seed=7, batch_size=1)
     assert [x.decode() for x in out["poem"].numpy().tolist()] == [s.text for s in expected]
+
+
+def test_tune_settings_round_trip_and_presets_may_set_them():
+    from poetry_gpt.config import RunConfig
+
+    presets = {"ci": {"model": {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_ctx": 64},
+                      "tune": {"method": "lora", "lora_rank": 4, "lora_targets": ["c_attn", "c_fc"]}}}
+    config = config_from_preset("ci", presets)
+    assert config.tune.method == "lora" and config.tune.lora_targets == ("c_attn", "c_fc")
+    assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config  # run.json keeps it exactly
+    assert config.replace(tune={"lora_targets": "c_proj,mlp_c_proj"}).tune.lora_targets == ("c_proj", "mlp_c_proj")
+    assert RunConfig.from_dict({"model": {}, "train": {}}).tune.method == "full"  # a run.json of before
