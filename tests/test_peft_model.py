@@ -1,0 +1,221 @@
+"""The tuning math (poetry_gpt.model.peft): fresh tunings are the base model, the training forward and the sampler
+compute the same tuned model, merges are exact, gradients reach only the tuned variables, files round-trip."""
+import numpy as np
+import pytest
+
+import poetry_gpt  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import tensorflow as tf
+
+from poetry_gpt.config import ModelConfig
+from poetry_gpt.data.vocab import CharVocab
+from poetry_gpt.errors import OptionError, RunDirError
+from poetry_gpt.model.cached_gpt2 import CachedGPT2
+from poetry_gpt.model.fast_forward import gpt2_logits, lm_loss_terms
+from poetry_gpt.model.gpt2 import build_model
+from poetry_gpt.model.peft import TUNE_METHODS, TuneConfig, Tuning, model_variables
+
+VOCAB = CharVocab(["[PAD]", "[UNK]", "[SEP]"] + [chr(0x4E00 + i) for i in range(97)])  # 100 tokens
+SHAPE = ModelConfig(n_layer=2, n_embd=32, n_head=4, n_ctx=16)
+BASE_VOCAB = 90  # an --extend-vocab run: ids 90…99 are new rows
+SIZES = dict(adapter_size=4, prefix_length=3, lora_rank=2, lora_alpha=4.0,
+             lora_targets=("c_attn", "c_proj", "c_fc", "mlp_c_proj"))
+# float32, same function computed by two code paths (merged vs factored LoRA, cache vs full attention): measured
+# ≤ 8.3e-6 on these logits (|logits| up to 8); a wrong mask, scale or missing term moves them by > 1e-2
+ATOL = 2e-5
+
+
+def _base(seed=7):
+    """A tiny model with non-trivial layer norms and biases (a wrong formula cannot hide behind 1s and 0s)."""
+    lm = build_model(SHAPE, VOCAB, seed=seed)
+    rng = np.random.default_rng(0)
+    for v in lm.trainable_variables:
+        if "ln_" in v.name or "bias" in v.name:
+            v.assign(v + rng.normal(0, 0.2, v.shape).astype(np.float32))
+    return lm
+
+
+def _copy(lm):
+    clone = build_model(SHAPE, VOCAB, seed=99)
+    clone.set_weights(lm.get_weights())
+    return clone
+
+
+def _tuning(lm, method, base_vocab=BASE_VOCAB):
+    return Tuning(lm, TuneConfig(method=method, **SIZES), base_vocab_size=base_vocab, seed=3)
+
+
+def _perturb(lm, tuning, seed=5):
+    """Random non-zero values for everything the tuning trains (LoRA's B, the adapters' U are 0 when fresh)."""
+    rng = np.random.default_rng(seed)
+    for v in tuning.trainable(lm):
+        v.assign(v + rng.normal(0, 0.3, v.shape).astype(np.float32))
+
+
+def _ids(batch=2, time=SHAPE.n_ctx, seed=1):
+    return tf.constant(np.random.default_rng(seed).integers(3, VOCAB.size, (batch, time)), tf.int32)
+
+
+def _sampler_logits(net, ids, lengths):
+    """Logits of the sampler's passes for positions lengths-1 … n_ctx-1 of each row: prefill right-padded
+    prompts of ``lengths``, then one step per token, as ``Sampler`` does. Returns [(positions, logits)]."""
+    lengths = np.asarray(lengths, np.int32)
+    T = int(lengths.max())
+    prompt = np.where(np.arange(T)[None] < lengths[:, None], ids.numpy()[:, :T], 0)
+    w = net.weights()
+    logits, cache = net.prefill(w, tf.constant(prompt), tf.constant(lengths))
+    out = [(lengths - 1, logits.numpy())]
+    for s in range(net.n_ctx - T):
+        positions = lengths + s
+        tokens = tf.gather(ids, positions, batch_dims=1)
+        logits, cache = net.step(w, tokens, tf.constant(positions), cache)
+        out.append((positions, logits.numpy()))
+    return out
+
+
+@pytest.mark.parametrize("base_vocab", [None, BASE_VOCAB], ids=["same-vocab", "new-rows"])
+@pytest.mark.parametrize("method", ["full", "bitfit", "adapter", "lora"])
+def test_fresh_tuning_is_exactly_the_base_model(method, base_vocab):
+    lm = _base()
+    ids = _ids(time=12)
+    ref = gpt2_logits(lm, ids, compute_dtype=tf.float32).numpy()
+    tuning = _tuning(lm, method, base_vocab)
+    np.testing.assert_array_equal(gpt2_logits(lm, ids, compute_dtype=tf.float32, tuning=tuning).numpy(), ref)
+    plain, tuned = CachedGPT2(lm), CachedGPT2(lm, tuning=tuning)
+    lengths = tf.constant([12, 7])
+    np.testing.assert_array_equal(tuned.prefill(tuned.weights(), ids, lengths)[0].numpy(),
+                                  plain.prefill(plain.weights(), ids, lengths)[0].numpy())
+
+
+def test_fresh_prefix_holds_the_base_models_own_keys_and_values():
+    """Prefix is the one method a fresh state cannot make exact (its slots always share the softmax): it
+    starts from the base's keys/values of real tokens, so a query sees them like ordinary earlier context."""
+    lm = _base()
+    tuning = _tuning(lm, "prefix", None)
+    net = CachedGPT2(lm)
+    key = tuning.variables["h.1.prefix.key"].numpy()
+    assert key.shape == (3, 32) and np.abs(key).max() > 0.1
+    _, cache = net.prefill(net.weights(), tf.constant(np.zeros((1, 3)), tf.int32), tf.constant([3]))
+    K = cache[1][0].numpy()[0, :, :3]  # [H, P, Dh] of some other tokens: same scale, different values
+    assert 0.2 < np.std(key) / np.std(K) < 5
+
+
+@pytest.mark.parametrize("batch", [1, 2], ids=["batch1-split", "batch2"])
+@pytest.mark.parametrize("method", TUNE_METHODS)
+def test_training_forward_and_sampler_compute_the_same_tuned_model(method, batch):
+    """After non-zero tuned values, the sampler's prefill + steps up to the last context slot (n_ctx real
+    tokens, whatever the prefix) give the training forward's logits."""
+    lm = _base()
+    tuning = _tuning(lm, method)
+    _perturb(lm, tuning)
+    ids = _ids(batch=batch)
+    ref = gpt2_logits(lm, ids, compute_dtype=tf.float32, tuning=tuning).numpy()
+    assert np.abs(ref - gpt2_logits(_base(), ids, compute_dtype=tf.float32).numpy()).max() > 0.05  # it matters
+    for positions, logits in _sampler_logits(CachedGPT2(lm, tuning=tuning), ids, [5, 3][:batch]):
+        np.testing.assert_allclose(logits, ref[np.arange(batch), positions], atol=ATOL, rtol=0)
+
+
+@pytest.mark.slow  # an XLA compile: 6–9 s on 2 busy cores
+def test_compiled_sampler_reads_tuned_variables_at_call_time():
+    """One compiled program serves: changing the tuned variables changes its output, without retracing."""
+    lm = _base()
+    tuning = _tuning(lm, "prefix")
+    net = CachedGPT2(lm, tuning=tuning)
+    ids, lengths = _ids(time=8), tf.constant([8, 6])
+    traces = []
+
+    @tf.function(jit_compile=True)
+    def prefill(ids, lengths):
+        traces.append(1)
+        return net.prefill(net.weights(), ids, lengths)[0]
+
+    before = prefill(ids, lengths).numpy()
+    _perturb(lm, tuning)
+    after = prefill(ids, lengths).numpy()
+    assert len(traces) == 1 and np.abs(after - before).max() > 0.05
+    np.testing.assert_allclose(after, net.prefill(net.weights(), ids, lengths)[0].numpy(), atol=ATOL)
+
+
+@pytest.mark.parametrize("method", ["bitfit", "lora"])
+def test_merged_model_is_the_tuned_model(method):
+    """merge() into a copy of the base: our forward of the plain merged model, and transformers' own, give the
+    tuned model's logits (float32; transformers computes with other ops: its tolerance is test_fast_gpt2's)."""
+    lm = _base()
+    tuning = _tuning(lm, method)
+    _perturb(lm, tuning)
+    ids = _ids(time=12)
+    ref = gpt2_logits(lm, ids, compute_dtype=tf.float32, tuning=tuning).numpy()
+    merged = _copy(_base())  # the untouched base, as an export would load it
+    tuning.merge(merged)
+    np.testing.assert_allclose(gpt2_logits(merged, ids, compute_dtype=tf.float32).numpy(), ref, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(merged(input_ids=ids).logits.numpy(), ref, atol=2e-4, rtol=1e-4)
+    base_rows = model_variables(_base())["wte"].numpy()[:BASE_VOCAB]
+    np.testing.assert_array_equal(model_variables(merged)["wte"].numpy()[:BASE_VOCAB], base_rows)
+
+
+@pytest.mark.parametrize("method", ["adapter", "prefix"])
+def test_merge_refuses_what_plain_gpt2_cannot_express(method):
+    lm = _base()
+    with pytest.raises(OptionError, match=f"--tune {method}"):
+        _tuning(lm, method).merge(lm)
+
+
+@pytest.mark.parametrize("method", TUNE_METHODS)
+def test_gradients_reach_only_trainable(method):
+    lm = _base()
+    tuning = _tuning(lm, method)
+    _perturb(lm, tuning)  # fresh LoRA B = 0 would leave A without gradient
+    ids = _ids(time=12)
+    every = list(lm.trainable_variables) + list(tuning.variables.values())
+    with tf.GradientTape() as tape:
+        loss_sum, _ = lm_loss_terms(lm, ids, ids, compute_dtype=tf.float32, tuning=tuning)
+    grads = tape.gradient(loss_sum, every)
+    trained = {v.ref() for v in tuning.trainable(lm)}
+    assert len(trained) == len(tuning.trainable(lm)) > 0
+    for v, g in zip(every, grads):
+        if v.ref() in trained:
+            assert g is not None and float(tf.norm(tf.convert_to_tensor(g))) > 0, v.name
+        else:
+            assert g is None, v.name
+    expected = {"full": 28, "bitfit": 2 * 6 + 1 + 1, "adapter": 2 * 4 + 1, "prefix": 2 * 2 + 1, "lora": 2 * 8 + 1}
+    assert len(trained) == expected[method]
+
+
+@pytest.mark.parametrize("method", TUNE_METHODS)
+def test_save_load_round_trip(method, tmp_path):
+    lm = _base()
+    tuning = _tuning(lm, method)
+    _perturb(lm, tuning)
+    ids = _ids(time=12)
+    ref = gpt2_logits(lm, ids, compute_dtype=tf.float32, tuning=tuning).numpy()
+    tuning.save(tmp_path / "tuning.npz")
+    assert [p.name for p in tmp_path.iterdir()] == ["tuning.npz"]
+    fresh = _copy(_base())
+    loaded = Tuning.load(tmp_path / "tuning.npz", fresh)
+    assert loaded.cfg == tuning.cfg and loaded.base_vocab_size == BASE_VOCAB
+    np.testing.assert_array_equal(gpt2_logits(fresh, ids, compute_dtype=tf.float32, tuning=loaded).numpy(), ref)
+
+
+def test_load_refuses_another_models_file(tmp_path):
+    lm = _base()
+    _tuning(lm, "lora").save(tmp_path / "tuning.npz")
+    other = build_model(ModelConfig(n_layer=2, n_embd=16, n_head=4, n_ctx=16), VOCAB, seed=1)
+    with pytest.raises(RunDirError, match=r"tuning.npz: embedding_rows has shape \(10, 32\), the model needs \(10, 16\)"):
+        Tuning.load(tmp_path / "tuning.npz", other)
+    (tmp_path / "bad.npz").write_text("not a zip")
+    with pytest.raises(RunDirError, match="bad.npz: not a readable tuning file"):
+        Tuning.load(tmp_path / "bad.npz", lm)
+
+
+@pytest.mark.parametrize("change, option", [
+    (dict(method="qlora"), "--tune"), (dict(adapter_size=0), "--adapter-size"), (dict(prefix_length=0),
+                                                                                  "--prefix-length"),
+    (dict(lora_rank=0), "--lora-rank"), (dict(lora_alpha=0.0), "--lora-alpha"),
+    (dict(lora_targets=("c_attn", "wte")), "--lora-targets"), (dict(lora_targets=()), "--lora-targets")])
+def test_bad_tune_options_name_the_option(change, option):
+    with pytest.raises(OptionError, match=f"^{option}: "):
+        TuneConfig(**change).check()
+
+
+def test_base_vocab_larger_than_the_model_is_refused():
+    with pytest.raises(RunDirError, match="base vocabulary has 120 tokens but the model only 100"):
+        Tuning(_base(), TuneConfig(method="lora"), base_vocab_size=120)
