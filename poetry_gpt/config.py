@@ -139,7 +139,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class TuneSettings:
     """How ``train --init-from BASE`` fine-tunes (``--tune`` and its sizes); the run records them, so a resume
-    needs no flag. ``model.peft.TuneConfig(**asdict(settings))`` is what the model side computes with.
+    needs no flag. ``model.peft`` computes with them (``peft.TuneConfig`` is this class).
 
     Args:
         method: full (every weight), bitfit (biases), adapter, prefix or lora.
@@ -173,6 +173,11 @@ class TuneSettings:
                 f"{','.join(self.lora_targets) or 'nothing'}")
         require(len(set(self.lora_targets)) == len(self.lora_targets), "--lora-targets",
                 f"names a matrix twice: {','.join(self.lora_targets)}")
+
+    @property
+    def lora_scale(self) -> float:
+        """LoRA's ``alpha / rank``."""
+        return self.lora_alpha / self.lora_rank
 
     def describe(self) -> str:
         """The method and the sizes that apply to it, e.g. ``lora (rank 8, alpha 16, c_attn,c_proj)``."""

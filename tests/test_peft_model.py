@@ -213,7 +213,7 @@ def test_load_refuses_another_models_file(tmp_path):
     (dict(lora_targets=("c_attn", "wte")), "--lora-targets"), (dict(lora_targets=()), "--lora-targets")])
 def test_bad_tune_options_name_the_option(change, option):
     with pytest.raises(OptionError, match=f"^{option}: "):
-        TuneConfig(**change).check()
+        TuneConfig(**change)
 
 
 def test_base_vocab_larger_than_the_model_is_refused():

@@ -31,55 +31,24 @@ the weights at ``weights()`` time, read from the variables at call time; adapter
 prefill/step; the prefix is attended separately, so the KV cache keeps its shape and the real tokens' context
 budget stays ``n_ctx``).
 
-Spec deviations (see notes/peft_spec.md): ``TuneConfig.check`` raises ``OptionError`` (the project has no
-``ConfigError``). ``merge(lm)`` may be given another copy of the base (e.g. a freshly loaded one for export): it
+``TuneConfig`` is ``config.TuneSettings``: its values are checked when it is made (``OptionError`` naming
+the option). ``merge(lm)`` may be given another copy of the base (e.g. a freshly loaded one for export): it
 writes the bitfit biases, LoRA products and new rows into it and leaves this Tuning's variables unchanged, so do
 not use this Tuning on the merged model afterwards (LoRA would count twice).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-from ..errors import OptionError, Rule, RunDirError, check_rules
+from ..config import LORA_TARGETS, TUNE_METHODS, TuneSettings  # noqa: F401  (re-exported)
+from ..errors import OptionError, RunDirError
 
-TUNE_METHODS = ("full", "bitfit", "adapter", "prefix", "lora")
-LORA_TARGETS = ("c_attn", "c_proj", "c_fc", "mlp_c_proj")
 FORMAT = 1  # tuning.npz layout version
 _HEADER = "__header__"
-
-_RULES = (
-    Rule("method", "--tune", lambda v: v in TUNE_METHODS, f"must be one of {', '.join(TUNE_METHODS)}"),
-    Rule("adapter_size", "--adapter-size", lambda v: isinstance(v, int) and v >= 1, "must be an integer ≥ 1"),
-    Rule("prefix_length", "--prefix-length", lambda v: isinstance(v, int) and v >= 1, "must be an integer ≥ 1"),
-    Rule("lora_rank", "--lora-rank", lambda v: isinstance(v, int) and v >= 1, "must be an integer ≥ 1"),
-    Rule("lora_alpha", "--lora-alpha", lambda v: v > 0, "must be > 0"),
-    Rule("lora_targets", "--lora-targets",
-         lambda v: len(v) > 0 and len(set(v)) == len(v) and set(v) <= set(LORA_TARGETS),
-         f"must be distinct names among {','.join(LORA_TARGETS)}"),
-)
-
-
-@dataclass(frozen=True)
-class TuneConfig:
-    """How a model is tuned (``--tune`` and its sizes); see the module docstring for each method."""
-
-    method: str = "full"
-    adapter_size: int = 64
-    prefix_length: int = 16
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_targets: tuple[str, ...] = ("c_attn", "c_proj")
-
-    def check(self) -> None:
-        """Raise ``OptionError`` naming the option (``--lora-rank`` …) of the first bad value."""
-        check_rules(_RULES, asdict(self))
-
-    @property
-    def lora_scale(self) -> float:
-        """LoRA's ``alpha / rank``."""
-        return self.lora_alpha / self.lora_rank
+#: how a model is tuned: ``config.TuneSettings`` (the run's ``tune`` section) owns the fields and their checks
+TuneConfig = TuneSettings
 
 
 def conv_layers(block) -> dict:
@@ -122,7 +91,6 @@ class Tuning:
     def __init__(self, lm, cfg: TuneConfig, base_vocab_size: int | None = None, seed: int = 0):
         import numpy as np
 
-        cfg.check()
         vocab = lm.config.vocab_size
         if base_vocab_size is not None and not 0 < base_vocab_size <= vocab:
             raise RunDirError(f"the base vocabulary has {base_vocab_size} tokens but the model only {vocab}; "

@@ -274,15 +274,11 @@ def make_tuning(lm, config: RunConfig, base_vocab_size: int | None):
         config: the run configuration (``tune``, and the seed of the added variables).
         base_vocab_size: ids below it are the base's (None: the vocabulary was not extended).
     """
-    import dataclasses
-
-    from ..model.peft import TuneConfig, Tuning
+    from ..model.peft import Tuning
 
     if config.tune.method == "full":
         return None
-    cfg = TuneConfig(**dataclasses.asdict(config.tune))
-    cfg.check()
-    return Tuning(lm, cfg, base_vocab_size=base_vocab_size, seed=config.train.seed)
+    return Tuning(lm, config.tune, base_vocab_size=base_vocab_size, seed=config.train.seed)
 
 
 def build_training(config: RunConfig, vocab: CharVocab, strategy, total_steps: int, precision: str,
