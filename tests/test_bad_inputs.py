@@ -243,5 +243,15 @@ def test_unknown_form_and_too_long_acrostic(world):
                           "--acrostic")
 
 
+@pytest.mark.parametrize("args,fragments", [
+    (("--leniency", "strict"), ("--leniency: acts only with --strict",)),
+    (("--leniency", "standard"), ("--leniency: acts only with --strict",)),  # typed, even at its default
+    (("--rhyme-book", "modern"), ("--rhyme-book: acts only with --rhyme or --strict",)),
+])
+def test_options_that_would_change_nothing_are_refused(tmp_path, args, fragments):
+    """Checked before the model loads: a folder that is no run is never looked at."""
+    assert_one_line_error(run_cli("generate", "--run", tmp_path, "--form", "五绝", *args), *fragments)
+
+
 def test_generate_from_a_folder_that_is_no_run(tmp_path):
     assert_one_line_error(run_cli("generate", "--run", tmp_path, "春风"), str(tmp_path))

@@ -44,6 +44,26 @@ def _precheck(values: dict, eager: bool = False) -> SamplingConfig:
     return config
 
 
+#: options that only act with another one: (option's field, its CLI name, what it needs, the needing fields)
+_DEPENDENT_OPTIONS = (("leniency", "--leniency", "--strict", ("strict",)),
+                      ("rhyme_book", "--rhyme-book", "--rhyme or --strict", ("rhyme", "strict")))
+
+
+def _refuse_idle_options(config: SamplingConfig) -> None:
+    """Refuse an option typed on the command line that would change nothing (``--leniency strict`` without
+    ``--strict``), rather than ignore it. ``chat`` keeps them: there they are the session's settings for a
+    later ``:strict on``.
+
+    Args:
+        config: the checked options of this ``generate``.
+    """
+    ctx = click.get_current_context()
+    for field, option, needs, needing in _DEPENDENT_OPTIONS:
+        typed = ctx.get_parameter_source(field) == click.core.ParameterSource.COMMANDLINE
+        if typed and not any(getattr(config, n) for n in needing):
+            raise OptionError(f"{option}: acts only with {needs}; add it, or drop {option}")
+
+
 def _load(run_dir, checkpoint=None):
     """The generator for ``--run`` (and ``--checkpoint``), without transformers' load-time chatter on stderr."""
     from transformers.utils import logging as hf_logging
@@ -113,6 +133,7 @@ def generate_cmd(openings, run_dir, checkpoint, title, genre, out, overwrite, fm
     its closing 】 starts with [unclosed].
     """
     config = _precheck(values, eager)
+    _refuse_idle_options(config)
     if out:
         check_out(out, run_dir, overwrite)
     gen = _load(run_dir, checkpoint)
