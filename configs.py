@@ -2,7 +2,9 @@
 
 Each preset lists only what differs from the dataclass defaults in
 ``poetry_gpt/config.py`` (which are the ``small`` model), with a comment why.
-Command-line options override a preset field by field.
+Command-line options override a preset field by field. Sections: ``model``, ``train`` and ``tune``
+(``train --tune`` defaults: ``method``, ``adapter_size``, ``prefix_length``, ``lora_rank``, ``lora_alpha``,
+``lora_targets``; see ``TuneSettings`` in ``poetry_gpt/config.py``).
 """
 
 PRESETS = {

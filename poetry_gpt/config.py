@@ -17,6 +17,8 @@ from .errors import require
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
 SCHEDULES = ("cosine", "linear", "constant")
+TUNE_METHODS = ("full", "bitfit", "adapter", "prefix", "lora")  # train --tune (model/peft.py computes them)
+LORA_TARGETS = ("c_attn", "c_proj", "c_fc", "mlp_c_proj")  # the matrices --lora-targets may name
 DEFAULT_MAX_CHARS = 4096  # longest raw.txt line read; longer ones are skipped and counted
 DEFAULT_N_CTX = 128  # the small model's context, also what `prepare` counts long poems against
 
@@ -135,6 +137,51 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TuneSettings:
+    """How ``train --init-from BASE`` fine-tunes (``--tune`` and its sizes); the run records them, so a resume
+    needs no flag. ``model.peft.TuneConfig(**asdict(settings))`` is what the model side computes with.
+
+    Args:
+        method: full (every weight), bitfit (biases), adapter, prefix or lora.
+        adapter_size: the adapters' bottleneck width (``--adapter-size``).
+        prefix_length: virtual key/value positions per layer (``--prefix-length``).
+        lora_rank: LoRA's rank (``--lora-rank``).
+        lora_alpha: LoRA's scale numerator: the update is ``alpha / rank · A·B`` (``--lora-alpha``).
+        lora_targets: the matrices LoRA adds to, among ``LORA_TARGETS`` (``--lora-targets c_attn,c_proj``).
+    """
+
+    method: str = "full"
+    adapter_size: int = 64
+    prefix_length: int = 16
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: tuple = ("c_attn", "c_proj")
+
+    def __post_init__(self):
+        targets = self.lora_targets
+        if isinstance(targets, str):
+            targets = [t.strip() for t in targets.split(",") if t.strip()]
+        object.__setattr__(self, "lora_targets", tuple(targets))  # JSON gives a list, the CLI a text
+        require(self.method in TUNE_METHODS, "--tune", f"must be one of {', '.join(TUNE_METHODS)}, got {self.method!r}")
+        require(self.adapter_size >= 1, "--adapter-size", f"must be ≥ 1, got {self.adapter_size}")
+        require(self.prefix_length >= 1, "--prefix-length", f"must be ≥ 1, got {self.prefix_length}")
+        require(self.lora_rank >= 1, "--lora-rank", f"must be ≥ 1, got {self.lora_rank}")
+        require(self.lora_alpha > 0, "--lora-alpha", f"must be > 0, got {self.lora_alpha}")
+        unknown = [t for t in self.lora_targets if t not in LORA_TARGETS]
+        require(self.lora_targets and not unknown, "--lora-targets",
+                f"must name one or more of {','.join(LORA_TARGETS)} (comma-separated), got "
+                f"{','.join(self.lora_targets) or 'nothing'}")
+        require(len(set(self.lora_targets)) == len(self.lora_targets), "--lora-targets",
+                f"names a matrix twice: {','.join(self.lora_targets)}")
+
+    def describe(self) -> str:
+        """The method and the sizes that apply to it, e.g. ``lora (rank 8, alpha 16, c_attn,c_proj)``."""
+        sizes = {"adapter": f"size {self.adapter_size}", "prefix": f"length {self.prefix_length}",
+                 "lora": f"rank {self.lora_rank}, alpha {self.lora_alpha:g}, {','.join(self.lora_targets)}"}
+        return self.method + (f" ({sizes[self.method]})" if self.method in sizes else "")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a run is made of: preset name, model shape and training settings.
 
@@ -142,11 +189,13 @@ class RunConfig:
         preset: the name of the preset it started from.
         model: the model shape.
         train: the training settings.
+        tune: how a fine-tuning run tunes (``full`` for a new run).
     """
 
     preset: str = "small"
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneSettings = field(default_factory=TuneSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -155,13 +204,16 @@ class RunConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
         return cls(preset=data.get("preset", "custom"),
                    model=_build(ModelConfig, data.get("model", {}), "model"),
-                   train=_build(TrainConfig, data.get("train", {}), "train"))
+                   train=_build(TrainConfig, data.get("train", {}), "train"),
+                   tune=_build(TuneSettings, data.get("tune", {}), "tune"))
 
-    def replace(self, model: Mapping[str, Any] | None = None, train: Mapping[str, Any] | None = None) -> "RunConfig":
-        """A copy with some model / train fields changed (validated; unknown names are an ``OptionError``)."""
+    def replace(self, model: Mapping[str, Any] | None = None, train: Mapping[str, Any] | None = None,
+                tune: Mapping[str, Any] | None = None) -> "RunConfig":
+        """A copy with some model / train / tune fields changed (validated; unknown names are an ``OptionError``)."""
         return RunConfig(self.preset,
                          _build(ModelConfig, {**dataclasses.asdict(self.model), **(model or {})}, "model"),
-                         _build(TrainConfig, {**dataclasses.asdict(self.train), **(train or {})}, "train"))
+                         _build(TrainConfig, {**dataclasses.asdict(self.train), **(train or {})}, "train"),
+                         _build(TuneSettings, {**dataclasses.asdict(self.tune), **(tune or {})}, "tune"))
 
 
 def _build(cls, values: Mapping[str, Any], section: str):
@@ -188,4 +240,5 @@ def config_from_preset(name: str, presets: Mapping[str, Mapping[str, Mapping[str
     spec = presets[name]
     return RunConfig(preset=name,
                      model=_build(ModelConfig, spec.get("model", {}), "model"),
-                     train=_build(TrainConfig, spec.get("train", {}), "train"))
+                     train=_build(TrainConfig, spec.get("train", {}), "train"),
+                     tune=_build(TuneSettings, spec.get("tune", {}), "tune"))

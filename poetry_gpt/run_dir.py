@@ -404,6 +404,8 @@ def check_resume_compatible(run: RunDir, config: RunConfig, manifest) -> list[st
         problems.append(f"vocabulary differs ({old['vocab']['size']} tokens in the run, {manifest.vocab_size} in the data)")
     if old["data"]["hash"] != manifest.hash:
         problems.append(f"data differs (the run was trained on {old['data']['path']})")
+    if old_cfg.tune != config.tune:
+        problems.append(f"fine-tuning differs (--tune {old_cfg.tune.describe()} → {config.tune.describe()})")
     if problems:
         raise RunDirError(f"--run {run.path}: cannot resume: " + "; ".join(problems) +
                           "; use the original --data/--config, another --run, or --overwrite to start over")
@@ -411,8 +413,61 @@ def check_resume_compatible(run: RunDir, config: RunConfig, manifest) -> list[st
             for k in old_cfg.train.__dataclass_fields__ if getattr(old_cfg.train, k) != getattr(config.train, k)]
 
 
+# what identifies a fine-tuning base: its weights and its config (``base_record``)
+BASE_FILES = ("config.json", "tf_model.h5", "pytorch_model.bin", "model.safetensors")
+
+
+def base_record(path: str | os.PathLike) -> dict:
+    """What a run records of its ``--init-from`` folder: the path and a content hash (sha256 of the weight
+    file(s) and config.json, each file's own hash kept so that a change can be named).
+
+    Args:
+        path: the base folder.
+    """
+    import hashlib
+
+    folder = Path(path)
+    names = sorted({*(n for n in BASE_FILES if (folder / n).is_file()), *(p.name for p in folder.glob("*.safetensors"))})
+    files = {}
+    for name in names:
+        digest = hashlib.sha256()
+        with open(folder / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        files[name] = digest.hexdigest()
+    whole = hashlib.sha256("".join(f"{n}\0{h}\n" for n, h in files.items()).encode()).hexdigest()
+    return {"path": str(folder.resolve()), "hash": whole, "files": files}
+
+
+def check_base(run: RunDir, recorded: dict, path: str | os.PathLike) -> dict:
+    """Refuse a base folder whose content is not the one ``run`` was tuned from; its record when it is.
+
+    Args:
+        run: the RUN_DIR being resumed.
+        recorded: the base as ``run.json`` records it (``base_record``).
+        path: the base folder to use now (the recorded path, or ``--init-from``).
+
+    Raises:
+        RunDirError: the folder is gone, or which files differ.
+    """
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise RunDirError(f"--run {run.path}: the base it was tuned from, {folder}, is gone (no config.json); put it "
+                          "back, or pass its copy with --init-from")
+    now = base_record(folder)
+    if now["hash"] != recorded.get("hash"):
+        old, new = recorded.get("files", {}), now["files"]
+        changed = ([f"{n} changed" for n in sorted(set(old) & set(new)) if old[n] != new[n]]
+                   + [f"{n} missing" for n in sorted(set(old) - set(new))]
+                   + [f"{n} added" for n in sorted(set(new) - set(old))])
+        raise RunDirError(f"--run {run.path}: cannot resume: the base {folder} is not the one the run was tuned from "
+                          f"({', '.join(changed) or 'content differs'}); restore that base, or pass its copy with "
+                          "--init-from")
+    return now
+
+
 def resolve_config(path: str | os.PathLike, preset: str | None, model_overrides: dict, train_overrides: dict,
-                   overwrite: bool = False) -> RunConfig:
+                   overwrite: bool = False, tune_overrides: dict | None = None) -> RunConfig:
     """The configuration a ``train`` call runs with.
 
     A new run starts from ``preset`` (default ``small``); a resumed run starts from the
@@ -425,6 +480,7 @@ def resolve_config(path: str | os.PathLike, preset: str | None, model_overrides:
         model_overrides: model fields set on the command line.
         train_overrides: training fields set on the command line.
         overwrite: the run starts over (the stored configuration is ignored).
+        tune_overrides: fine-tuning fields (``--tune`` and its sizes) set on the command line.
     """
     from .config import config_from_preset
 
@@ -439,7 +495,7 @@ def resolve_config(path: str | os.PathLike, preset: str | None, model_overrides:
                                   "drop --config to resume it, or use another --run / --overwrite")
     else:
         base = config_from_preset(preset or "small")
-    return base.replace(model=model_overrides, train=train_overrides)
+    return base.replace(model=model_overrides, train=train_overrides, tune=tune_overrides)
 
 
 def data_manifest(run: RunDir, data_dir: str | os.PathLike | None = None):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..config import PRECISIONS, SCHEDULES, STRATEGIES
+from ..config import LORA_TARGETS, PRECISIONS, SCHEDULES, STRATEGIES, TUNE_METHODS
 
 # option name -> (section, field)
 _OVERRIDES = {
@@ -15,7 +15,45 @@ _OVERRIDES = {
     "seed": ("train", "seed"), "keep_checkpoints": ("train", "keep_checkpoints"),
     "checkpoint_every": ("train", "checkpoint_every"), "samples_per_epoch": ("train", "samples_per_epoch"),
     "dropout": ("model", "dropout"),
+    "tune": ("tune", "method"), "adapter_size": ("tune", "adapter_size"), "prefix_length": ("tune", "prefix_length"),
+    "lora_rank": ("tune", "lora_rank"), "lora_alpha": ("tune", "lora_alpha"), "lora_targets": ("tune", "lora_targets"),
 }
+# a size option -> the --tune method it belongs to (given with another method, it is refused)
+_TUNE_SIZES = {"adapter_size": "adapter", "prefix_length": "prefix", "lora_rank": "lora", "lora_alpha": "lora",
+               "lora_targets": "lora"}
+
+
+def _tune_options(f):
+    """``train``'s fine-tuning options (``--init-from`` + ``--tune``); unset ones keep the preset's or the run's."""
+    opts = [
+        click.option("--tune", type=click.Choice(TUNE_METHODS),
+                     help="With --init-from: what trains. full = every weight [default]; bitfit = the biases; "
+                          "adapter / prefix / lora = small added weights, the base frozen."),
+        click.option("--adapter-size", type=int, help="--tune adapter: the bottleneck width [default: 64]."),
+        click.option("--prefix-length", type=int, help="--tune prefix: virtual positions per layer [default: 16]."),
+        click.option("--lora-rank", type=int, help="--tune lora: the rank [default: 8]."),
+        click.option("--lora-alpha", type=float, help="--tune lora: the update is scaled by alpha/rank [default: 16]."),
+        click.option("--lora-targets", help=f"--tune lora: the matrices, comma-separated, among "
+                                            f"{','.join(LORA_TARGETS)} [default: c_attn,c_proj]."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _check_tune_sizes(values: dict, method: str) -> None:
+    """Refuse a size option of another method than ``method`` (``--lora-rank`` with ``--tune adapter``).
+
+    Args:
+        values: the command line's option values.
+        method: the ``--tune`` method the run uses.
+    """
+    from ..errors import OptionError
+
+    for name, owner in _TUNE_SIZES.items():
+        if values.get(name) is not None and owner != method:
+            raise OptionError(f"--{name.replace('_', '-')}: applies only to --tune {owner}, and this run tunes with "
+                              f"{method}; drop it or pass --tune {owner}")
 
 
 def _train_options(f):
@@ -52,11 +90,13 @@ def _train_options(f):
 def _resolve(run_dir, preset, overwrite, values):
     from ..run_dir import resolve_config
 
-    model, train = {}, {}
+    sections = {"model": {}, "train": {}, "tune": {}}
     for name, (section, field) in _OVERRIDES.items():
         if values.get(name) is not None:
-            (model if section == "model" else train)[field] = values[name]
-    return resolve_config(run_dir, preset, model, train, overwrite)
+            sections[section][field] = values[name]
+    config = resolve_config(run_dir, preset, sections["model"], sections["train"], overwrite, sections["tune"])
+    _check_tune_sizes(values, config.tune.method)
+    return config
 
 
 def _report(result):
@@ -88,6 +128,7 @@ def _max_time(values) -> float | None:
               help="RUN_DIR to create, or to resume when it holds a run.")
 @click.option("--init-from", type=click.Path(path_type=str),
               help="Fine-tune from this GPT-2 folder (save_pretrained files; vocabulary must match).")
+@_tune_options
 @_train_options
 def train_cmd(data_dir, run_dir, init_from, preset, overwrite, quiet, **values):
     """Train a poem model on DATA_DIR, or continue the run in RUN_DIR."""

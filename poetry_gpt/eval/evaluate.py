@@ -126,7 +126,7 @@ def parse_lines(lines: list[str]) -> list[tuple[str, str, str]]:
 # --- validation loss -------------------------------------------------------------------------
 
 def validation_loss(lm, manifest: Manifest, vocab: CharVocab, batch_size: int, n_ctx: int,
-                    stride: int | None = None) -> dict:
+                    stride: int | None = None, tuning=None) -> dict:
     """Token-mean cross-entropy of ``lm`` on the validation split, as training's ``test_step`` computes it.
 
     Args:
@@ -136,6 +136,7 @@ def validation_loss(lm, manifest: Manifest, vocab: CharVocab, batch_size: int, n
         batch_size: rows per batch (does not change the result beyond float rounding).
         n_ctx: tokens per row (the model's context).
         stride: window stride for poems longer than the context (default ``datasets.eval_stride``).
+        tuning: the ``model.peft.Tuning`` the model is computed with (an adapter/prefix export), or None.
 
     Returns:
         ``loss`` (nats per character; None when the split has no tokens), ``perplexity``, ``tokens``,
@@ -147,7 +148,8 @@ def validation_loss(lm, manifest: Manifest, vocab: CharVocab, batch_size: int, n
 
     @tf.function(jit_compile=True)  # every batch has the same shape: one XLA program
     def terms(input_ids, labels):
-        loss_sum, n = lm_loss_terms(lm, input_ids, labels, training=False, compute_dtype=tf.float32)
+        loss_sum, n = lm_loss_terms(lm, input_ids, labels, training=False, compute_dtype=tf.float32,
+                                    tuning=tuning)
         used_rows = tf.reduce_sum(tf.cast(tf.reduce_any(labels != IGNORE_INDEX, axis=1), tf.int32))
         return loss_sum, n, used_rows
 
@@ -281,7 +283,8 @@ def evaluate(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     n_ctx = generator.n_ctx
 
     say(f"Validation loss on {manifest.poems('valid')} held-out poems …")
-    validation = validation_loss(generator.model, manifest, vocab, batch_size, n_ctx)
+    validation = validation_loss(generator.model, manifest, vocab, batch_size, n_ctx,
+                                 tuning=generator.export.tuning)
 
     say("Reading the splits …")
     valid_poems = parse_lines(read_split_lines(manifest, vocab, "valid"))

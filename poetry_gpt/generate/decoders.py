@@ -85,9 +85,11 @@ class CompiledDecoder:
         stop_id: 】's id (None: rows run their whole budget).
         compute_dtype: "float32" (default; bfloat16 was not faster under XLA on CPU).
         jit_compile: XLA-compile the programs (see ``Sampler``).
+        tuning: the ``model.peft.Tuning`` the programs compute (``CachedGPT2(..., tuning=)``), or None.
     """
 
-    def __init__(self, model, vocab, stop_id: int | None, compute_dtype: str = "float32", jit_compile: bool = True):
+    def __init__(self, model, vocab, stop_id: int | None, compute_dtype: str = "float32", jit_compile: bool = True,
+                 tuning=None):
         import tensorflow as tf
 
         from ..model.cached_gpt2 import CachedGPT2
@@ -95,7 +97,7 @@ class CompiledDecoder:
 
         self.vocab = vocab
         punctuation = [i for i, t in enumerate(vocab.tokens) if t in UNPENALISED]
-        self.sampler = Sampler(CachedGPT2(model, getattr(tf, compute_dtype)), stop_id=stop_id,
+        self.sampler = Sampler(CachedGPT2(model, getattr(tf, compute_dtype), tuning=tuning), stop_id=stop_id,
                                banned_ids=(PAD_ID, UNK_ID, SEP_ID), unpenalised_ids=punctuation,
                                jit_compile=jit_compile)
         self.batch_base = 2

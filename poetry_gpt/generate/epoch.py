@@ -19,7 +19,8 @@ from .planning import Row
 _GENERATORS: dict = {}  # id(lm) -> PoemGenerator; the last two models (a run, and its reloaded export)
 
 
-def sample_poems(lm, vocab: CharVocab, titles: Sequence[str], genre: str, n_ctx: int, seed: int = 0) -> list[str]:
+def sample_poems(lm, vocab: CharVocab, titles: Sequence[str], genre: str, n_ctx: int, seed: int = 0,
+                 tuning=None) -> list[str]:
     """Sample one poem per title (an empty title lets the model write one).
 
     Args:
@@ -29,11 +30,12 @@ def sample_poems(lm, vocab: CharVocab, titles: Sequence[str], genre: str, n_ctx:
         genre: the genre word of the prompt.
         n_ctx: the model context.
         seed: seed of the first poem (poem i uses seed + i).
+        tuning: the ``model.peft.Tuning`` of a ``--tune`` run in training, or None.
 
     Returns:
         Corpus-style lines; one that ran out of context without 】 is prefixed ``[unclosed] ``.
     """
-    gen = _generator(lm, vocab, genre)
+    gen = _generator(lm, vocab, genre, tuning)
     config = SamplingConfig(seed=seed, batch_size=max(len(titles), 1))
     _, tables = gen.tables.get(None, None, False)
     rows = []
@@ -44,14 +46,14 @@ def sample_poems(lm, vocab: CharVocab, titles: Sequence[str], genre: str, n_ctx:
     return [s.text if s.text.endswith(CLOSE) else "[unclosed] " + s.text for s in samples]
 
 
-def _generator(lm, vocab: CharVocab, genre: str) -> PoemGenerator:
+def _generator(lm, vocab: CharVocab, genre: str, tuning=None) -> PoemGenerator:
     """The generator of ``lm`` (built on its first use; its genre is the one asked for)."""
     gen = _GENERATORS.get(id(lm))
-    if gen is None or gen.model is not lm or gen.vocab is not vocab:
+    if gen is None or gen.model is not lm or gen.vocab is not vocab or gen.export.tuning is not tuning:
         while len(_GENERATORS) >= 2:
             _GENERATORS.pop(next(iter(_GENERATORS)))
         # plain graphs, not XLA: a few poems per epoch do not repay XLA's longer compile of a fresh model
-        gen = PoemGenerator.from_export(Export(Path("<in memory>"), lm, vocab, {}), jit_compile=False)
+        gen = PoemGenerator.from_export(Export(Path("<in memory>"), lm, vocab, {}, tuning), jit_compile=False)
         _GENERATORS[id(lm)] = gen
     gen.export.meta["genre"] = genre
     return gen

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..data.vocab import PAD_ID, CharVocab
-from ..errors import RunDirError
+from ..errors import OptionError, RunDirError
 from ..memory import release_freed_memory
 from ..sampling import DEFAULT_BATCH_SIZE, SamplingConfig
 from ..verse import forms
@@ -75,12 +75,15 @@ class Export:
         model: the ``TFGPT2LMHeadModel``.
         vocab: its ``CharVocab``.
         meta: the contents of ``poetry_gpt.json`` ({} when absent).
+        tuning: the ``model.peft.Tuning`` the model is sampled with (an adapter/prefix export, or a
+            ``--tune`` run's checkpoint), or None.
     """
 
     path: Path
     model: object
     vocab: CharVocab
     meta: dict
+    tuning: object = None
 
     @property
     def n_ctx(self) -> int:
@@ -104,7 +107,7 @@ def load_model(path: str | os.PathLike, checkpoint: str | None = None) -> Export
             does not match the model.
     """
     from ..envcheck import require_compatible
-    from ..model.export import load_export
+    from ..model.export import load_export, load_tuning
     from ..run_dir import resolve_export
 
     require_compatible()
@@ -124,14 +127,16 @@ def load_model(path: str | os.PathLike, checkpoint: str | None = None) -> Export
     if meta.get("vocab_hash") not in (None, vocab.hash):
         raise RunDirError(f"{export}: vocab.txt is not the vocabulary the model was exported with "
                           "(vocab_hash differs); restore the export's files or re-export")
-    return Export(export, model, vocab, meta)
+    return Export(export, model, vocab, meta, load_tuning(export, model, meta))
 
 
 def load_checkpoint(path: str | os.PathLike, checkpoint: str) -> Export:
     """Load the model weights of one training checkpoint of a RUN_DIR (not its export).
 
     The model is built from the run's recorded configuration and vocabulary, then only the
-    model part of the checkpoint is restored (the optimizer state is skipped).
+    model part of the checkpoint is restored (the optimizer state is skipped). A ``--tune`` run's
+    checkpoint holds only the tuned variables: the recorded base is loaded (its content checked,
+    ``run_dir.check_base``) and the tuning restored over it.
 
     Args:
         path: a RUN_DIR written by ``poetry-gpt train``.
@@ -143,7 +148,6 @@ def load_checkpoint(path: str | os.PathLike, checkpoint: str) -> Export:
     import tensorflow as tf
 
     from ..config import RunConfig
-    from ..model.gpt2 import build_model
     from ..run_dir import RunDir, export_meta
 
     run = RunDir(Path(path))
@@ -151,14 +155,42 @@ def load_checkpoint(path: str | os.PathLike, checkpoint: str) -> Export:
     recorded = run.read_run()
     config = RunConfig.from_dict(recorded["config"])
     vocab = CharVocab.load(run.path)
-    model = build_model(config.model, vocab)
+    model, tuning, weights = _checkpoint_model(run, recorded, config, vocab)
     try:
-        tf.train.Checkpoint(model=model).restore(str(prefix)).expect_partial().assert_existing_objects_matched()
+        tf.train.Checkpoint(**weights).restore(str(prefix)).expect_partial().assert_existing_objects_matched()
     except Exception as exc:  # a damaged checkpoint raises several TensorFlow error types
         raise RunDirError(f"--checkpoint ckpt-{step}: unreadable ({type(exc).__name__}); choose another "
                           f"checkpoint ({', '.join(str(s) for s in run.checkpoint_steps())})") from None
     meta = export_meta(recorded.get("data", {}), config.model.n_ctx, step, vocab_hash=vocab.hash)
-    return Export(prefix, model, vocab, meta)
+    return Export(prefix, model, vocab, meta, tuning)
+
+
+def _checkpoint_model(run, recorded: dict, config, vocab: CharVocab) -> tuple:
+    """``(model, tuning, what the checkpoint restores into)`` for a run's checkpoint: a new model of the run's
+    shape, or for a ``--tune`` run its base (checked) and a fresh tuning whose variables the checkpoint sets.
+
+    Args:
+        run: the RUN_DIR.
+        recorded: its ``run.json``.
+        config: its configuration.
+        vocab: its vocabulary.
+    """
+    from ..model.gpt2 import build_model
+
+    if config.tune.method == "full":
+        model = build_model(config.model, vocab)
+        return model, None, {"model": model}
+    from ..data.manifest import load_manifest
+    from ..run_dir import check_base
+    from ..model.init_from import load_init
+    from ..train.trainer import make_tuning
+
+    base = recorded.get("base") or {}
+    check_base(run, base, base.get("path", "?"))
+    model = load_init(base["path"], vocab, config)
+    base_size = load_manifest(recorded["data"]["path"]).base_vocab_size
+    tuning = make_tuning(model, config, base_size)
+    return model, tuning, {"tuned": tuning.tuned_state(model)}
 
 
 class PoemGenerator:
@@ -200,7 +232,8 @@ class PoemGenerator:
         #: 词牌 -> its clause pattern (``cipai.learn_patterns``), recorded in the export at train time
         self.cipai: dict = dict(export.meta.get("cipai") or {})
         self.tables = FormTables(self.vocab, self.cipai, self.n_ctx)
-        compiled = CompiledDecoder(self.model, self.vocab, self.close_id, compute_dtype, jit_compile)
+        compiled = CompiledDecoder(self.model, self.vocab, self.close_id, compute_dtype, jit_compile,
+                                   tuning=export.tuning)
         self.sampler = compiled.sampler
         self.decoders = {"compiled": compiled, "eager": EagerDecoder(self.model, self.vocab, self.close_id,
                                                                      self.tables.free)}
@@ -260,6 +293,9 @@ class PoemGenerator:
             OptionError: an option is out of range or the prompt cannot be used.
         """
         config = SamplingConfig.of(sampling, **options)
+        if decoder == "eager" and self.export.tuning is not None:
+            raise OptionError(f"decoder eager: transformers' generate cannot compute this model's --tune "
+                              f"{self.export.tuning.method}; use the compiled decoder")
         self.decoders[decoder].check(config)
         plan = self.plan(openings, title=title, genre=genre, sampling=config)
         return self.decode(plan.rows, plan.config, plan.tables, config.batch_size, decoder=decoder)

@@ -9,6 +9,12 @@ import tensorflow as tf
 #: decode on few cores, where XLA's matrix-vector dot leaves a core idle (figures: README, Performance)
 SPLIT = 2
 NEG = -1e9  # "impossible" logit; finite so that softmax never sees inf - inf
+#: ``peft`` LoRA target -> the key of its (weight, bias) in a layer of ``CachedGPT2.weights()``
+_LORA_KEYS = {"c_attn": "attn", "c_proj": "proj", "c_fc": "fc", "mlp_c_proj": "fc_proj"}
+#: einsums of a prefix layer (``CachedGPT2._prefixed``): query × prefix keys, weights × prefix values,
+#: weights × cached values — for prefill ([B, H, T, …]) and for a step ([B, H, …])
+_PREFILL_EQS = ("bhtd,hpd->bhtp", "bhtp,hpd->bhtd", "bhts,bhsd->bhtd")
+_STEP_EQS = ("bhd,hpd->bhp", "bhp,hpd->bhd", "bhs,bhsd->bhd")
 
 
 class CachedGPT2:
@@ -17,13 +23,19 @@ class CachedGPT2:
     The weights are read from the model's variables at call time, so reloading or
     training the model is seen by already-compiled programs.
 
+    A ``peft.Tuning`` is computed too, its variables also read at call time: LoRA products and new embedding
+    rows are merged into the weights by ``weights()`` (once per program call, not per token); adapters run
+    after each MLP; a layer's prefix slots are attended beside the cache in the same softmax (the cache keeps
+    its ``[B, H, n_ctx, Dh]`` shape, so real tokens keep the whole ``n_ctx`` context).
+
     Args:
         model: a built ``TFGPT2LMHeadModel``.
         compute_dtype: ``tf.float32`` or ``tf.bfloat16`` for the matmuls (logits stay float32).
         split: row blocks per decode-step matmul (1 = plain dots).
+        tuning: a ``peft.Tuning`` of ``model``, or ``None``.
     """
 
-    def __init__(self, model, compute_dtype=tf.float32, split: int = SPLIT):
+    def __init__(self, model, compute_dtype=tf.float32, split: int = SPLIT, tuning=None):
         from transformers.activations_tf import get_tf_activation
 
         cfg = model.config
@@ -33,8 +45,10 @@ class CachedGPT2:
         self.vocab_size = cfg.vocab_size
         self.eps = cfg.layer_norm_epsilon
         self.act = get_tf_activation(cfg.activation_function)
+        self.adapter_act = get_tf_activation("gelu_new")
         self.dtype = compute_dtype
         self.split = split
+        self.tuning = tuning
         t = model.transformer
         self._vars = {
             "wte": t.wte.embeddings, "wpe": t.wpe.embeddings,
@@ -49,7 +63,28 @@ class CachedGPT2:
     def weights(self) -> dict:
         """The weights as tensors in the compute dtype (call inside the compiled function, once)."""
         cast = lambda v: tf.cast(v, self.dtype)  # noqa: E731
-        return tf.nest.map_structure(cast, self._vars)
+        w = tf.nest.map_structure(cast, self._vars)
+        if self.tuning is not None:
+            self._tune_weights(w, cast)
+        return w
+
+    def _tune_weights(self, w, cast) -> None:
+        """Put the tuning into ``w`` (``weights()``): new embedding rows and LoRA merged (in float32), adapter
+        and prefix tensors added to their layers (prefix as [H, P, Dh])."""
+        tu = self.tuning
+        if "embedding_rows" in tu.variables:
+            w["wte"] = cast(tu.embedding())
+        for i, layer in enumerate(w["h"]):
+            tuned = tu.layer(i)
+            for target, (A, B) in tuned.get("lora", {}).items():
+                key = _LORA_KEYS[target]
+                W, b = self._vars["h"][i][key]
+                layer[key] = (cast(W + tu.cfg.lora_scale * tf.matmul(A, B)), layer[key][1])
+            if "adapter" in tuned:
+                down, d, up, u = (cast(v) for v in tuned["adapter"])
+                layer["adapter"] = ((down, d[None]), (up, u[None]))  # biases as Conv1D's [1, n]
+            if "prefix" in tuned:
+                layer["prefix"] = tuple(tf.transpose(self._heads(cast(v)), [1, 0, 2]) for v in tuned["prefix"])
 
     # pieces -----------------------------------------------------------------------
     def _ln(self, x, gb):
@@ -82,7 +117,26 @@ class CachedGPT2:
         return tf.cast(tf.matmul(x, w["wte"], transpose_b=True), tf.float32)
 
     def _mlp(self, layer, x):
-        return self._linear(self.act(self._linear(self._ln(x, layer["ln_2"]), layer["fc"])), layer["fc_proj"])
+        m = self._linear(self.act(self._linear(self._ln(x, layer["ln_2"]), layer["fc"])), layer["fc_proj"])
+        if "adapter" in layer:  # Houlsby adapter: m + gelu_new(m D + d) U + u
+            down, up = layer["adapter"]
+            m = m + self._linear(self.adapter_act(self._linear(m, down)), up)
+        return m
+
+    def _prefixed(self, prefix, scores, q, v, eqs):
+        """Attention over a layer's prefix slots and the masked ``scores`` [..., S] (float32, scaled) in one
+        softmax: the prefix's share of the output plus the cache's.
+
+        Args:
+            prefix: ``(key, value)`` [H, P, Dh].
+            scores, q, v: the pass's scaled masked scores, queries and values (cache or prompt).
+            eqs: ``_PREFILL_EQS`` or ``_STEP_EQS``.
+        """
+        pk, pv = prefix
+        P = pk.shape[1]
+        pscores = tf.cast(tf.einsum(eqs[0], q, pk), tf.float32) * (1.0 / math.sqrt(self.head_dim))
+        probs = tf.cast(self._softmax(tf.concat([pscores, scores], axis=-1)), self.dtype)
+        return tf.einsum(eqs[1], probs[..., :P], pv) + tf.einsum(eqs[2], probs[..., P:], v)
 
     @staticmethod
     def _softmax(scores):
@@ -113,8 +167,12 @@ class CachedGPT2:
             qkv = self._linear(self._ln(x, layer["ln_1"]), layer["attn"])
             q, k, v = [tf.transpose(self._heads(t), [0, 2, 1, 3]) for t in tf.split(qkv, 3, axis=-1)]  # [B, H, T, Dh]
             scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) * scale
-            probs = tf.cast(self._softmax(tf.where(causal, scores, NEG)), self.dtype)
-            a = tf.reshape(tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3]), tf.shape(x))
+            if "prefix" in layer:
+                a = self._prefixed(layer["prefix"], tf.where(causal, scores, NEG), q, v, _PREFILL_EQS)
+            else:
+                probs = tf.cast(self._softmax(tf.where(causal, scores, NEG)), self.dtype)
+                a = tf.matmul(probs, v)
+            a = tf.reshape(tf.transpose(a, [0, 2, 1, 3]), tf.shape(x))
             x = x + self._linear(a, layer["proj"])
             x = x + self._mlp(layer, x)
             cache.append((tf.pad(k, pad), tf.pad(v, pad)))
@@ -146,8 +204,12 @@ class CachedGPT2:
             K = tf.tensor_scatter_nd_update(K, slot, k)
             V = tf.tensor_scatter_nd_update(V, slot, v)
             scores = tf.cast(tf.einsum("bhd,bhsd->bhs", q, K), tf.float32) * scale
-            probs = tf.cast(self._softmax(tf.where(visible, scores, NEG)), self.dtype)
-            a = tf.reshape(tf.einsum("bhs,bhsd->bhd", probs, V), tf.shape(x))
+            if "prefix" in layer:
+                a = self._prefixed(layer["prefix"], tf.where(visible, scores, NEG), q, V, _STEP_EQS)
+            else:
+                probs = tf.cast(self._softmax(tf.where(visible, scores, NEG)), self.dtype)
+                a = tf.einsum("bhs,bhsd->bhd", probs, V)
+            a = tf.reshape(a, tf.shape(x))
             x = x + self._linear(a, layer["proj"])
             x = x + self._mlp(layer, x)
             new_cache.append((K, V))

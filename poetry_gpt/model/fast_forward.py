@@ -14,7 +14,9 @@ from the model's weights with fewer, larger ops:
   XLA-compiled function (float32 inside, whatever the logits' dtype).
 
 The variables are the model's own, so checkpoints and ``save_pretrained`` exports are
-unchanged. ``tests/test_fast_gpt2.py`` checks logits and loss against transformers.
+unchanged. With ``tuning=`` (``peft.Tuning``) the LoRA, adapter, prefix and new-embedding-row variables
+are computed as well, and the model's frozen variables are read through ``tf.stop_gradient``.
+``tests/test_fast_gpt2.py`` checks logits and loss against transformers (``tests/test_peft_model.py``: tuning).
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ def activation(name: str):
     return lambda x: tf.cast(act(tf.cast(x, tf.float32)), x.dtype)
 
 
-def gpt2_hidden(lm, input_ids, training: bool = False, compute_dtype=None, dropout: float = 0.0, seed=None):
+def gpt2_hidden(lm, input_ids, training: bool = False, compute_dtype=None, dropout: float = 0.0, seed=None,
+                tuning=None):
     """Final hidden states (after ``ln_f``) of a ``TFGPT2LMHeadModel``, flattened to [batch*time, width].
 
     Args:
@@ -53,6 +56,8 @@ def gpt2_hidden(lm, input_ids, training: bool = False, compute_dtype=None, dropo
         dropout: dropout rate on embeddings, attention weights and residual branches.
         seed: int [2] tensor: the dropout masks are a function of it (stateless dropout, each site's seed
             folded in from it), so a step can be replayed exactly; ``None`` draws one from the global generator.
+        tuning: a ``peft.Tuning`` (its LoRA, adapters, prefixes and new embedding rows are computed, and frozen
+            variables get no gradient), or ``None``: the model alone.
     """
     import tensorflow as tf
     import tf_keras
@@ -73,8 +78,13 @@ def gpt2_hidden(lm, input_ids, training: bool = False, compute_dtype=None, dropo
     def c(v):
         return tf.cast(v, compute_dtype)
 
-    def dense(x, conv):
-        return tf.nn.bias_add(tf.matmul(x, c(conv.weight)), c(tf.reshape(conv.bias, [-1])))
+    read = (lambda v: v) if tuning is None else tuning.reader()
+
+    def dense(x, conv, lora=None):
+        y = tf.nn.bias_add(tf.matmul(x, c(read(conv.weight))), c(tf.reshape(read(conv.bias), [-1])))
+        if lora is None:
+            return y
+        return y + tf.matmul(tf.matmul(x, c(lora[0] * tuning.cfg.lora_scale)), c(lora[1]))
 
     def heads(x):
         return tf.transpose(tf.reshape(x, [batch, time, n_head, head]), [0, 2, 1, 3])
@@ -87,40 +97,84 @@ def gpt2_hidden(lm, input_ids, training: bool = False, compute_dtype=None, dropo
             return x
         return tf.nn.experimental.stateless_dropout(x, drop, tf.random.experimental.stateless_fold_in(seed, site))
 
-    h = tf.gather(tr.wte.embeddings, input_ids) + tr.wpe.embeddings[:time][None]  # float32 residual stream
+    emb = tr.wte.embeddings if tuning is None else tuning.embedding(read)
+    h = tf.gather(emb, input_ids) + read(tr.wpe.embeddings)[:time][None]  # float32 residual stream
     h = tf.reshape(dropped(h, 0), [batch * time, width])  # dropout sites: 0, then 3i+1 … 3i+3 in layer i
     blocks = list(tr.h)
-    x = fused_ops.layer_norm(h, blocks[0].ln_1.gamma, blocks[0].ln_1.beta, eps, compute_dtype)
+    x = fused_ops.layer_norm(h, read(blocks[0].ln_1.gamma), read(blocks[0].ln_1.beta), eps, compute_dtype)
     for i, block in enumerate(blocks):
-        q, k, v = tf.split(dense(x, block.attn.c_attn), 3, axis=-1)
-        scores = tf.matmul(heads(q), heads(k), transpose_b=True)
-        w = dropped(fused_ops.causal_softmax(scores, head ** -0.5), 3 * i + 1)
-        y = tf.reshape(tf.transpose(tf.matmul(w, heads(v)), [0, 2, 1, 3]), [batch * time, width])
-        y = dropped(dense(y, block.attn.c_proj), 3 * i + 2)
-        h, x = fused_ops.add_layer_norm(h, y, block.ln_2.gamma, block.ln_2.beta, eps)
-        m = dropped(dense(act(dense(x, block.mlp.c_fc)), block.mlp.c_proj), 3 * i + 3)
+        tuned = {} if tuning is None else tuning.layer(i)
+        lora = tuned.get("lora", {})
+        q, k, v = tf.split(dense(x, block.attn.c_attn, lora.get("c_attn")), 3, axis=-1)
+        q, k, v = heads(q), heads(k), heads(v)
+        if "prefix" in tuned:
+            pk, pv = (tf.transpose(tf.reshape(c(t), [1, -1, n_head, head]), [0, 2, 1, 3]) for t in tuned["prefix"])
+            y = _prefix_attention(q, k, v, pk, pv, head ** -0.5, lambda w: dropped(w, 3 * i + 1))
+        else:
+            w = dropped(fused_ops.causal_softmax(tf.matmul(q, k, transpose_b=True), head ** -0.5), 3 * i + 1)
+            y = tf.matmul(w, v)
+        y = tf.reshape(tf.transpose(y, [0, 2, 1, 3]), [batch * time, width])
+        y = dropped(dense(y, block.attn.c_proj, lora.get("c_proj")), 3 * i + 2)
+        h, x = fused_ops.add_layer_norm(h, y, read(block.ln_2.gamma), read(block.ln_2.beta), eps)
+        m = dense(act(dense(x, block.mlp.c_fc, lora.get("c_fc"))), block.mlp.c_proj, lora.get("mlp_c_proj"))
+        if "adapter" in tuned:
+            m = m + _adapter(m, [c(t) for t in tuned["adapter"]])
+        m = dropped(m, 3 * i + 3)
         ln = blocks[i + 1].ln_1 if i + 1 < len(blocks) else tr.ln_f
-        h, x = fused_ops.add_layer_norm(h, m, ln.gamma, ln.beta, eps)
+        h, x = fused_ops.add_layer_norm(h, m, read(ln.gamma), read(ln.beta), eps)
     return x
 
 
-def head_logits(lm, h):
+def _prefix_attention(q, k, v, pk, pv, scale: float, drop):
+    """Attention of every query over a layer's prefix slots and its causal past, in one softmax (float32).
+
+    Args:
+        q, k, v: [batch, head, time, head_dim] in the compute dtype.
+        pk, pv: the prefix keys and values, [1, head, prefix, head_dim].
+        scale: 1/sqrt(head_dim).
+        drop: the attention-weight dropout (``w -> w``).
+    """
+    import tensorflow as tf
+
+    P = pk.shape[2]
+    scores = tf.concat([tf.matmul(q, pk, transpose_b=True), tf.matmul(q, k, transpose_b=True)], axis=-1)
+    shape = tf.shape(scores)
+    visible = tf.linalg.band_part(tf.ones(shape[-2:], tf.bool), -1, P)  # key j ≤ query i + P: prefix + past
+    scores = tf.where(visible, tf.cast(scores, tf.float32) * scale, -1e9)
+    w = drop(tf.cast(tf.nn.softmax(scores, axis=-1), q.dtype))
+    return tf.matmul(w[..., :P], pv) + tf.matmul(w[..., P:], v)
+
+
+def _adapter(m, weights):
+    """A Houlsby adapter's branch ``gelu_new(m @ D + d) @ U + u`` (``weights`` = (D, d, U, u), compute dtype)."""
+    import tensorflow as tf
+
+    from . import fused_ops
+
+    down, d, up, u = weights
+    return tf.nn.bias_add(tf.matmul(fused_ops.gelu(tf.nn.bias_add(tf.matmul(m, down), d)), up), u)
+
+
+def head_logits(lm, h, tuning=None):
     """The tied LM head: [N, vocab] logits of hidden states ``h`` [N, width], as ``h.dtype``'s matmul gives them.
 
     Args:
         lm: the ``TFGPT2LMHeadModel`` (its ``wte`` is the head).
         h: final hidden states from ``gpt2_hidden``.
+        tuning: the ``peft.Tuning`` given to ``gpt2_hidden`` (its embedding is the head), or ``None``.
     """
     import tensorflow as tf
 
-    return tf.matmul(h, tf.cast(lm.transformer.wte.embeddings, h.dtype), transpose_b=True)
+    emb = lm.transformer.wte.embeddings if tuning is None else tuning.embedding(tuning.reader())
+    return tf.matmul(h, tf.cast(emb, h.dtype), transpose_b=True)
 
 
-def gpt2_logits(lm, input_ids, training: bool = False, compute_dtype=None, dropout: float = 0.0, seed=None):
+def gpt2_logits(lm, input_ids, training: bool = False, compute_dtype=None, dropout: float = 0.0, seed=None,
+                tuning=None):
     """Logits [batch, time, vocab] (float32) of a ``TFGPT2LMHeadModel`` (arguments: see ``gpt2_hidden``)."""
     import tensorflow as tf
 
-    logits = head_logits(lm, gpt2_hidden(lm, input_ids, training, compute_dtype, dropout, seed))
+    logits = head_logits(lm, gpt2_hidden(lm, input_ids, training, compute_dtype, dropout, seed, tuning), tuning)
     shape = tf.shape(input_ids)
     return tf.cast(tf.reshape(logits, [shape[0], shape[1], -1]), tf.float32)
 
@@ -145,7 +199,7 @@ def _cross_entropy():
 
 
 def lm_loss_terms(lm, input_ids, labels, training: bool = False, compute_dtype=None, dropout: float = 0.0,
-                  seed=None):
+                  seed=None, tuning=None):
     """Sum of next-token cross-entropies and the number of predicted tokens.
 
     Position t predicts ``labels[t+1]`` (the shift is done on the labels, so the model's
@@ -159,13 +213,14 @@ def lm_loss_terms(lm, input_ids, labels, training: bool = False, compute_dtype=N
         compute_dtype: matmul dtype (default: the Keras policy's).
         dropout: dropout rate.
         seed: the dropout seed (see ``gpt2_hidden``).
+        tuning: a ``peft.Tuning`` or ``None`` (see ``gpt2_hidden``).
 
     Returns:
         ``(loss_sum, count)``, both float32 scalars.
     """
     import tensorflow as tf
 
-    logits = head_logits(lm, gpt2_hidden(lm, input_ids, training, compute_dtype, dropout, seed))
+    logits = head_logits(lm, gpt2_hidden(lm, input_ids, training, compute_dtype, dropout, seed, tuning), tuning)
     batch = tf.shape(labels)[0]
     target = tf.concat([labels[:, 1:], tf.fill([batch, 1], tf.constant(IGNORE_INDEX, labels.dtype))], axis=1)
     return _cross_entropy()(logits, tf.reshape(target, [-1]))

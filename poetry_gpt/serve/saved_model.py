@@ -114,6 +114,8 @@ class SavedPoet:
         self.close_id = -1 if gen.close_id is None else gen.close_id
         module = tf.Module(name="poetry_gpt")
         module.model_weights = tf.nest.flatten(self.sampler.net._vars)
+        if gen.export.tuning is not None:  # adapter/prefix (or a tuned checkpoint): its variables are saved too
+            module.tuning_weights = list(gen.export.tuning.variables.values())
         chars = [(t, i) for i, t in enumerate(vocab.tokens) if i >= 3 and len(t) == 1]
         module.char_ids = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
             [t for t, _ in chars], tf.constant([i for _, i in chars], tf.int32)), default_value=-1)

@@ -113,7 +113,8 @@ class RunCallback(tf_keras.callbacks.Callback):
         from ..model.export import save_export
 
         save_export(self.lm, self.vocab, self.run.export,
-                    {**self.meta, "global_step": step, "epoch": int(self.training.epoch.numpy())})
+                    {**self.meta, "global_step": step, "epoch": int(self.training.epoch.numpy())},
+                    tuning=self.training.tuning)
 
     def write_state(self, step: int) -> None:
         """Write trainer_state.json for ``step`` (the checkpoint, schedule, history and budget).
@@ -160,7 +161,7 @@ class RunCallback(tf_keras.callbacks.Callback):
     def _weights_finite(self) -> bool:
         import tensorflow as tf
 
-        return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in self.lm.trainable_variables)
+        return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in self.training.trainable)
 
     def _stop_diverged(self, what: str, step: int) -> None:
         self.diverged, self.diverged_step = what, step
@@ -249,8 +250,9 @@ class RunCallback(tf_keras.callbacks.Callback):
         if n <= 0 or self.sample_poems is None:
             return []
         titles = [SAMPLE_TITLES[i % len(SAMPLE_TITLES)] for i in range(n)]
+        tuned = {} if self.training.tuning is None else {"tuning": self.training.tuning}
         lines = self.sample_poems(self.lm, self.vocab, titles, genre=self.meta["genre"],
-                                  n_ctx=self.config.model.n_ctx, seed=epoch)
+                                  n_ctx=self.config.model.n_ctx, seed=epoch, **tuned)
         from ..fsutil import atomic_write_text
 
         atomic_write_text(self.run.samples / f"{name or f'epoch-{epoch:03d}'}.txt", "\n".join(lines) + "\n")

@@ -9,6 +9,9 @@
   kept in a checkpointed variable; ``--epochs`` is then no limit, and the run ends with a final
   validation, checkpoint, export and samples at the step reached.
 * Ctrl-C saves a checkpoint and refreshes ``export/`` at the step reached.
+* Fine-tuning (``--init-from BASE``): ``run.json`` records the base (path and content hash,
+  ``run_dir.base_record``); a ``--tune`` run's checkpoints hold only the tuned variables, so its resume
+  reloads the base from there and refuses one whose content changed (``run_dir.check_base``).
 * The library prints nothing: progress lines go to ``echo`` (the CLI passes ``click.echo``).
 """
 from __future__ import annotations
@@ -24,13 +27,14 @@ from ..data.datasets import batches_per_pass
 from ..data.manifest import Manifest
 from ..data.vocab import CharVocab
 from ..errors import OptionError, RunDirError
-from ..run_dir import RunDir, check_resume_compatible, data_manifest, data_record, export_meta, open_run
+from ..run_dir import (RunDir, base_record, check_base, check_resume_compatible, data_manifest, data_record,
+                       export_meta, open_run)
 from . import budget as _budget
 from .budget import TimeBudget, format_duration
 from .distribute import check_global_batch, check_same_start, checkpoint_managers, is_chief, make_strategy
 from .schedule import run_lr
-from .trainer import (Training, TrainingDiverged, build_training, global_step, resolve_precision, set_precision,
-                      training_data, validation_data)
+from .trainer import (Training, TrainingDiverged, build_training, global_step, require_base, resolve_precision,
+                      set_precision, training_data, validation_data)
 
 __all__ = ["TrainResult", "TrainingDiverged", "set_precision", "train"]
 
@@ -102,6 +106,7 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
     chief = is_chief(config.train.strategy)  # a non-chief worker of a cluster only reads RUN_DIR (distribute.py)
     run, resuming, manifest, vocab, changes = _open_run(data_dir, run_dir, config, overwrite, init_from,
                                                         own_entries, inputs, chief)
+    init_from, base = _tune_base(run, resuming, config, init_from)
     precision = resolve_precision(config.train.precision)
     set_precision(precision)
     strategy = make_strategy(config.train.strategy)
@@ -110,14 +115,14 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
     total_steps = steps_per_epoch * t.epochs
     # a run whose length changes lays its decay over a plan variable; one trained so keeps it on resume
     use_plan = max_time is not None or (resuming and _has_lr_plan(run.checkpoints))
-    training = build_training(config, vocab, strategy, total_steps, precision, init_from, use_plan)
+    training = build_training(config, vocab, strategy, total_steps, precision, init_from, use_plan,
+                              manifest.base_vocab_size)
     # a non-chief saves into a temporary folder (deleted at exit) but resumes from the chief's checkpoints
     manager, source = checkpoint_managers(training.saved, run.checkpoints, chief, t.keep_checkpoints)
     restored_step = (_resume(run, source, training, config, total_steps, changes, chief, echo) if resuming else 0)
     check_same_start(strategy, restored_step)  # a cluster's workers must all start from the chief's checkpoint
     if chief:
-        run.write_run(config, manifest, {"precision": precision, "steps_per_epoch": steps_per_epoch,
-                                         "init_from": str(init_from) if init_from else None})
+        run.write_run(config, manifest, {"precision": precision, "steps_per_epoch": steps_per_epoch, **base})
         vocab.save(run.path)
 
     lm = training.lm
@@ -128,7 +133,8 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
         if chief and run.export_step() != restored_step:
             from ..model.export import save_export
 
-            save_export(lm, vocab, run.export, export_meta(data_record(manifest), n_ctx, restored_step, start_epoch))
+            save_export(lm, vocab, run.export, export_meta(data_record(manifest), n_ctx, restored_step, start_epoch),
+                        tuning=training.tuning)
             echo(f"export/ brought up to step {restored_step}.")
         return TrainResult(run.path, restored_step, start_epoch, [], restored_step, 0.0, 0.0)
 
@@ -141,6 +147,10 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
     callback = RunCallback(run, manager, training, vocab, config, total_steps, steps_per_epoch, history, meta,
                            chief, echo, budget=budget, sample_poems=sample_poems)
     echo(_announce(training, config, manifest, precision, strategy, steps_per_epoch, budget))
+    if base["base"] is not None:
+        trainable, total = training.parameter_counts()
+        echo(f"Fine-tuning {base['base']['path']} with --tune {config.tune.describe()}: trainable {trainable:,} / "
+             f"total {total:,} parameters ({100 * trainable / max(total, 1):.2f}%).")
 
     def fit(first_epoch: int, end_epoch: int, steps: int, step: int) -> int:
         """Keras ``fit`` from global step ``step`` over epochs [first_epoch, end_epoch); the step reached."""
@@ -175,9 +185,12 @@ def _open_run(data_dir, run_dir, config: RunConfig, overwrite: bool, init_from, 
         chief: whether this process writes RUN_DIR (a non-chief worker only reads it).
     """
     # everything is read before --overwrite empties RUN_DIR (which keeps inputs that lie inside it)
-    if data_dir is None and (overwrite or not RunDir(Path(run_dir)).exists()):
+    new_run = overwrite or not RunDir(Path(run_dir)).exists()
+    if data_dir is None and new_run:
         raise RunDirError(f"--data: needed for a new run ({run_dir} holds no run yet"
                           f"{', and --overwrite starts one' if overwrite else ''})")
+    if new_run:
+        require_base(config, init_from)
     manifest = data_manifest(RunDir(Path(run_dir)), data_dir)
     vocab = manifest.load_vocab()
     given = [("--data", data_dir), ("--init-from", init_from), *inputs]
@@ -187,6 +200,35 @@ def _open_run(data_dir, run_dir, config: RunConfig, overwrite: bool, init_from, 
     if chief:
         _check_disk_space(run.path, config)
     return run, resuming, manifest, vocab, changes
+
+
+def _tune_base(run: RunDir, resuming: bool, config: RunConfig, init_from) -> tuple[str | None, dict]:
+    """The base folder to load, and what ``run.json`` records of it (``init_from``, ``base``).
+
+    A new run records ``--init-from`` and its content hash. A resumed ``--tune`` run (other than full:
+    its checkpoints hold only the tuned variables) reloads the recorded base, or ``--init-from`` when given,
+    refused when its content is not the recorded one; a full one keeps its record (its checkpoints hold
+    every weight).
+
+    Args:
+        run: the RUN_DIR.
+        resuming: whether the run continues.
+        config: the run configuration.
+        init_from: ``--init-from``, or None.
+    """
+    if not resuming:
+        return init_from, {"init_from": str(init_from) if init_from else None,
+                           "base": base_record(init_from) if init_from else None}
+    old = run.read_run()
+    recorded = {"init_from": old.get("init_from"), "base": old.get("base")}
+    if config.tune.method == "full":
+        return init_from, recorded
+    if not recorded["base"]:
+        raise RunDirError(f"{run.run_file}: records no base for this --tune {config.tune.method} run; restore "
+                          "run.json, or start over with --overwrite")
+    path = init_from or recorded["base"]["path"]
+    check_base(run, recorded["base"], path)
+    return str(path), recorded
 
 
 def _steps_per_epoch(manifest: Manifest, config: RunConfig, strategy) -> int:

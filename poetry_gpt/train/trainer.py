@@ -8,6 +8,10 @@
 
 ``build_training`` is what ``train()`` and ``scripts/bench.py`` share: the model (new or ``--init-from``),
 its trainer, the optimizer and the checkpointed counters, all made in the strategy's scope.
+
+Fine-tuning (``--tune`` other than full, ``model.peft``): the optimizer gets only ``Tuning.trainable`` (so
+only they have gradients and AdamW slots), the train step's forward computes the tuning, and a checkpoint
+holds ``Tuning.tuned_state`` instead of the model (the base is reloaded from ``--init-from`` on resume).
 Nothing here imports TensorFlow at import time.
 """
 from __future__ import annotations
@@ -22,7 +26,7 @@ from ..data.datasets import eval_dataset, train_dataset
 from ..data.manifest import Manifest
 from ..data.vocab import CharVocab
 from ..envcheck import cpu_flags
-from ..errors import PoetryGPTError
+from ..errors import OptionError, PoetryGPTError
 from ..model.init_from import load_init  # noqa: F401  (moved there; build_training and tests use it here)
 from .distribute import distribute_options
 from .schedule import keras_schedule
@@ -93,13 +97,15 @@ def global_step(optimizer) -> int:
     return int(inner_optimizer(optimizer).iterations.numpy())
 
 
-def build_lm_trainer(lm, seed: int = 0):
+def build_lm_trainer(lm, seed: int = 0, tuning=None):
     """Wrap a ``TFGPT2LMHeadModel`` in a Keras model with our train/test steps.
 
     Args:
         lm: the transformers model.
         seed: the run seed; a training step's dropout masks are a function of (seed, global step,
             replica, layer), so a resumed run draws the very masks an uninterrupted one would.
+        tuning: a ``model.peft.Tuning`` (its forward is computed, only ``tuning.trainable(lm)`` is
+            updated), or None: every weight of ``lm`` trains.
     """
     import tensorflow as tf
     import tf_keras
@@ -131,13 +137,18 @@ def build_lm_trainer(lm, seed: int = 0):
             self.lm = lm
             self.loss_tracker = TokenMeanLoss()
 
+        def _updated(self) -> list:
+            """The variables a step updates: the tuning's, or every trainable weight."""
+            return self.trainable_variables if tuning is None else tuning.trainable(self.lm)
+
         def call(self, input_ids, training=False):
             return self.lm(input_ids=input_ids, training=training, use_cache=False).logits
 
         def _loss_terms(self, batch, training):
             """(sum of next-token cross-entropies, number of targets); see fast_forward.lm_loss_terms."""
             return lm_loss_terms(self.lm, batch["input_ids"], batch["labels"], training=training,
-                                 dropout=self.lm.config.resid_pdrop, seed=self._dropout_seed() if training else None)
+                                 dropout=self.lm.config.resid_pdrop, seed=self._dropout_seed() if training else None,
+                                 tuning=tuning)
 
         def _dropout_seed(self):
             """Stateless seed of this step's dropout: (run seed, global step), the replica folded in."""
@@ -152,10 +163,11 @@ def build_lm_trainer(lm, seed: int = 0):
                 # packed rows have no padding: every replica's batch holds the same number of targets
                 loss = loss_sum / (count * replicas)
                 scaled = self.optimizer.get_scaled_loss(loss) if hasattr(self.optimizer, "get_scaled_loss") else loss
-            grads = tape.gradient(scaled, self.trainable_variables)
+            updated = self._updated()
+            grads = tape.gradient(scaled, updated)
             if hasattr(self.optimizer, "get_unscaled_gradients"):
                 grads = self.optimizer.get_unscaled_gradients(grads)
-            self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+            self.optimizer.apply_gradients(zip(grads, updated))
             self.loss_tracker.update_state(loss_sum, count)
             return {"loss": self.loss_tracker.result()}
 
@@ -204,9 +216,12 @@ class Training:
         plan: the decay plan variable (``schedule.keras_schedule``), or None for the fixed schedule.
         epoch: the checkpointed epoch counter.
         best_val: the checkpointed best validation loss.
-        checkpoint: what a resume restores (model, optimizer, epoch, best validation loss).
+        checkpoint: what a resume restores (model — or the tuned variables —, optimizer, epoch, best
+            validation loss).
         saved: what a save writes: ``checkpoint`` plus the plan, which is restored on its own
             (``loop._restore_plan``) so that a checkpoint written without one still fits.
+        tuning: the ``model.peft.Tuning`` of a ``--tune`` run other than full, else None.
+        trainable: the variables the optimizer updates.
     """
 
     lm: Any
@@ -217,14 +232,62 @@ class Training:
     best_val: Any
     checkpoint: Any
     saved: Any
+    tuning: Any = None
+    trainable: Any = None
 
     def step(self) -> int:
         """The global step (the optimizer's iterations)."""
         return global_step(self.optimizer)
 
+    def parameter_counts(self) -> tuple[int, int]:
+        """``(trainable, total)`` parameters: the optimizer's variables, and the model's plus the tuning's
+        added ones (the tuning's copy of new embedding rows replaces the model's rows, not counted twice)."""
+        import numpy as np
+
+        from ..model.gpt2 import count_parameters
+
+        trainable = int(sum(np.prod(v.shape) for v in self.trainable))
+        added = {} if self.tuning is None else {k: v for k, v in self.tuning.variables.items() if k != ROWS}
+        return trainable, count_parameters(self.lm) + int(sum(np.prod(v.shape) for v in added.values()))
+
+
+ROWS = "embedding_rows"  # the tuning variable of the new embedding rows (``model.peft``)
+
+
+def require_base(config: RunConfig, init_from) -> None:
+    """Refuse ``--tune`` other than full without a model to tune.
+
+    Args:
+        config: the run configuration.
+        init_from: the ``--init-from`` folder, or None.
+    """
+    if config.tune.method != "full" and init_from is None:
+        raise OptionError(f"--tune {config.tune.method}: needs --init-from BASE (the trained model to tune); "
+                          "pass a run's export/ folder, or drop --tune to train a new model")
+
+
+def make_tuning(lm, config: RunConfig, base_vocab_size: int | None):
+    """The ``model.peft.Tuning`` of a ``--tune`` run (None for full: every weight trains).
+
+    Args:
+        lm: the base model (``load_init``).
+        config: the run configuration (``tune``, and the seed of the added variables).
+        base_vocab_size: ids below it are the base's (None: the vocabulary was not extended).
+    """
+    import dataclasses
+
+    from ..model.peft import TuneConfig, Tuning
+
+    if config.tune.method == "full":
+        return None
+    cfg = TuneConfig(**dataclasses.asdict(config.tune))
+    cfg.check()
+    return Tuning(lm, cfg, base_vocab_size=base_vocab_size, seed=config.train.seed)
+
 
 def build_training(config: RunConfig, vocab: CharVocab, strategy, total_steps: int, precision: str,
-                   init_from: str | Path | None = None, use_plan: bool = False) -> Training:
+                   init_from: str | Path | None = None, use_plan: bool = False,
+                   base_vocab_size: int | None = None) -> Training:
     """Build the model, its trainer and optimizer, and the checkpointed counters in ``strategy``'s scope.
 
     The precision policy must be set before (``set_precision``): the model's layers take it when made.
@@ -237,27 +300,34 @@ def build_training(config: RunConfig, vocab: CharVocab, strategy, total_steps: i
         precision: the resolved precision (fp32, bf16 or fp16).
         init_from: an HF GPT-2 folder to fine-tune from (``load_init``), or None for a new model.
         use_plan: lay the decay over a plan variable (a run whose length changes: ``--max-time``).
+        base_vocab_size: with ``--tune``: ids below it are the base's, the rows above are new (None: the
+            vocabulary was not extended).
     """
     import tensorflow as tf
 
     from ..model.gpt2 import build_model
 
     t = config.train
+    require_base(config, init_from)
     with strategy.scope():
         lm = load_init(init_from, vocab, config) if init_from is not None else build_model(config.model, vocab,
                                                                                              seed=t.seed)
-        trainer = build_lm_trainer(lm, seed=t.seed)
+        tuning = make_tuning(lm, config, base_vocab_size)
+        trainable = lm.trainable_variables if tuning is None else tuning.trainable(lm)
+        trainer = build_lm_trainer(lm, seed=t.seed, tuning=tuning)
         plan = (tf.Variable([0.0, t.warmup_steps, total_steps], dtype=tf.float64, trainable=False, name="lr_plan")
                 if use_plan else None)
         optimizer = make_optimizer(config, total_steps, precision, plan)
         trainer.compile(optimizer=optimizer)
-        inner_optimizer(optimizer).build(lm.trainable_variables)
+        inner_optimizer(optimizer).build(trainable)
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         best_val = tf.Variable(float("inf"), dtype=tf.float32, trainable=False, name="best_val_loss")
-        checkpoint = tf.train.Checkpoint(model=lm, optimizer=optimizer, epoch=epoch, best_val_loss=best_val)
-        saved = checkpoint if plan is None else tf.train.Checkpoint(model=lm, optimizer=optimizer, epoch=epoch,
+        # a tuned run's checkpoint holds only what it changes: the base is reloaded from --init-from
+        weights = {"model": lm} if tuning is None else {"tuned": tuning.tuned_state(lm)}
+        checkpoint = tf.train.Checkpoint(**weights, optimizer=optimizer, epoch=epoch, best_val_loss=best_val)
+        saved = checkpoint if plan is None else tf.train.Checkpoint(**weights, optimizer=optimizer, epoch=epoch,
                                                                      best_val_loss=best_val, lr_plan=plan)
-    return Training(lm, trainer, optimizer, plan, epoch, best_val, checkpoint, saved)
+    return Training(lm, trainer, optimizer, plan, epoch, best_val, checkpoint, saved, tuning, trainable)
 
 
 def training_data(manifest: Manifest, config: RunConfig, vocab: CharVocab, strategy, start_step: int = 0):
