@@ -129,6 +129,47 @@ def test_quick_quality_section(quick_doc):
 
 
 @pytest.mark.slow
+def test_quick_peft_section(quick_doc):
+    """Fine-tuning a tiny base the section trains itself: every method trained exactly the steps and was scored on
+    the same validation split; the tuned methods train and store less than full fine-tuning; goals unjudged."""
+    peft = quick_doc["peft"]
+    assert peft["preset"] == "tiny" and peft["steps"] == 3 and "trained here" in peft["base"]
+    target = peft["target"]
+    assert 0 < target["base_vocab_size"] < target["vocab_size"]  # song-ci's characters the base lacks, appended
+    new_rows = (target["vocab_size"] - target["base_vocab_size"]) * 64  # tiny: width 64
+    methods = peft["methods"]
+    assert tuple(methods) == PEFT_METHODS
+    assert len({m["validation_tokens"] for m in methods.values()}) == 1  # one validation split for all
+    for name, m in methods.items():
+        assert m["global_step"] == 3, name
+        positive(m, "validation_loss", "eval_validation_loss", "validation_tokens", "tokens_per_second",
+                 "peak_rss_mb", "checkpoint_bytes", "export_bytes", "trainable_parameters", "total_parameters")
+        assert m["samples"] == 8 and 0.0 <= m["closed_share"] <= 1.0, name
+        assert m["format_accuracy"] is None or 0.0 <= m["format_accuracy"] <= 1.0
+        assert m["new_row_parameters"] == new_rows and m["trainable_parameters"] >= new_rows, name
+    full, scratch = methods["full"], methods["scratch"]
+    assert full["trainable_parameters"] == full["total_parameters"] == full["model_parameters"]
+    assert scratch["trainable_parameters"] == scratch["total_parameters"] == full["total_parameters"]
+    assert full["trainable_percent"] == 100.0
+    assert methods["bitfit"]["total_parameters"] == full["total_parameters"]  # the model's own biases
+    for name in ("bitfit", "adapter", "prefix", "lora"):
+        m = methods[name]
+        assert m["trainable_percent"] < 100.0 and m["trainable_parameters"] < full["trainable_parameters"], name
+        assert m["checkpoint_bytes"] < full["checkpoint_bytes"] / 2, name  # only the tuned part is stored
+        if name != "bitfit":
+            assert m["total_parameters"] > full["total_parameters"], name  # the added weights count in the total
+    summary = peft["summary"]
+    assert summary["unjudged"] == PEFT_QUICK
+    lora = summary["per_method"]["lora"]
+    assert lora["val_ce_vs_full"] == round(methods["lora"]["validation_loss"] / full["validation_loss"], 4)
+    assert lora["checkpoint_share_of_full"] == round(methods["lora"]["checkpoint_bytes"] / full["checkpoint_bytes"], 4)
+    assert summary["checkpoint_share_of_full_worst"] == max(summary["per_method"][n]["checkpoint_share_of_full"]
+                                                            for n in ("bitfit", "adapter", "prefix", "lora"))
+    for name in PEFT_GOALS:
+        assert quick_doc["goals"][name]["status"] == "unjudged" and quick_doc["goals"][name]["why"] == PEFT_QUICK
+
+
+@pytest.mark.slow
 def test_quick_code_path(quick_doc):
     path = quick_doc["code_path"]
     assert path["training_precision"] == quick_doc["train"]["systems"]["poetry_gpt"]["precision"]
