@@ -199,16 +199,22 @@ def complete(figures: dict) -> None:
 
     Args:
         figures: per method, ``run_figures`` merged with ``child_peft_eval``'s figures.
+
+    Raises:
+        ValueError: a fine-tuning run did not print its parameter counts.
     """
     for name, f in figures.items():
-        if "trainable_parameters" not in f:  # scratch: a new model, all of it trained
+        if name == SCRATCH:  # a new model, all of it trained
             f["trainable_parameters"] = f["total_parameters"] = f["model_parameters"]
+        elif "trainable_parameters" not in f:
+            raise ValueError(f"peft-{name}: train printed no 'trainable P / total T parameters' line")
         own = f["trainable_parameters"] - f["new_row_parameters"]
         f["trainable_percent"] = round(100 * f["trainable_parameters"] / f["total_parameters"], 3)
         f["trainable_percent_without_new_rows"] = round(100 * own / f["total_parameters"], 3)
 
 
 def _ratio(a, b):
+    """``a / b`` to 4 decimals; None when either is missing (or b is 0)."""
     return round(a / b, 4) if a is not None and b else None
 
 
