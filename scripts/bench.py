@@ -2,12 +2,13 @@
 """poetry_gpt's benchmarks in one run: training, generation, data preparation and memory; prints one JSON document.
 
     python scripts/bench.py                          # everything, full size (about 15-30 minutes on 2 cores)
-    python scripts/bench.py --quick                  # tiny shapes, few steps: checks that it all runs (~2-3 min)
+    python scripts/bench.py --quick                  # tiny shapes, few steps: checks that it all runs (~3-4 min)
     python scripts/bench.py --only train,memory      # some sections (train, generate, prepare, memory, serve, export,
-                                                     # quality, metre: not in a full run unless named here;
+                                                     # quality, metre, peft: not in a full run unless named here;
                                                      # metre also with --run)
     python scripts/bench.py --only quality --quality-steps 3000   # validation loss after N steps (default 1000)
     python scripts/bench.py --only metre --run runs/small   # --strict 格律: fluency and cost (--metre-samples 64)
+    python scripts/bench.py --only peft --peft-base runs/small   # --tune methods on song-ci (--peft-steps 1000)
     python scripts/bench.py --run runs/small         # generation figures on a trained run instead of a random model
     python scripts/bench.py --out bench.json         # also write the document to a file
     python scripts/bench.py --check                  # exit 1 when a judged goal fails
@@ -57,6 +58,17 @@ system do not affect another; a subprocess prints one JSON line that this parent
   token at batch 1 and poems/s at batch 8 of unconstrained (the form's token count), form and strict decoding
   (goal: strict ≤ 1.10× unconstrained per token, worst form); programs traced before and after switching form,
   leniency, rhyme and acrostic values. Runs in a full run only with ``--run`` (or ``--only metre``).
+* ``peft`` — parameter-efficient fine-tuning (``bench_sections/peft.py``; issue 15): the base ``--peft-base RUN_DIR``
+  (e.g. ``small`` on tang-full) tuned on ``--peft-corpus`` (song-ci, ``prepare --vocab BASE/export --extend-vocab``,
+  once) with ``train --init-from BASE/export --tune M`` for full, bitfit, adapter, prefix and lora (default sizes),
+  and from scratch (same preset, same data): exactly ``--peft-steps`` (1000) steps each (``--epochs 1
+  --steps-per-epoch N``), each ``train`` in its own process. Per method: trainable parameters (% of total, also
+  without the new characters' rows), tokens/s, peak RSS, newest checkpoint's and export's bytes, the run's final
+  validation CE (and eval's float32 one, same split for all), and through ``poetry_gpt.eval`` ``--peft-samples``
+  (300) free samples prompted with held-out titles (词牌): share closed with 】, format accuracy. Goals: LoRA and
+  Adapter within 5% of full's validation CE with ≤ 2% of the parameters trained; every method below scratch;
+  every tuned checkpoint ≤ 5% of full's. An hour or more at full size: only with ``--only peft``; ``--quick``
+  trains a tiny base itself, a few steps on corpus slices, and leaves the goals unjudged.
 * ``memory`` — peak RSS (``wait4`` of the subprocess: its ``ru_maxrss``) of a short real ``train``
   run on 1× and 16× tang-full DATA_DIRs (it must stay flat: the reader streams), and of generation.
 
@@ -86,7 +98,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_sections/ and bench_generate.py, also when
 # this file is loaded by path (tests/test_bench.py) rather than run as a script
 
-from bench_sections import export, generate, memory, metre, nanogpt, prepare, quality, serve, train  # noqa: E402
+from bench_sections import export, generate, memory, metre, nanogpt, peft, prepare, quality, serve, train  # noqa: E402
 from bench_sections.generate import summarise_generation  # noqa: E402,F401  (tests/test_bench.py)
 from bench_sections.goals import code_path, goals, goals_text, verdict  # noqa: E402
 from bench_sections.inputs import child_setup  # noqa: E402
@@ -98,21 +110,22 @@ from bench_sections.train import child_train_torch  # noqa: E402,F401  (tests/te
 SHARED = ROOT.parent / "shared" / "corpus"
 DEFAULT_CORPUS = SHARED / "tang-4k.raw.txt"
 DEFAULT_FULL_CORPUS = SHARED / "tang-full.raw.txt"
-SECTIONS = ("train", "generate", "prepare", "memory", "serve", "export", "quality", "metre")
-# quality: minutes of training; metre: fluency of random weights means nothing. A full run measures them only when
-# --only names them, metre also when --run gives a trained model (--quick runs both, tiny)
-NOT_BY_DEFAULT = ("quality", "metre")
+DEFAULT_PEFT_CORPUS = SHARED / "song-ci.raw.txt"
+SECTIONS = ("train", "generate", "prepare", "memory", "serve", "export", "quality", "metre", "peft")
+# quality, peft: minutes (peft: an hour or more) of training; metre: fluency of random weights means nothing. A full
+# run measures them only when --only names them, metre also when --run gives a trained model (--quick runs all, tiny)
+NOT_BY_DEFAULT = ("quality", "metre", "peft")
 WITH_RUN = ("metre",)
 SECTION_RUNS = {"train": train.section, "generate": generate.section, "prepare": prepare.section,
                 "memory": memory.section, "serve": serve.section, "export": export.section,
-                "quality": quality.section, "metre": metre.section}
+                "quality": quality.section, "metre": metre.section, "peft": peft.section}
 CHILDREN = {"peak": train.child_peak, "setup": child_setup, "train_poetry": train.child_train_poetry,
             "train_seed": train.child_train_seed, "train_torch": train.child_train_torch,
             "generate": generate.child_generate, "first_call": generate.child_first_call,
             "train_memory": memory.child_train_memory, "generate_memory": memory.child_generate_memory,
             "export": export.child_export, "rows": nanogpt.child_rows, "train_nanogpt": nanogpt.child_train_nanogpt,
             "quality_poetry": quality.child_quality_poetry, "quality_nanogpt": quality.child_quality_nanogpt,
-            "metre": metre.child_metre}
+            "metre": metre.child_metre, "peft_eval": peft.child_peft_eval}
 
 SMALL_SHAPE = {"n_layer": 6, "n_embd": 384, "n_head": 6, "n_ctx": 128, "batch_size": 16}
 TINY_SHAPE = {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_ctx": 64, "batch_size": 8}
@@ -132,6 +145,8 @@ class Bench:
         self.steps = args.steps if args.steps is not None else (3 if self.quick else 20)
         self.rounds = args.rounds if args.rounds is not None else (1 if self.quick else 2)
         self.quality_steps = args.quality_steps if args.quality_steps is not None else (20 if self.quick else 1000)
+        self.peft_steps = args.peft_steps if args.peft_steps is not None else (3 if self.quick else 1000)
+        self.peft_samples = args.peft_samples if args.peft_samples is not None else (8 if self.quick else 300)
         self.setup_info: dict = {}
 
     # -- shared data ----------------------------------------------------------------------
@@ -210,6 +225,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="training steps of each system in the quality section (default 1000; quick 20)")
     p.add_argument("--metre-samples", type=int, default=None,
                    help="poems per form and mode in the metre section's fluency figures (default 64; quick 8)")
+    p.add_argument("--peft-base", type=Path, default=None, metavar="RUN_DIR",
+                   help="the peft section's base run (e.g. the small preset trained on tang-full); needed unless "
+                        "--quick, which trains a tiny one")
+    p.add_argument("--peft-corpus", type=Path, default=DEFAULT_PEFT_CORPUS,
+                   help="the peft section's target corpus (song-ci), prepared with --extend-vocab")
+    p.add_argument("--peft-steps", type=int, default=None,
+                   help="training steps of each method in the peft section (default 1000; quick 3)")
+    p.add_argument("--peft-samples", type=int, default=None,
+                   help="free samples per method in the peft section (default 300; quick 8)")
     p.add_argument("--keep-work", action="store_true", help="keep the temporary work folder (logs of each process)")
     p.add_argument("--check", action="store_true",
                    help="exit 1 when a judged goal fails (unjudged goals are listed with the reason, not failed)")
@@ -225,8 +249,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         if bad or not only:
             p.error(f"--only: unknown section(s) {', '.join(bad) or '(none)'}; choose from {', '.join(SECTIONS)}")
         args.sections = [s for s in SECTIONS if s in only]
-        if any(v is not None and v < 1 for v in (args.warmup, args.steps, args.quality_steps, args.metre_samples)):
-            p.error("--warmup, --steps, --quality-steps and --metre-samples must be >= 1")
+        counts = (args.warmup, args.steps, args.quality_steps, args.metre_samples, args.peft_steps, args.peft_samples)
+        if any(v is not None and v < 1 for v in counts):
+            p.error("--warmup, --steps, --quality-steps, --metre-samples, --peft-steps and --peft-samples must be >= 1")
         if args.judge is not None:
             args.judged_doc = read_document(p, args.judge)
             return args
@@ -234,7 +259,27 @@ def parse_args(argv=None) -> argparse.Namespace:
             needed = option == "--corpus" or {"prepare", "memory", "quality"} & set(args.sections) and not args.quick
             if needed and not path.is_file():
                 p.error(f"{option}: no such file {path}; give the corpus's path with {option} PATH")
+        if "peft" in args.sections:
+            check_peft_options(p, args)
     return args
+
+
+def check_peft_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The peft section needs its target corpus, and a base run (with ``run.json`` and ``export/``) unless --quick.
+
+    Args:
+        parser: reports a usage error (exit 2).
+        args: the parsed options.
+    """
+    if not args.peft_corpus.is_file():
+        parser.error(f"--peft-corpus: no such file {args.peft_corpus}; give the target corpus with --peft-corpus PATH")
+    base = args.peft_base
+    if base is None and not args.quick:
+        parser.error("--peft-base: the peft section needs a base run; give a RUN_DIR trained on the large corpus "
+                     "(e.g. --config small on tang-full) with --peft-base RUN_DIR")
+    if base is not None and not ((base / "run.json").is_file() and (base / "export" / "config.json").is_file()):
+        parser.error(f"--peft-base: {base} is not a trained RUN_DIR (it needs run.json and export/); give the base "
+                     "run's folder")
 
 
 def read_document(parser: argparse.ArgumentParser, path: Path) -> dict:

@@ -21,6 +21,9 @@ BENCH = ROOT / "scripts" / "bench.py"
 TORCH_SKIP = "torch not installed: pip install torch==2.13.0"
 TORCH_GOALS = ("train_vs_torch_bf16", "train_vs_nanogpt_bf16", "quality_vs_nanogpt")
 RANDOM_WEIGHTS = "random weights (no --run): their fluency means nothing"
+PEFT_GOALS = ("peft_lora_adapter_vs_full", "peft_beats_scratch", "peft_checkpoint_share")
+PEFT_QUICK = "tiny shapes and a few steps (--quick): the figures mean nothing"
+PEFT_METHODS = ("full", "bitfit", "adapter", "prefix", "lora", "scratch")
 
 
 def load_bench_module():
@@ -54,7 +57,8 @@ def run_bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def quick_run(shared_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    # < 4 min on a quiet 2-core machine; the generous timeout only keeps a busy machine from failing the test
+    # < 6 min on a quiet 2-core machine (the peft section: about 2 min of CPU, 8 processes); the generous timeout
+    # only keeps a busy machine from failing the test
     proc = run_bench("--quick", "--check", "--out", str(out), timeout=1200)
     assert proc.returncode in (0, 1), proc.stdout[-2000:] + proc.stderr[-4000:]
     doc = json.loads(proc.stdout)  # exactly one JSON document on stdout
@@ -70,7 +74,7 @@ def quick_doc(quick_run):
 @pytest.mark.slow
 def test_quick_document_has_every_section(quick_doc):
     assert quick_doc["mode"] == "quick"
-    for section in ("train", "generate", "prepare", "memory", "quality", "metre"):  # --quick runs quality, metre
+    for section in ("train", "generate", "prepare", "memory", "quality", "metre", "peft"):  # --quick runs all
         assert section in quick_doc and "error" not in quick_doc[section], quick_doc.get(section)
         check_context(quick_doc[section])
     assert quick_doc["machine"]["cores"] >= 1 and quick_doc["versions"]["python"]
@@ -123,6 +127,47 @@ def test_quick_quality_section(quick_doc):
         positive(theirs, "validation_loss", "final_train_loss")
         assert theirs["validation_tokens"] == ours["validation_tokens"]  # the same held-out windows
         assert quality["validation_loss_minus_nanogpt"] == round(ours["validation_loss"] - theirs["validation_loss"], 4)
+
+
+@pytest.mark.slow
+def test_quick_peft_section(quick_doc):
+    """Fine-tuning a tiny base the section trains itself: every method trained exactly the steps and was scored on
+    the same validation split; the tuned methods train and store less than full fine-tuning; goals unjudged."""
+    peft = quick_doc["peft"]
+    assert peft["preset"] == "tiny" and peft["steps"] == 3 and "trained here" in peft["base"]
+    target = peft["target"]
+    assert 0 < target["base_vocab_size"] < target["vocab_size"]  # song-ci's characters the base lacks, appended
+    new_rows = (target["vocab_size"] - target["base_vocab_size"]) * 64  # tiny: width 64
+    methods = peft["methods"]
+    assert tuple(methods) == PEFT_METHODS
+    assert len({m["validation_tokens"] for m in methods.values()}) == 1  # one validation split for all
+    for name, m in methods.items():
+        assert m["global_step"] == 3, name
+        positive(m, "validation_loss", "eval_validation_loss", "validation_tokens", "tokens_per_second",
+                 "peak_rss_mb", "checkpoint_bytes", "export_bytes", "trainable_parameters", "total_parameters")
+        assert m["samples"] == 8 and 0.0 <= m["closed_share"] <= 1.0, name
+        assert m["format_accuracy"] is None or 0.0 <= m["format_accuracy"] <= 1.0
+        assert m["new_row_parameters"] == new_rows and m["trainable_parameters"] >= new_rows, name
+    full, scratch = methods["full"], methods["scratch"]
+    assert full["trainable_parameters"] == full["total_parameters"] == full["model_parameters"]
+    assert scratch["trainable_parameters"] == scratch["total_parameters"] == full["total_parameters"]
+    assert full["trainable_percent"] == 100.0
+    assert methods["bitfit"]["total_parameters"] == full["total_parameters"]  # the model's own biases
+    for name in ("bitfit", "adapter", "prefix", "lora"):
+        m = methods[name]
+        assert m["trainable_percent"] < 100.0 and m["trainable_parameters"] < full["trainable_parameters"], name
+        assert m["checkpoint_bytes"] < full["checkpoint_bytes"] / 2, name  # only the tuned part is stored
+        if name != "bitfit":
+            assert m["total_parameters"] > full["total_parameters"], name  # the added weights count in the total
+    summary = peft["summary"]
+    assert summary["unjudged"] == PEFT_QUICK
+    lora = summary["per_method"]["lora"]
+    assert lora["val_ce_vs_full"] == round(methods["lora"]["validation_loss"] / full["validation_loss"], 4)
+    assert lora["checkpoint_share_of_full"] == round(methods["lora"]["checkpoint_bytes"] / full["checkpoint_bytes"], 4)
+    assert summary["checkpoint_share_of_full_worst"] == max(summary["per_method"][n]["checkpoint_share_of_full"]
+                                                            for n in ("bitfit", "adapter", "prefix", "lora"))
+    for name in PEFT_GOALS:
+        assert quick_doc["goals"][name]["status"] == "unjudged" and quick_doc["goals"][name]["why"] == PEFT_QUICK
 
 
 @pytest.mark.slow
@@ -259,7 +304,7 @@ GOALS = ("train_vs_seed_style", "train_vs_torch_bf16", "train_vs_nanogpt_bf16", 
          "generate_no_recompile_for_new_opening", "prepare_chars_per_s", "prepare_linear", "train_peak_rss_mb",
          "train_peak_rss_flat", "generate_peak_rss_mb", "serve_32_clients_vs_one_at_a_time",
          "serve_32_clients_p95_vs_single", "serve_errors", "serve_peak_rss_mb", "export_saved_model_vs_generator",
-         "strict_fluency_ratio", "strict_cost_per_token")
+         "strict_fluency_ratio", "strict_cost_per_token", *PEFT_GOALS)
 
 
 def fake_document(**changes) -> dict:
@@ -278,9 +323,17 @@ def fake_document(**changes) -> dict:
                                  "server_peak_rss_mb": 1100.0}},
            "export": {"worst_ratio_vs_generator": 1.05},
            "metre": {"trained": True, "summary": {"fluency_ratio_worst": 1.08, "fluency_unjudged": None,
-                                                  "cost_ratio_worst": 1.04}}}
+                                                  "cost_ratio_worst": 1.04}},
+           "peft": {"summary": peft_summary()}}
     doc.update(changes)
     return doc
+
+
+def peft_summary(vs_full: float = 1.03, trainable: float = 1.4, vs_scratch: float = 0.8, share: float = 0.02,
+                 unjudged: str | None = None) -> dict:
+    """The peft section's summary figures the goals read (defaults meet every goal)."""
+    return {"lora_adapter_vs_full": {"val_ce_ratio_worst": vs_full, "trainable_percent_worst": trainable},
+            "val_ce_vs_scratch_worst": vs_scratch, "checkpoint_share_of_full_worst": share, "unjudged": unjudged}
 
 
 def test_goals_of_an_empty_document_are_unjudged_with_the_reason():
@@ -311,7 +364,8 @@ def test_goals_pass_and_fail_on_fake_figures():
                                            "server_peak_rss_mb": 1200.1}},
                         export={"worst_ratio_vs_generator": 1.11},
                         metre={"summary": {"fluency_ratio_worst": 1.151, "fluency_unjudged": None,
-                                           "cost_ratio_worst": 1.101}})
+                                           "cost_ratio_worst": 1.101}},
+                        peft={"summary": peft_summary(vs_full=1.051, vs_scratch=1.0, share=0.051)})
     goals = bench.goals(doc)
     failed = {n for n, g in goals.items() if g["status"] == "fail"}
     assert failed == set(GOALS) - {"prepare_chars_per_s", "prepare_linear"}
@@ -342,7 +396,7 @@ def test_unjudged_goals_name_why():
     text = bench.goals_text(goals, bench.verdict(goals, "full"))
     assert f"UNJUDGED  train_vs_torch_bf16" in text and f"({TORCH_SKIP})" in text
     assert f"UNJUDGED  quality_vs_nanogpt" in text
-    assert text.splitlines()[-1] == "verdict: 11 passed, 0 failed, 8 unjudged"
+    assert text.splitlines()[-1] == "verdict: 14 passed, 0 failed, 8 unjudged"
 
 
 def test_strict_fluency_is_unjudged_on_random_weights():
@@ -356,6 +410,78 @@ def test_strict_fluency_is_unjudged_on_random_weights():
     assert goals["strict_cost_per_token"]["status"] == "fail" and goals["strict_cost_per_token"]["value"] == 1.2
     skipped = bench.goals(fake_document(metre={"skipped": "no 平水韵 tone data", "summary": {}}))
     assert {skipped[n]["why"] for n in ("strict_fluency_ratio", "strict_cost_per_token")} == {"no 平水韵 tone data"}
+
+
+def test_peft_goals_need_both_val_ce_and_trainable_share_and_are_unjudged_under_quick():
+    bench = load_bench_module()
+    goals = bench.goals(fake_document(peft={"summary": peft_summary(vs_full=1.05, trainable=2.0, vs_scratch=0.999,
+                                                                    share=0.05)}))
+    assert [goals[n]["status"] for n in PEFT_GOALS] == ["pass"] * 3  # the targets themselves pass
+    assert goals["peft_lora_adapter_vs_full"]["value"] == {"val_ce_ratio_worst": 1.05, "trainable_percent_worst": 2.0}
+    # within 5% of full's CE but training more than 2% of the parameters fails
+    goals = bench.goals(fake_document(peft={"summary": peft_summary(trainable=2.01)}))
+    assert goals["peft_lora_adapter_vs_full"]["status"] == "fail" and goals["peft_beats_scratch"]["status"] == "pass"
+    goals = bench.goals(fake_document(peft={"summary": peft_summary(vs_full=3.0, vs_scratch=2.0, share=0.9,
+                                                                    unjudged=PEFT_QUICK)}))
+    for name in PEFT_GOALS:
+        assert goals[name] == {"value": None, "target": goals[name]["target"], "status": "unjudged", "pass": None,
+                               "why": PEFT_QUICK}, name
+    goals = bench.goals(fake_document(peft={"error": "ChildError: peft-lora: exit code 1 after 9 s: boom"}))
+    assert {goals[n]["why"] for n in PEFT_GOALS} == {"section peft failed: ChildError: peft-lora: exit code 1 after 9 "
+                                                     "s: boom"}
+
+
+def fake_method(val: float, trainable: int, total: int, new_rows: int, ckpt: int) -> dict:
+    """One method's figures as the peft section collects them (before ``complete``)."""
+    return {"validation_loss": val, "trainable_parameters": trainable, "total_parameters": total,
+            "new_row_parameters": new_rows, "checkpoint_bytes": ckpt, "model_parameters": total}
+
+
+def test_peft_summary_ratios():
+    """Ratios to full and to scratch per method, and the worst of each the goals read; scratch trains everything."""
+    peft = load_bench_module().peft
+    figures = {"full": fake_method(2.0, 1000, 1000, 50, 12000), "bitfit": fake_method(2.3, 80, 1000, 50, 600),
+               "adapter": fake_method(2.08, 70, 1040, 50, 900), "prefix": fake_method(2.4, 60, 1030, 50, 700),
+               "lora": fake_method(2.04, 60, 1010, 50, 480),
+               "scratch": {"validation_loss": 2.5, "new_row_parameters": 50, "checkpoint_bytes": 12000,
+                           "model_parameters": 1000}}
+    peft.complete(figures)
+    assert figures["scratch"]["trainable_parameters"] == figures["scratch"]["total_parameters"] == 1000
+    assert figures["scratch"]["trainable_percent"] == 100.0
+    adapter = figures["adapter"]
+    assert adapter["trainable_percent"] == 6.731 and adapter["trainable_percent_without_new_rows"] == 1.923
+    summary = peft.summarise(figures, quick=False)
+    assert summary["lora_adapter_vs_full"] == {"val_ce_ratio_worst": 1.04, "trainable_percent_worst": 1.923}
+    assert summary["val_ce_vs_scratch_worst"] == 0.96  # prefix: 2.4 / 2.5
+    assert summary["checkpoint_share_of_full_worst"] == 0.075  # adapter: 900 / 12000 (full itself not counted)
+    assert summary["per_method"]["lora"] == {"val_ce_vs_full": 1.02, "val_ce_vs_scratch": 0.816,
+                                             "checkpoint_share_of_full": 0.04,
+                                             "trainable_percent_without_new_rows": 0.99}
+    assert summary["unjudged"] is None and peft.summarise(figures, quick=True)["unjudged"] == PEFT_QUICK
+    figures["lora"]["validation_loss"] = None  # a run without validation: no figure, not a crash
+    assert peft.summarise(figures, quick=False)["lora_adapter_vs_full"] is None
+
+
+def test_peft_runs_only_when_named_and_needs_a_base(tmp_path, capsys):
+    """Not in a full run; --only peft needs --peft-base (a trained RUN_DIR) unless --quick trains its own."""
+    bench = load_bench_module()
+    corpus = tmp_path / "raw.txt"
+    corpus.write_text("春晓 唐诗：【春眠不觉晓，处处闻啼鸟。】\n", encoding="utf-8")
+    base = ["--corpus", str(corpus), "--full-corpus", str(corpus), "--peft-corpus", str(corpus)]
+    assert "peft" not in bench.parse_args(base).sections
+    assert "peft" in bench.parse_args(base + ["--quick"]).sections
+    for extra, message in (([], "--peft-base: the peft section needs a base run"),
+                           (["--peft-base", str(tmp_path)], f"--peft-base: {tmp_path} is not a trained RUN_DIR"),
+                           (["--peft-base", str(tmp_path), "--peft-corpus", str(tmp_path / "no.txt")],
+                            "--peft-corpus: no such file")):
+        with pytest.raises(SystemExit) as exc:
+            bench.parse_args(base + ["--only", "peft"] + extra)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "config.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "run.json").write_text("{}", encoding="utf-8")
+    args = bench.parse_args(base + ["--only", "peft", "--peft-base", str(tmp_path), "--peft-steps", "50"])
+    assert args.sections == ["peft"] and args.peft_steps == 50
 
 
 def test_metre_runs_by_default_only_with_a_run(tmp_path):
@@ -383,7 +509,7 @@ def test_check_exits_1_when_a_goal_fails(tmp_path):
     assert checked.returncode == 1, checked.stderr
     assert json.loads(checked.stdout)["verdict"]["failed"] == ["generate_first_compile"]
     assert "FAIL      generate_first_compile" in checked.stderr
-    assert checked.stderr.splitlines()[-1] == "verdict: 18 passed, 1 failed (generate_first_compile), 0 unjudged"
+    assert checked.stderr.splitlines()[-1] == "verdict: 21 passed, 1 failed (generate_first_compile), 0 unjudged"
     assert run_bench("--judge", saved).returncode == 0  # without --check the figures are only reported
 
 

@@ -25,6 +25,16 @@ GOAL_SERVE_RSS_MB = 1200.0
 # of an unconstrained one (worst form)
 GOAL_STRICT_FLUENCY = 1.15
 GOAL_STRICT_COST = 1.10
+# issue 15: LoRA's and Adapter's validation CE at most 5% above full fine-tuning's with at most 2% of the parameters
+# trained (the new characters' rows, which every method trains, apart); every method below scratch; a tuned
+# checkpoint at most 5% of a full one
+GOAL_PEFT_VS_FULL = 1.05
+GOAL_PEFT_TRAINABLE_PERCENT = 2.0
+GOAL_PEFT_VS_SCRATCH = 1.0
+GOAL_PEFT_CHECKPOINT_SHARE = 0.05
+#: the peft goals and the summary figure each is judged on
+PEFT_FIGURES = {"peft_lora_adapter_vs_full": "lora_adapter_vs_full", "peft_beats_scratch": "val_ce_vs_scratch_worst",
+                "peft_checkpoint_share": "checkpoint_share_of_full_worst"}
 
 
 def _get(doc: dict, *keys):
@@ -91,7 +101,16 @@ def goal_figures(doc: dict) -> dict:
         "strict_fluency_ratio": ("metre", None if _get(doc, "metre", "summary", "fluency_unjudged")
                                  else _get(doc, "metre", "summary", "fluency_ratio_worst")),
         "strict_cost_per_token": ("metre", _get(doc, "metre", "summary", "cost_ratio_worst")),
+        # judged only at full size (``unjudged`` says why not)
+        **{name: ("peft", None if _get(doc, "peft", "summary", "unjudged") else _get(doc, "peft", "summary", key))
+           for name, key in PEFT_FIGURES.items()},
     }
+
+
+def _peft_vs_full(v: dict) -> bool:
+    """LoRA and Adapter: validation CE within ``GOAL_PEFT_VS_FULL`` of full's, trainable share within the goal."""
+    return (v["val_ce_ratio_worst"] <= GOAL_PEFT_VS_FULL
+            and v["trainable_percent_worst"] <= GOAL_PEFT_TRAINABLE_PERCENT)
 
 
 GOAL_TARGETS = {
@@ -119,6 +138,13 @@ GOAL_TARGETS = {
                              lambda v: v <= GOAL_STRICT_FLUENCY),
     "strict_cost_per_token": (f"--strict ms/token <= {GOAL_STRICT_COST}x unconstrained (batch 1, worst form)",
                               lambda v: v <= GOAL_STRICT_COST),
+    "peft_lora_adapter_vs_full": (f"LoRA and Adapter validation CE <= {GOAL_PEFT_VS_FULL}x full fine-tuning's, "
+                                  f"<= {GOAL_PEFT_TRAINABLE_PERCENT}% of the parameters trained (new characters' "
+                                  "rows apart)", _peft_vs_full),
+    "peft_beats_scratch": (f"every method's validation CE < {GOAL_PEFT_VS_SCRATCH}x scratch's (worst method)",
+                           lambda v: v < GOAL_PEFT_VS_SCRATCH),
+    "peft_checkpoint_share": (f"every tuned checkpoint <= {GOAL_PEFT_CHECKPOINT_SHARE:.0%} of the full one's bytes",
+                              lambda v: v <= GOAL_PEFT_CHECKPOINT_SHARE),
 }
 
 
@@ -133,7 +159,8 @@ def goals(doc: dict) -> dict:
                    "quality_vs_nanogpt": _get(doc, "quality", "systems", "nanogpt_bf16", "skipped")}
     metre_skip = _get(doc, "metre", "skipped")  # e.g. no tone data
     details = {**torch_skips, "strict_cost_per_token": metre_skip,
-               "strict_fluency_ratio": _get(doc, "metre", "summary", "fluency_unjudged") or metre_skip}
+               "strict_fluency_ratio": _get(doc, "metre", "summary", "fluency_unjudged") or metre_skip,
+               **{name: _get(doc, "peft", "summary", "unjudged") for name in PEFT_FIGURES}}
     out = {}
     for name, (section, value) in goal_figures(doc).items():
         target, ok = GOAL_TARGETS[name]

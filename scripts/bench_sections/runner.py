@@ -23,7 +23,8 @@ class ChildError(RuntimeError):
 
 
 def run_process(cmd: list[str], work: Path, name: str, timeout: float, env_extra: dict | None = None) -> dict:
-    """Run ``cmd``; return its stdout, wall seconds and peak RSS (``ru_maxrss`` from ``wait4``)."""
+    """Run ``cmd``; return its stdout, wall seconds, CPU seconds (user + system) and peak RSS (``ru_maxrss`` from
+    ``wait4``)."""
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     env.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -50,7 +51,8 @@ def run_process(cmd: list[str], work: Path, name: str, timeout: float, env_extra
         tail = err_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
         why = "timed out" if seconds >= timeout else f"exit code {proc.returncode}"
         raise ChildError(f"{name}: {why} after {seconds:.0f} s: " + " | ".join(tail))
-    return {"stdout": stdout, "seconds": seconds, "peak_rss_mb": round(usage.ru_maxrss * 1024 / 1e6, 1)}
+    return {"stdout": stdout, "seconds": seconds, "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+            "peak_rss_mb": round(usage.ru_maxrss * 1024 / 1e6, 1)}
 
 
 def run_child(kind: str, args: dict, work: Path, timeout: float, name: str | None = None,
