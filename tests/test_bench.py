@@ -286,6 +286,8 @@ def test_quick_goals_are_judged(quick_run):
             assert goal["status"] == "unjudged" and goal["why"] == TORCH_SKIP  # torch not installed
         elif name == "strict_fluency_ratio":  # random weights: fluency is not judged
             assert goal["status"] == "unjudged" and goal["why"] == RANDOM_WEIGHTS, goal
+        elif name in PEFT_GOALS:  # tiny shapes and a few steps: not judged under --quick
+            assert goal["status"] == "unjudged" and goal["why"] == PEFT_QUICK, goal
         else:
             assert goal["status"] in ("pass", "fail") and goal["pass"] is (goal["status"] == "pass"), (name, goal)
     assert sorted(verdict["passed"] + verdict["failed"] + list(verdict["unjudged"])) == sorted(GOALS)
