@@ -29,6 +29,21 @@ def write_raw(path: Path, n: int, seed: int = 0, chars: str = CHARS, genre: str 
     return path
 
 
+def prepared_data(folder: Path, n: int, n_ctx: int = 64) -> Path:
+    """``write_raw`` ``n`` poems into ``folder/raw.txt`` and ``prepare`` them (5% held out) into ``folder/data``.
+
+    Args:
+        folder: an existing folder.
+        n: number of poems.
+        n_ctx: the context the data is prepared for.
+    """
+    from poetry_gpt.config import DataConfig
+    from poetry_gpt.data.prepare import prepare
+
+    prepare([write_raw(folder / "raw.txt", n)], folder / "data", DataConfig(valid_fraction=0.05), n_ctx=n_ctx)
+    return folder / "data"
+
+
 def train_tiny(raw: Path, root: Path, steps: int = 20) -> Path:
     """Prepare ``raw`` into ``root/data`` (context 64) and train the ``tiny`` preset ``steps`` steps into
     ``root/run`` (float32); returns the RUN_DIR.

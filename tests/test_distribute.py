@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import cli, write_raw
+from helpers import cli, prepared_data, write_raw
 
 CHARS = "春花秋月山水风云天地人心江河日夜雪雨"
 CLUSTER_TIMEOUT = 180  # seconds for a whole two-worker run, start-up included
@@ -202,13 +202,7 @@ def train_args(data: Path, run: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    from poetry_gpt.config import DataConfig
-    from poetry_gpt.data.prepare import prepare
-
-    folder = tmp_path_factory.mktemp("mw-data")
-    raw = write_raw(folder / "raw.txt", 200)
-    prepare([raw], folder / "data", DataConfig(valid_fraction=0.05), n_ctx=64)
-    return folder / "data"
+    return prepared_data(tmp_path_factory.mktemp("mw-data"), 200)
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import cli, write_raw
+from helpers import cli, prepared_data, write_raw
 
 CHARS = "春花秋月山水风云天地人心江河日夜雪雨"
 STEPS = 10  # steps per epoch: an export every ~half second of training
@@ -124,12 +124,7 @@ def after_delay(seconds: float, require_training: bool):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    from poetry_gpt.config import DataConfig
-    from poetry_gpt.data.prepare import prepare
-
-    folder = tmp_path_factory.mktemp("kill-data")
-    prepare([write_raw(folder / "raw.txt", 200)], folder / "data", DataConfig(valid_fraction=0.05), n_ctx=64)
-    return folder / "data"
+    return prepared_data(tmp_path_factory.mktemp("kill-data"), 200)
 
 
 def start_train(data: Path, run: Path, log: Path, epochs: int) -> subprocess.Popen:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import write_raw
+from helpers import prepared_data, write_raw
 
 from poetry_gpt.config import DataConfig, config_from_preset
 from poetry_gpt.errors import RunDirError
@@ -75,12 +75,7 @@ def checkpoint_values(run) -> dict:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("peft-data")
-    from poetry_gpt.data.prepare import prepare
-
-    raw = write_raw(root / "raw.txt", 120)
-    prepare([raw], root / "data", DataConfig(valid_fraction=0.05), n_ctx=64)
-    return root / "data"
+    return prepared_data(tmp_path_factory.mktemp("peft-data"), 120)
 
 
 @pytest.fixture(scope="module")
