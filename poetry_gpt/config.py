@@ -18,7 +18,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
 SCHEDULES = ("cosine", "linear", "constant")
 TUNE_METHODS = ("full", "bitfit", "adapter", "prefix", "lora")  # train --tune (model/peft.py computes them)
-LORA_TARGETS = ("c_attn", "c_proj", "c_fc", "mlp_c_proj")  # the matrices --lora-targets may name
+LORA_TARGETS = ("c_attn", "c_proj", "c_fc", "mlp_c_proj", "wte")  # the matrices --lora-targets may name
 DEFAULT_MAX_CHARS = 4096  # longest raw.txt line read; longer ones are skipped and counted
 DEFAULT_N_CTX = 128  # the small model's context, also what `prepare` counts long poems against
 

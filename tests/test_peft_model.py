@@ -18,7 +18,7 @@ VOCAB = CharVocab(["[PAD]", "[UNK]", "[SEP]"] + [chr(0x4E00 + i) for i in range(
 SHAPE = ModelConfig(n_layer=2, n_embd=32, n_head=4, n_ctx=16)
 BASE_VOCAB = 90  # an --extend-vocab run: ids 90…99 are new rows
 SIZES = dict(adapter_size=4, prefix_length=3, lora_rank=2, lora_alpha=4.0,
-             lora_targets=("c_attn", "c_proj", "c_fc", "mlp_c_proj"))
+             lora_targets=("c_attn", "c_proj", "c_fc", "mlp_c_proj", "wte"))
 # float32, same function computed by two code paths (merged vs factored LoRA, cache vs full attention): measured
 # ≤ 8.3e-6 on these logits (|logits| up to 8); a wrong mask, scale or missing term moves them by > 1e-2
 ATOL = 2e-5
@@ -149,7 +149,12 @@ def test_merged_model_is_the_tuned_model(method):
     np.testing.assert_allclose(gpt2_logits(merged, ids, compute_dtype=tf.float32).numpy(), ref, atol=ATOL, rtol=0)
     np.testing.assert_allclose(merged(input_ids=ids).logits.numpy(), ref, atol=2e-4, rtol=1e-4)
     base_rows = model_variables(_base())["wte"].numpy()[:BASE_VOCAB]
-    np.testing.assert_array_equal(model_variables(merged)["wte"].numpy()[:BASE_VOCAB], base_rows)
+    if method == "lora":  # LoRA on wte (SIZES targets it) moves the base rows by exactly its product
+        A, B = (tuning.variables[f"lora.wte.{n}"].numpy() for n in "AB")
+        base_rows = base_rows + tuning.cfg.lora_scale * (A @ B)[:BASE_VOCAB]
+        np.testing.assert_allclose(model_variables(merged)["wte"].numpy()[:BASE_VOCAB], base_rows, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(model_variables(merged)["wte"].numpy()[:BASE_VOCAB], base_rows)
 
 
 @pytest.mark.parametrize("method", ["adapter", "prefix"])
@@ -176,7 +181,7 @@ def test_gradients_reach_only_trainable(method):
             assert g is not None and float(tf.norm(tf.convert_to_tensor(g))) > 0, v.name
         else:
             assert g is None, v.name
-    expected = {"full": 28, "bitfit": 2 * 6 + 1 + 1, "adapter": 2 * 4 + 1, "prefix": 2 * 2 + 1, "lora": 2 * 8 + 1}
+    expected = {"full": 28, "bitfit": 2 * 6 + 1 + 1, "adapter": 2 * 4 + 1, "prefix": 2 * 2 + 1, "lora": 2 * 8 + 2 + 1}
     assert len(trained) == expected[method]
 
 
@@ -210,7 +215,7 @@ def test_load_refuses_another_models_file(tmp_path):
     (dict(method="qlora"), "--tune"), (dict(adapter_size=0), "--adapter-size"), (dict(prefix_length=0),
                                                                                   "--prefix-length"),
     (dict(lora_rank=0), "--lora-rank"), (dict(lora_alpha=0.0), "--lora-alpha"),
-    (dict(lora_targets=("c_attn", "wte")), "--lora-targets"), (dict(lora_targets=()), "--lora-targets")])
+    (dict(lora_targets=("c_attn", "lm_head")), "--lora-targets"), (dict(lora_targets=()), "--lora-targets")])
 def test_bad_tune_options_name_the_option(change, option):
     with pytest.raises(OptionError, match=f"^{option}: "):
         TuneConfig(**change)

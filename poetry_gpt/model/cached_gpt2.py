@@ -69,10 +69,10 @@ class CachedGPT2:
         return w
 
     def _tune_weights(self, w, cast) -> None:
-        """Put the tuning into ``w`` (``weights()``): new embedding rows and LoRA merged (in float32), adapter
+        """Put the tuning into ``w`` (``weights()``): new embedding rows and LoRA (``wte``'s too) merged (in float32), adapter
         and prefix tensors added to their layers (prefix as [H, P, Dh])."""
         tu = self.tuning
-        if "embedding_rows" in tu.variables:
+        if tu.changes_embedding:
             w["wte"] = cast(tu.embedding())
         for i, layer in enumerate(w["h"]):
             tuned = tu.layer(i)

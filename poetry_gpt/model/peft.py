@@ -17,7 +17,10 @@ Methods (``--tune``), all on a base ``TFGPT2LMHeadModel`` whose own weights stay
   model: the prefix slots always take part of each softmax.
 * ``lora`` — for each target matrix ``W`` [in, out] (Conv1D layout): ``W_eff = W + (alpha/rank)·A·B``, ``A``
   [in, rank] ~ U(−1/√in, 1/√in) (PEFT's kaiming-uniform with a=√5), ``B`` [rank, out] = 0: a fresh LoRA is the
-  base model exactly. Targets: ``c_attn``, ``c_proj`` (attention), ``c_fc``, ``mlp_c_proj``.
+  base model exactly. Targets: ``c_attn``, ``c_proj`` (attention), ``c_fc``, ``mlp_c_proj``, and ``wte``: the
+  tied input/head embedding [vocab, width] gets ``(alpha/rank)·A·B`` with ``A`` [vocab, rank] = 0 and ``B``
+  [rank, width] ~ N(0, initializer_range) (PEFT's embedding LoRA zeroes the per-token side too). It lets the
+  output distribution over characters move (a new genre's words), which the blocks' LoRA alone barely can.
 
 New embedding rows: when ``base_vocab_size`` < the model's vocabulary (an ``--extend-vocab`` run) and the method
 is not ``full``, rows ≥ base are the separate variable ``embedding_rows`` (initialised from the grown ``wte``'s
@@ -49,6 +52,7 @@ FORMAT = 1  # tuning.npz layout version
 _HEADER = "__header__"
 #: how a model is tuned: ``config.TuneSettings`` (the run's ``tune`` section) owns the fields and their checks
 TuneConfig = TuneSettings
+EMBEDDING_TARGET = "wte"  # the one --lora-targets name that is not a block's matrix
 
 
 def conv_layers(block) -> dict:
@@ -132,9 +136,13 @@ class Tuning:
         import numpy as np
 
         rank = self.cfg.lora_rank
+        if EMBEDDING_TARGET in self.cfg.lora_targets:
+            self._add(f"lora.{EMBEDDING_TARGET}.A", np.zeros((lm.config.vocab_size, rank)))
+            self._add(f"lora.{EMBEDDING_TARGET}.B", rng.normal(0.0, lm.config.initializer_range,
+                                                                (rank, lm.config.n_embd)))
         for i, block in enumerate(lm.transformer.h):
             convs = conv_layers(block)
-            for target in self.cfg.lora_targets:
+            for target in self.block_targets:
                 n_in, n_out = convs[target].weight.shape
                 bound = 1.0 / np.sqrt(n_in)
                 self._add(f"h.{i}.lora.{target}.A", rng.uniform(-bound, bound, (n_in, rank)))
@@ -201,24 +209,40 @@ class Tuning:
         train = {v.ref() for v in self.trainable(self._lm)}
         return lambda v: v if v.ref() in train else tf.stop_gradient(v)
 
-    def embedding(self, read=lambda v: v):
-        """The [vocab, width] input/head embedding: ``concat(wte[:base], embedding_rows)`` or ``wte``.
+    @property
+    def block_targets(self) -> tuple:
+        """The LoRA targets inside the blocks (``lora_targets`` without ``wte``); () for other methods."""
+        return tuple(t for t in self.cfg.lora_targets if t != EMBEDDING_TARGET) if self.method == "lora" else ()
+
+    @property
+    def changes_embedding(self) -> bool:
+        """The embedding differs from the base's ``wte``: new rows, or LoRA on ``wte``."""
+        return "embedding_rows" in self.variables or f"lora.{EMBEDDING_TARGET}.A" in self.variables
+
+    def embedding(self, read=lambda v: v, wte=None):
+        """The [vocab, width] input/head embedding: ``concat(wte[:base], embedding_rows)`` (or ``wte``), plus
+        ``(alpha/rank)·A·B`` under LoRA on ``wte``.
 
         Args:
             read: ``reader()`` (training) or the identity (sampling).
+            wte: the base embedding to start from (default: this Tuning's model's ``wte``).
         """
         import tensorflow as tf
 
-        wte = read(self._lm.transformer.wte.embeddings)
+        wte = read(self._lm.transformer.wte.embeddings if wte is None else wte)
         rows = self.variables.get("embedding_rows")
-        return wte if rows is None else tf.concat([wte[:self.base_vocab_size], rows], axis=0)
+        emb = wte if rows is None else tf.concat([wte[:self.base_vocab_size], rows], axis=0)
+        A = self.variables.get(f"lora.{EMBEDDING_TARGET}.A")
+        if A is not None:
+            emb = emb + self.cfg.lora_scale * tf.matmul(A, self.variables[f"lora.{EMBEDDING_TARGET}.B"])
+        return emb
 
     def layer(self, i: int) -> dict:
         """Layer ``i``'s tuned pieces: ``{"lora": {target: (A, B)}, "adapter": (D, d, U, u),
         "prefix": (key, value)}``, each present only for its method (variables, float32)."""
         v, p = self.variables, f"h.{i}."
         if self.method == "lora":
-            return {"lora": {t: (v[f"{p}lora.{t}.A"], v[f"{p}lora.{t}.B"]) for t in self.cfg.lora_targets}}
+            return {"lora": {t: (v[f"{p}lora.{t}.A"], v[f"{p}lora.{t}.B"]) for t in self.block_targets}}
         if self.method == "adapter":
             return {"adapter": tuple(v[f"{p}adapter.{n}"] for n in ("down.kernel", "down.bias", "up.kernel",
                                                                      "up.bias"))}
@@ -252,9 +276,8 @@ class Tuning:
             for target, (A, B) in self.layer(i).get("lora", {}).items():
                 W = own[f"h.{i}.{target}.weight"]
                 W.assign(W + self.cfg.lora_scale * tf.matmul(A, B))
-        rows = self.variables.get("embedding_rows")
-        if rows is not None:
-            own["wte"].assign(tf.concat([own["wte"][:self.base_vocab_size], rows], axis=0))
+        if self.changes_embedding:
+            own["wte"].assign(self.embedding(wte=own["wte"]))
 
     def header(self) -> dict:
         """What ``save`` records besides the arrays: format, method and sizes, vocabulary sizes."""
