@@ -19,6 +19,10 @@ STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
 SCHEDULES = ("cosine", "linear", "constant")
 TUNE_METHODS = ("full", "bitfit", "adapter", "prefix", "lora")  # train --tune (model/peft.py computes them)
 LORA_TARGETS = ("c_attn", "c_proj", "c_fc", "mlp_c_proj", "wte")  # the matrices --lora-targets may name
+#: a new ``--tune M`` run's peak learning rate is the preset's ``train.learning_rate`` times ``TUNE_LR_SCALES[M]``
+#: unless ``--learning-rate`` is given: the frozen-base methods train few, mostly fresh parameters and need larger
+#: steps (song-ci on a tang-full ``small`` base, 300-step sweeps: README, "Parameter-efficient fine-tuning")
+TUNE_LR_SCALES = {"full": 1.0, "bitfit": 30.0, "adapter": 10.0, "prefix": 10.0, "lora": 10.0}
 DEFAULT_MAX_CHARS = 4096  # longest raw.txt line read; longer ones are skipped and counted
 DEFAULT_N_CTX = 128  # the small model's context, also what `prepare` counts long poems against
 
@@ -148,6 +152,8 @@ class TuneSettings:
         lora_rank: LoRA's rank (``--lora-rank``).
         lora_alpha: LoRA's scale numerator: the update is ``alpha / rank · A·B`` (``--lora-alpha``).
         lora_targets: the matrices LoRA adds to, among ``LORA_TARGETS`` (``--lora-targets c_attn,c_proj``).
+        lr_scales: per method, the multiple of the preset's learning rate a new run of it trains at (a preset's
+            ``tune`` section may set some; the others keep ``TUNE_LR_SCALES``'s).
     """
 
     method: str = "full"
@@ -156,8 +162,14 @@ class TuneSettings:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: tuple = ("c_attn", "c_proj")
+    lr_scales: dict = field(default_factory=lambda: dict(TUNE_LR_SCALES))
 
     def __post_init__(self):
+        object.__setattr__(self, "lr_scales", {**TUNE_LR_SCALES, **dict(self.lr_scales)})
+        bad = {m: x for m, x in self.lr_scales.items()
+               if m not in TUNE_METHODS or not isinstance(x, (int, float)) or not x > 0}
+        require(not bad, "tune.lr_scales", f"must map methods among {', '.join(TUNE_METHODS)} to numbers > 0, got "
+                f"{bad}")
         targets = self.lora_targets
         if isinstance(targets, str):
             targets = [t.strip() for t in targets.split(",") if t.strip()]
@@ -173,6 +185,11 @@ class TuneSettings:
                 f"{','.join(self.lora_targets) or 'nothing'}")
         require(len(set(self.lora_targets)) == len(self.lora_targets), "--lora-targets",
                 f"names a matrix twice: {','.join(self.lora_targets)}")
+
+    @property
+    def learning_rate_scale(self) -> float:
+        """The multiple of the preset's learning rate this method trains at (``lr_scales[method]``)."""
+        return float(self.lr_scales[self.method])
 
     @property
     def lora_scale(self) -> float:

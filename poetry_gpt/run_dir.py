@@ -472,7 +472,9 @@ def resolve_config(path: str | os.PathLike, preset: str | None, model_overrides:
 
     A new run starts from ``preset`` (default ``small``); a resumed run starts from the
     configuration stored in its ``run.json`` (so no flag has to be repeated), and a
-    ``preset`` given then must have the same model shape. Overrides apply last.
+    ``preset`` given then must have the same model shape. Overrides apply last. A new ``--tune`` run without
+    ``--learning-rate`` trains at the preset's rate times ``tune.learning_rate_scale`` (``config.TUNE_LR_SCALES``);
+    the run records the rate it got, so a resume keeps it.
 
     Args:
         path: the RUN_DIR.
@@ -493,9 +495,12 @@ def resolve_config(path: str | os.PathLike, preset: str | None, model_overrides:
                 raise RunDirError(f"--config {preset}: {run.path} was trained with preset {base.preset!r} "
                                   f"({base.model.n_layer} layers, width {base.model.n_embd}, context {base.model.n_ctx}); "
                                   "drop --config to resume it, or use another --run / --overwrite")
-    else:
-        base = config_from_preset(preset or "small")
-    return base.replace(model=model_overrides, train=train_overrides, tune=tune_overrides)
+        return base.replace(model=model_overrides, train=train_overrides, tune=tune_overrides)
+    config = config_from_preset(preset or "small").replace(model=model_overrides, train=train_overrides,
+                                                           tune=tune_overrides)
+    if "learning_rate" in train_overrides:
+        return config
+    return config.replace(train={"learning_rate": config.train.learning_rate * config.tune.learning_rate_scale})
 
 
 def data_manifest(run: RunDir, data_dir: str | os.PathLike | None = None):

@@ -368,3 +368,44 @@ def test_tune_settings_round_trip_and_presets_may_set_them():
     assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config  # run.json keeps it exactly
     assert config.replace(tune={"lora_targets": "c_proj,mlp_c_proj"}).tune.lora_targets == ("c_proj", "mlp_c_proj")
     assert RunConfig.from_dict({"model": {}, "train": {}}).tune.method == "full"  # a run.json of before
+
+
+# --- the per-method learning rate ------------------------------------------------------------------
+def test_new_tune_run_scales_the_preset_learning_rate_per_method(tmp_path, tuned):
+    from poetry_gpt.config import TUNE_LR_SCALES
+
+    preset_rate = config_from_preset("tiny").train.learning_rate
+    for method in ("full",) + METHODS:
+        config = resolve_config(tmp_path / f"new-{method}", "tiny", {}, {}, tune_overrides={"method": method})
+        assert config.train.learning_rate == pytest.approx(preset_rate * TUNE_LR_SCALES[method], rel=1e-12)
+    assert TUNE_LR_SCALES["lora"] > 1 and TUNE_LR_SCALES["full"] == 1
+    given = resolve_config(tmp_path / "given", "tiny", {}, {"learning_rate": 1e-4}, tune_overrides={"method": "lora"})
+    assert given.train.learning_rate == 1e-4  # --learning-rate wins
+    run, _, _ = tuned("lora")  # a run made at the preset's own rate: a resume keeps what run.json holds
+    recorded = json.loads((run / "run.json").read_text())["config"]["train"]["learning_rate"]
+    assert resolve_config(run, None, {}, {}).train.learning_rate == recorded
+
+
+def test_preset_may_set_some_lr_scales():
+    from poetry_gpt.config import TUNE_LR_SCALES, OptionError
+
+    presets = {"p": {"train": {"learning_rate": 1e-3}, "tune": {"method": "lora", "lr_scales": {"lora": 4}}}}
+    config = config_from_preset("p", presets)
+    assert config.tune.lr_scales == {**TUNE_LR_SCALES, "lora": 4}
+    with pytest.raises(OptionError, match=r"^tune.lr_scales: .*'qlora'"):
+        config.replace(tune={"lr_scales": {"qlora": 2}})
+    with pytest.raises(OptionError, match=r"^tune.lr_scales: "):
+        config.replace(tune={"lr_scales": {"lora": 0}})
+
+
+def test_cli_tune_run_says_its_learning_rate(tmp_path, data, base):
+    from poetry_gpt.config import TUNE_LR_SCALES
+
+    result = _cli(["train", "--data", data, "--run", tmp_path / "run", "--config", "tiny", "--init-from", base,
+                   "--tune", "lora", "--epochs", "1", "--steps-per-epoch", "2", "--samples-per-epoch", "0",
+                   "--quiet"])
+    assert result.exit_code == 0, result.output
+    rate = config_from_preset("tiny").train.learning_rate * TUNE_LR_SCALES["lora"]
+    assert f"peak learning rate {rate:.3g}." in result.output
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())["config"]["train"]["learning_rate"]
+    assert recorded == pytest.approx(rate, rel=1e-12)

@@ -150,7 +150,8 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
     if base["base"] is not None:
         trainable, total = training.parameter_counts()
         echo(f"Fine-tuning {base['base']['path']} with --tune {config.tune.describe()}: trainable {trainable:,} / "
-             f"total {total:,} parameters ({100 * trainable / max(total, 1):.2f}%).")
+             f"total {total:,} parameters ({100 * trainable / max(total, 1):.2f}%), peak learning rate "
+             f"{config.train.learning_rate:.3g}.")
 
     def fit(first_epoch: int, end_epoch: int, steps: int, step: int) -> int:
         """Keras ``fit`` from global step ``step`` over epochs [first_epoch, end_epoch); the step reached."""
