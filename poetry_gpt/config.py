@@ -22,7 +22,7 @@ LORA_TARGETS = ("c_attn", "c_proj", "c_fc", "mlp_c_proj", "wte")  # the matrices
 #: a new ``--tune M`` run's peak learning rate is the preset's ``train.learning_rate`` times ``TUNE_LR_SCALES[M]``
 #: unless ``--learning-rate`` is given: the frozen-base methods train few, mostly fresh parameters and need larger
 #: steps (song-ci on a tang-full ``small`` base, 300-step sweeps: README, "Parameter-efficient fine-tuning")
-TUNE_LR_SCALES = {"full": 1.0, "bitfit": 30.0, "adapter": 10.0, "prefix": 10.0, "lora": 10.0}
+TUNE_LR_SCALES = {"full": 1.0, "bitfit": 30.0, "adapter": 10.0, "prefix": 30.0, "lora": 10.0}
 DEFAULT_MAX_CHARS = 4096  # longest raw.txt line read; longer ones are skipped and counted
 DEFAULT_N_CTX = 128  # the small model's context, also what `prepare` counts long poems against
 
@@ -157,11 +157,11 @@ class TuneSettings:
     """
 
     method: str = "full"
-    adapter_size: int = 64
+    adapter_size: int = 32
     prefix_length: int = 16
-    lora_rank: int = 8
+    lora_rank: int = 4
     lora_alpha: float = 16.0
-    lora_targets: tuple = ("c_attn", "c_proj")
+    lora_targets: tuple = LORA_TARGETS  # every block matrix and the embedding: see README, fine-tuning figures
     lr_scales: dict = field(default_factory=lambda: dict(TUNE_LR_SCALES))
 
     def __post_init__(self):
@@ -197,7 +197,7 @@ class TuneSettings:
         return self.lora_alpha / self.lora_rank
 
     def describe(self) -> str:
-        """The method and the sizes that apply to it, e.g. ``lora (rank 8, alpha 16, c_attn,c_proj)``."""
+        """The method and the sizes that apply to it, e.g. ``lora (rank 4, alpha 16, c_attn,c_proj,wte)``."""
         sizes = {"adapter": f"size {self.adapter_size}", "prefix": f"length {self.prefix_length}",
                  "lora": f"rank {self.lora_rank}, alpha {self.lora_alpha:g}, {','.join(self.lora_targets)}"}
         return self.method + (f" ({sizes[self.method]})" if self.method in sizes else "")

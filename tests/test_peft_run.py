@@ -334,8 +334,14 @@ def test_extended_vocab_trains_the_new_rows_only(method, tmp_path, base):
     assert not np.array_equal(rows.numpy(), wte[n_base:])  # trained away from their initial mean
     export = load_model(run)
     exported = export.model.transformer.wte.embeddings.numpy()
-    np.testing.assert_array_equal(exported[:n_base], base_wte)
-    np.testing.assert_array_equal(exported[n_base:], rows.numpy())
+    if method == "adapter":
+        np.testing.assert_array_equal(exported[:n_base], base_wte)
+        np.testing.assert_array_equal(exported[n_base:], rows.numpy())
+    else:  # lora's default targets include wte: the export holds base and new rows moved by its A·B, merged
+        A, B = (training.tuning.variables[f"lora.wte.{n}"].numpy() for n in "AB")
+        delta = training.tuning.cfg.lora_scale * (A @ B)
+        assert np.abs(delta).max() > 0
+        np.testing.assert_allclose(exported, np.concatenate([base_wte, rows.numpy()]) + delta, rtol=0, atol=1e-6)
     ids = np.random.default_rng(0).integers(3, wte.shape[0], (1, 30)).astype(np.int32)
     np.testing.assert_allclose(gpt2_logits(export.model, ids, tuning=export.tuning).numpy(),
                                gpt2_logits(training.lm, ids, tuning=training.tuning).numpy(), rtol=0, atol=2e-5)

@@ -29,12 +29,12 @@ def _tune_options(f):
         click.option("--tune", type=click.Choice(TUNE_METHODS),
                      help="With --init-from: what trains. full = every weight [default]; bitfit = the biases; "
                           "adapter / prefix / lora = small added weights, the base frozen."),
-        click.option("--adapter-size", type=int, help="--tune adapter: the bottleneck width [default: 64]."),
+        click.option("--adapter-size", type=int, help="--tune adapter: the bottleneck width [default: 32]."),
         click.option("--prefix-length", type=int, help="--tune prefix: virtual positions per layer [default: 16]."),
-        click.option("--lora-rank", type=int, help="--tune lora: the rank [default: 8]."),
+        click.option("--lora-rank", type=int, help="--tune lora: the rank [default: 4]."),
         click.option("--lora-alpha", type=float, help="--tune lora: the update is scaled by alpha/rank [default: 16]."),
         click.option("--lora-targets", help=f"--tune lora: the matrices, comma-separated, among "
-                                            f"{','.join(LORA_TARGETS)} [default: c_attn,c_proj]."),
+                                            f"{','.join(LORA_TARGETS)} [default: all of them]."),
     ]
     for opt in reversed(opts):
         f = opt(f)

@@ -8,7 +8,8 @@ appended; every run below trains on this one DATA_DIR, so all are scored on the 
 Six runs of ``poetry-gpt train`` in turn, each in its own process (its peak RSS from ``wait4``), each exactly
 ``--peft-steps`` N steps (``--epochs 1 --steps-per-epoch N``: the preset's batch, warm-up and decay over N; no
 interval checkpoints, no epoch-end samples): ``--init-from BASE/export --tune M`` for M in full, bitfit, adapter,
-prefix, lora (default sizes), and ``scratch``: a new model of the same preset on the same data. Per method:
+prefix, lora (default sizes and each method's default learning rate: the preset's times
+``config.TUNE_LR_SCALES``), and ``scratch``: a new model of the same preset on the same data. Per method:
 
 * trainable and total parameters, as the run prints them (``trainable P / total T``; scratch: every parameter of
   its model), also without the new characters' embedding rows, which every method trains (``new_row_parameters``);
