@@ -6,6 +6,7 @@ Training tests use ``precision="fp32"`` so that two runs of the same steps give 
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -208,6 +209,16 @@ def test_train_prints_nothing_by_default(tmp_path, tiny_data_dir, capfd):
     result = train(tiny_data_dir, tmp_path / "run", tiny(steps_per_epoch=2))
     assert result.global_step == 2 and result.history
     assert capfd.readouterr().out == ""
+
+
+def test_train_puts_the_precision_policy_back(tmp_path, tiny_data_dir):
+    """``train`` sets a process-wide Keras policy for its run; the caller's is back when it returns."""
+    import tf_keras
+
+    set_precision("fp32")
+    result = train(tiny_data_dir, tmp_path / "run", tiny(steps_per_epoch=2, precision="bf16"))
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["precision"] == "bf16"
+    assert result.global_step == 2 and tf_keras.mixed_precision.global_policy().name == "float32"
 
 
 # --- 2. exact resume --------------------------------------------------------------------------

@@ -70,7 +70,23 @@ def _no_echo(line: str) -> None:
     """Drop a progress line: the library prints nothing unless the caller passes ``echo``."""
 
 
-def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config: RunConfig,
+def train(*args, **kwargs) -> TrainResult:
+    """Train (or resume training) a poem model: ``_train``'s arguments. The Keras precision policy it sets
+    (process-wide) is put back as it was when it returns or raises, so later models of the caller's process are
+    built as they would have been without it."""
+    from ..envcheck import require_compatible
+
+    require_compatible()  # before TensorFlow loads: an unfit install is one clear line, not an ImportError
+    import tf_keras
+
+    before = tf_keras.mixed_precision.global_policy()
+    try:
+        return _train(*args, **kwargs)
+    finally:
+        tf_keras.mixed_precision.set_global_policy(before)
+
+
+def _train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config: RunConfig,
           overwrite: bool = False, init_from: str | os.PathLike | None = None,
           echo: Callable[[str], None] = _no_echo, verbose: int = 0, own_entries: tuple[str, ...] = (),
           inputs: Sequence[tuple[str, str | os.PathLike]] = (), max_time: float | None = None,
@@ -96,11 +112,8 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
             ``poetry_gpt.generate.epoch.sample_poems``. None: no samples (training never imports the
             later generate stage itself).
     """
-    from ..envcheck import require_compatible
-
     started = _budget.clock() if started is None else started
     _check_max_time(max_time, config.train.strategy)
-    require_compatible()
     from .callbacks import RunCallback  # here, not at the top: importing the train stage does not import TensorFlow
 
     chief = is_chief(config.train.strategy)  # a non-chief worker of a cluster only reads RUN_DIR (distribute.py)
