@@ -162,7 +162,7 @@ class TuneSettings:
     lora_rank: int = 4
     lora_alpha: float = 16.0
     lora_targets: tuple = LORA_TARGETS  # every block matrix and the embedding: see README, fine-tuning figures
-    lr_scales: dict = field(default_factory=lambda: dict(TUNE_LR_SCALES))
+    lr_scales: dict = field(default_factory=dict)  # completed from TUNE_LR_SCALES in __post_init__
 
     def __post_init__(self):
         object.__setattr__(self, "lr_scales", {**TUNE_LR_SCALES, **dict(self.lr_scales)})

@@ -55,15 +55,12 @@ def train_tiny(raw: Path, root: Path, steps: int = 20) -> Path:
     """
     from poetry_gpt.config import DataConfig, config_from_preset
     from poetry_gpt.data.prepare import prepare
-    from poetry_gpt.train.loop import set_precision, train
+    from poetry_gpt.train.loop import train
 
     prepare([raw], root / "data", DataConfig(valid_fraction=0.1), n_ctx=64)
     config = config_from_preset("tiny").replace(train=dict(epochs=1, steps_per_epoch=steps, samples_per_epoch=0,
                                                            precision="fp32"))
-    try:
-        train(root / "data", root / "run", config, echo=lambda s: None, verbose=0)
-    finally:
-        set_precision("fp32")
+    train(root / "data", root / "run", config, echo=lambda s: None, verbose=0)
     return root / "run"
 
 

@@ -77,15 +77,12 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, data_dir) -> Path:
-    from poetry_gpt.train.loop import set_precision, train
+    from poetry_gpt.train.loop import train
 
     run = tmp_path_factory.mktemp("trained") / "run"
     config = config_from_preset("tiny").replace(train=dict(epochs=1, steps_per_epoch=5, samples_per_epoch=0,
                                                            precision="fp32"))
-    try:
-        train(data_dir, run, config, echo=lambda s: None, verbose=0)
-    finally:
-        set_precision("fp32")
+    train(data_dir, run, config, echo=lambda s: None, verbose=0)
     return run
 
 

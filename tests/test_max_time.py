@@ -23,7 +23,7 @@ from poetry_gpt.errors import OptionError
 from poetry_gpt.data.prepare import prepare
 from poetry_gpt.run_dir import RunDir
 from poetry_gpt.train.schedule import keras_schedule, lr_at, replan
-from poetry_gpt.train.loop import set_precision, train
+from poetry_gpt.train.loop import train
 from poetry_gpt.generate.epoch import sample_poems
 
 N_CTX = 64
@@ -34,12 +34,6 @@ def ends_in_time(now: float, budget: float) -> bool:
     """The stated tolerance: a run ends by its deadline, and at most the margin (1% of the budget), one epoch
     end (when the next one would not fit: the decay then ends at an epoch's end) and a step before it."""
     return budget - (budget_mod.MARGIN_SHARE * budget + EPOCH_END + 2 * STEP) <= now <= budget
-
-
-@pytest.fixture(autouse=True)
-def _fp32_policy():
-    yield
-    set_precision("fp32")
 
 
 @pytest.fixture(scope="module")

@@ -105,13 +105,6 @@ def copy_run(src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.fixture(autouse=True)
-def _fp32_policy():
-    """``train`` sets a process-wide Keras precision policy; put fp32 back after each test."""
-    yield
-    set_precision("fp32")
-
-
 @pytest.fixture(scope="module")
 def tiny_data_dir(tmp_path_factory) -> Path:
     """120 poems over CHARS, prepared (vocabulary of 29 tokens)."""

@@ -69,8 +69,8 @@ class CachedGPT2:
         return w
 
     def _tune_weights(self, w, cast) -> None:
-        """Put the tuning into ``w`` (``weights()``): new embedding rows and LoRA (``wte``'s too) merged (in float32), adapter
-        and prefix tensors added to their layers (prefix as [H, P, Dh])."""
+        """Put the tuning into ``w`` (``weights()``): new embedding rows and LoRA (``wte``'s too) merged (in
+        float32), adapter and prefix tensors added to their layers (prefix as [H, P, Dh])."""
         tu = self.tuning
         if tu.changes_embedding:
             w["wte"] = cast(tu.embedding())

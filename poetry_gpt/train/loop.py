@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -70,28 +71,36 @@ def _no_echo(line: str) -> None:
     """Drop a progress line: the library prints nothing unless the caller passes ``echo``."""
 
 
-def train(*args, **kwargs) -> TrainResult:
-    """Train (or resume training) a poem model: ``_train``'s arguments. The Keras precision policy it sets
-    (process-wide) is put back as it was when it returns or raises, so later models of the caller's process are
-    built as they would have been without it."""
-    from ..envcheck import require_compatible
+def _restores_precision_policy(run):
+    """Decorate ``train``: the Keras precision policy it sets (process-wide) is put back as it was when it
+    returns or raises, so later models of the caller's process are built as they would have been without it.
 
-    require_compatible()  # before TensorFlow loads: an unfit install is one clear line, not an ImportError
-    import tf_keras
+    Args:
+        run: the function to wrap.
+    """
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs):
+        from ..envcheck import require_compatible
 
-    before = tf_keras.mixed_precision.global_policy()
-    try:
-        return _train(*args, **kwargs)
-    finally:
-        tf_keras.mixed_precision.set_global_policy(before)
+        require_compatible()  # before TensorFlow loads: an unfit install is one clear line, not an ImportError
+        import tf_keras
+
+        before = tf_keras.mixed_precision.global_policy()
+        try:
+            return run(*args, **kwargs)
+        finally:
+            tf_keras.mixed_precision.set_global_policy(before)
+    return wrapper
 
 
-def _train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config: RunConfig,
+@_restores_precision_policy
+def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config: RunConfig,
           overwrite: bool = False, init_from: str | os.PathLike | None = None,
           echo: Callable[[str], None] = _no_echo, verbose: int = 0, own_entries: tuple[str, ...] = (),
           inputs: Sequence[tuple[str, str | os.PathLike]] = (), max_time: float | None = None,
           started: float | None = None, sample_poems: Callable[..., list[str]] | None = None) -> TrainResult:
-    """Train (or resume training) a poem model.
+    """Train (or resume training) a poem model. The Keras precision policy it sets for the run is put back as it
+    was when it returns (``_restores_precision_policy``).
 
     Args:
         data_dir: a DATA_DIR from ``prepare`` (None on resume: the run's recorded DATA_DIR).
