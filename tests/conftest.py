@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -91,5 +92,6 @@ def serve_url(tiny_run):
         reader.join(10)
         output = "".join(lines)
         assert code == 0, output[-3000:]
-        assert "stopped." in output and "Traceback" not in output, output[-3000:]
+        served = re.search(r"^stopped: (\d+) requests, (\d+) poems in (\d+) batches", output, re.M)
+        assert served and int(served.group(1)) > 0 and "Traceback" not in output, output[-3000:]
         assert _tree(tiny_run) == before, "the server wrote into its RUN_DIR"

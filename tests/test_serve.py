@@ -268,7 +268,7 @@ def test_batcher_groups_by_options_caps_batches_and_queue():
     batcher.start()
     import time
     deadline = time.monotonic() + 10
-    while batcher.batches == [] and time.monotonic() < deadline:
+    while not batcher.batches and time.monotonic() < deadline:
         time.sleep(0.01)
     futures = [batcher.submit(FakePlan(["a1", "a2"], key="A")), batcher.submit(FakePlan(["b1"], key="B")),
                batcher.submit(FakePlan(["a3", "a4", "a5"], key="A"))]
@@ -280,3 +280,53 @@ def test_batcher_groups_by_options_caps_batches_and_queue():
     batcher.stop()
     # the first batch of A could not take a3-a5 (2 + 3 > max_batch 4); B never shares with A
     assert gen.calls == [["x"], ["a1", "a2"], ["b1"], ["a3", "a4", "a5"]]
+
+
+def test_a_batch_starts_a_window_after_the_latest_arrival_at_most_max_windows_after_the_first():
+    from poetry_gpt.serve.batcher import MAX_WINDOWS, start_time
+
+    assert start_time(10.0, 10.0, 0.005) == pytest.approx(10.005)  # a lone request waits one window
+    assert start_time(10.0, 10.03, 0.005) == pytest.approx(10.035)  # each arrival extends the wait
+    assert start_time(10.0, 10.5, 0.005) == pytest.approx(10.0 + MAX_WINDOWS * 0.005)  # up to the cap
+    assert start_time(10.0, 10.0, 0.0) == 10.0  # --window-ms 0: at once
+
+
+def _submit_spread(batcher, count: int, gap: float) -> list:
+    import time
+
+    futures = []
+    for i in range(count):
+        futures.append(batcher.submit(FakePlan([f"r{i}"])))
+        time.sleep(gap)
+    return futures
+
+
+def test_batcher_gathers_a_burst_spread_over_more_than_one_window():
+    """Five requests 50 ms apart (200 ms in all) with a 200 ms quiet gap: one batch, not five."""
+    from poetry_gpt.serve.batcher import Batcher
+
+    gen = FakeGenerator()
+    gen.release.set()
+    batcher = Batcher(gen, max_batch=8, window=0.2, max_queue=16)
+    batcher.start()
+    futures = _submit_spread(batcher, 5, 0.05)
+    assert [f.result(10) for f in futures] == [[f"r{i}"] for i in range(5)]
+    batcher.stop()
+    assert gen.calls == [[f"r{i}" for i in range(5)]]
+    assert batcher.summary() == "5 requests, 5 poems in 1 batches (batches × poems: 1×5)"
+
+
+def test_batcher_starts_at_the_cap_while_requests_keep_coming():
+    """Requests every 10 ms for 3 s never leave a 100 ms quiet gap: the first batch starts at the cap
+    (20 windows, 2 s), with part of them."""
+    from poetry_gpt.serve.batcher import Batcher
+
+    gen = FakeGenerator()
+    gen.release.set()
+    batcher = Batcher(gen, max_batch=1024, window=0.1, max_queue=1024)
+    batcher.start()
+    futures = _submit_spread(batcher, 300, 0.01)
+    assert [f.result(10) for f in futures] == [[f"r{i}"] for i in range(300)]
+    batcher.stop()
+    assert 1 < len(gen.calls[0]) < 300, [len(c) for c in gen.calls]
+    assert sum(len(c) for c in gen.calls) == 300

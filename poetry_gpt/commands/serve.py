@@ -40,7 +40,8 @@ def _require_serve_extra():
 @click.option("--max-batch", type=click.IntRange(1, 256), default=32, show_default=True,
               help="Poems decoded together at most (concurrent requests share batches).")
 @click.option("--window-ms", type=click.FloatRange(0, 1000), default=5.0, show_default=True,
-              help="Milliseconds to wait for batch mates after a request arrives.")
+              help="A batch that is not full starts after this many milliseconds without a new request "
+                   "(at the latest 20 windows after its first request).")
 @click.option("--max-n", type=click.IntRange(1, 256), default=16, show_default=True, help="Largest n of a request.")
 @click.option("--max-queue", type=click.IntRange(1, 100000), default=64, show_default=True,
               help="Requests waiting at most; more are answered 503.")
@@ -82,4 +83,4 @@ def serve_cmd(run_dir, checkpoint, host, port, max_batch, window_ms, max_n, max_
         Server(config).run()
     except KeyboardInterrupt:  # uvicorn shuts down, then re-raises the Ctrl-C it caught
         pass
-    click.echo("stopped.", err=True)
+    click.echo(f"stopped: {app.state.service.batcher.summary()}.", err=True)

@@ -226,7 +226,7 @@ class PoemService:
         generator: a loaded ``PoemGenerator``.
         run_dir: where it was loaded from (for ``/api/info``).
         limits: the caps.
-        window: the batcher's gathering window in seconds.
+        window: the batcher's quiet gap in seconds (``Batcher``).
     """
 
     def __init__(self, generator, run_dir, limits: Limits, window: float):
@@ -371,7 +371,7 @@ def create_app(generator, run_dir, limits: Limits | None = None, window: float =
         generator: a loaded (and preferably warmed-up) ``PoemGenerator``.
         run_dir: the RUN_DIR or export folder it came from.
         limits: the caps (defaults: ``Limits()``).
-        window: seconds the batcher waits for batch mates.
+        window: the batcher's quiet gap in seconds (``Batcher``).
     """
     from contextlib import asynccontextmanager
 

@@ -1,8 +1,13 @@
 """Dynamic batching: requests that arrive together are decoded together in one compiled program.
 
-One worker thread owns the model. It takes the first waiting request, waits ``window`` seconds
-(a few ms) for more, and decodes every waiting request whose ``Plan.key`` matches in one batch
-(at most ``max_batch`` poems). Requests with other sampling options or another form wait for the
+One worker thread owns the model. It takes the first waiting request and gathers batch mates: the
+batch starts when it is full (``max_batch`` poems), or when ``window`` seconds (a few ms) pass without
+a new request of its kind, or at the latest ``MAX_WINDOWS`` windows after the first request arrived
+(``start_time``). A burst of clients whose answers went out together comes back spread over tens of
+milliseconds, more than one window: waiting for the quiet gap instead of a fixed window puts the burst
+into one full batch instead of a small batch followed by a large one that waits for it. A lone request
+waits one window; requests that queued during the last batch start at once. Every waiting request whose
+``Plan.key`` matches is decoded in one batch (at most ``max_batch`` poems). Requests with other sampling options or another form wait for the
 next round: the sampler takes top-k/top-p/min-p/temperature/penalty and the form tables once per
 batch, not per row, so only requests that share them can share a batch. Rows keep their own
 seed, prompt and token budget, so a request's poems are the same alone or batched
@@ -24,7 +29,21 @@ from typing import Callable
 
 from ..errors import PoetryGPTError
 
-DEFAULT_WINDOW = 0.005  # seconds the worker waits for batch mates after the first request
+DEFAULT_WINDOW = 0.005  # seconds without a new request after which a batch starts
+#: a batch starts at the latest this many windows after its first request arrived
+MAX_WINDOWS = 20
+
+
+def start_time(first: float, latest: float, window: float) -> float:
+    """When a batch that is not full starts: a window after the latest arrival, at most ``MAX_WINDOWS``
+    windows after the first.
+
+    Args:
+        first: the first waiting request's arrival (``time.perf_counter()``).
+        latest: the latest arrival among its batch mates.
+        window: the quiet gap, in seconds.
+    """
+    return min(latest + window, first + MAX_WINDOWS * window)
 
 
 class QueueFull(PoetryGPTError):
@@ -58,7 +77,7 @@ class Batcher:
     Args:
         generator: a ``PoemGenerator``.
         max_batch: the most poems decoded together (a power of two keeps programs few).
-        window: seconds to wait for batch mates after the first request.
+        window: seconds without a new request after which a batch that is not full starts.
         max_queue: the most requests waiting; ``submit`` raises ``QueueFull`` beyond it.
     """
 
@@ -69,7 +88,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.batches: list[int] = []  # poems per decoded batch (diagnostics and tests)
+        self.batches: collections.Counter[int] = collections.Counter()  # poems per batch -> batches decoded
+        self.requests = 0  # requests decoded (or failed in decoding)
 
     def start(self) -> None:
         """Start the worker thread."""
@@ -86,6 +106,13 @@ class Batcher:
         for job in self._waiting:
             job.future.set_exception(QueueFull("the server is stopping"))
         self._waiting.clear()
+
+    def summary(self) -> str:
+        """What the worker decoded so far, as one line: requests, poems, batches and their sizes."""
+        poems, count = sum(k * n for k, n in self.batches.items()), sum(self.batches.values())
+        sizes = ", ".join(f"{n}×{k}" for k, n in sorted(self.batches.items(), key=lambda kv: -kv[1])[:8])
+        return (f"{self.requests} requests, {poems} poems in {count} batches"
+                + (f" (batches × poems: {sizes})" if sizes else ""))
 
     def submit(self, plan, on_tokens: Callable[[int, list], None] | None = None) -> Future:
         """Queue a plan; returns a future of its samples.
@@ -117,22 +144,17 @@ class Batcher:
             self._run(jobs)
 
     def _next_batch(self) -> list[Job] | None:
-        """Wait for a request, then up to ``window`` for batch mates; take those that fit one batch."""
+        """Wait for a request, then for batch mates (``start_time``); take those that fit one batch."""
         with self._cond:
             while not self._waiting and not self._stopping:
                 self._cond.wait()
-            if self._stopping:
-                return None
-            deadline = time.perf_counter() + self.window
-            while self._rows_like(self._waiting[0]) < self.max_batch and not self._stopping:
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    break
+            while not self._stopping:
+                like = [j for j in self._waiting if j.plan.key == self._waiting[0].plan.key]
+                left = start_time(like[0].submitted, like[-1].submitted, self.window) - time.perf_counter()
+                if sum(len(j.plan.rows) for j in like) >= self.max_batch or left <= 0:
+                    return self._take(like[0].plan.key)
                 self._cond.wait(left)
-            return self._take(self._waiting[0].plan.key)
-
-    def _rows_like(self, first: Job) -> int:
-        return sum(len(j.plan.rows) for j in self._waiting if j.plan.key == first.plan.key)
+            return None
 
     def _take(self, key) -> list[Job]:
         """Remove and return the waiting jobs of ``key`` that fit ``max_batch`` (the first always)."""
@@ -161,7 +183,8 @@ class Batcher:
         started = time.perf_counter()
         for job in jobs:
             job.started, job.batch_poems = started, len(rows)
-        self.batches.append(len(rows))
+        self.batches[len(rows)] += 1
+        self.requests += len(jobs)
         plan = jobs[0].plan
         try:
             samples = self.generator.decode(rows, plan.config, plan.tables, batch_size=self.max_batch,

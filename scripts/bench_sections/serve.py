@@ -46,6 +46,11 @@ class _ServerProcess:
         kb = next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmHWM:")), None)
         return None if kb is None else round(kb * 1024 / 1e6, 1)
 
+    def served(self) -> str | None:
+        """The server's closing summary (``stopped: …``: requests, poems, batch sizes), after ``stop``."""
+        lines = [ln for ln in self.log_path.read_text(encoding="utf-8").splitlines() if ln.startswith("stopped: ")]
+        return lines[-1][len("stopped: "):].rstrip(".") if lines else None
+
     def stop(self) -> int | None:
         import signal
 
@@ -139,7 +144,7 @@ def section(bench) -> dict:
         finally:
             code = server.stop()
         modes[mode] = {"max_batch": max_batch, "start_seconds": server.start_seconds, "levels": levels,
-                       "server_peak_rss_mb": peak, "exit_code": code}
+                       "server_peak_rss_mb": peak, "exit_code": code, "served": server.served()}
         log(f"serve {mode} done")
     batched, single = modes["batched"]["levels"], modes["one_at_a_time"]["levels"]
     single_latency = batched[0]["p50_ms"]
