@@ -16,7 +16,7 @@ from .errors import require
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
 TUNE_METHODS = ("full", "bitfit", "adapter", "prefix", "lora")  # train --tune (model/peft.py computes them)
 LORA_TARGETS = ("c_attn", "c_proj", "c_fc", "mlp_c_proj", "wte")  # the matrices --lora-targets may name
 #: a new ``--tune M`` run's peak learning rate is the preset's ``train.learning_rate`` times ``TUNE_LR_SCALES[M]``
@@ -91,7 +91,8 @@ class TrainConfig:
         learning_rate: peak AdamW learning rate.
         min_lr_ratio: the decayed learning rate ends at ``learning_rate * min_lr_ratio``.
         warmup_steps: linear warm-up steps from 0 to the peak.
-        schedule: decay after warm-up: cosine, linear or constant.
+        schedule: decay after warm-up: cosine, linear, constant or wsd (the peak, then a linear cool-down
+            over the last 20% of the steps; ``train.schedule``).
         weight_decay: decoupled AdamW weight decay (not on biases, layer norms).
         beta1: AdamW beta 1.
         beta2: AdamW beta 2.

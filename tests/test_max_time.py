@@ -158,6 +158,25 @@ def test_plan_schedule_matches_the_fixed_one_and_replanning_is_continuous():
     assert replan((0.0, warmup, total), 3, 50, warmup) == (0.0, warmup, 50)
 
 
+def test_wsd_holds_the_peak_then_cools_down_linearly_over_the_last_fifth():
+    import tensorflow as tf
+
+    peak, warmup, total, ratio = 3e-3, 10, 210, 0.1  # decay span 200 steps: the cool-down is steps 170-210
+    plan = tf.Variable([0.0, warmup, total], dtype=tf.float64)
+    fixed, planned = (keras_schedule(peak, warmup, total, "wsd", ratio, p) for p in (None, plan))
+    expected = {0: peak / warmup, 10: peak, 100: peak, 170: peak, 190: peak * (ratio + (1 - ratio) * 0.5),
+                200: peak * (ratio + (1 - ratio) * 0.25), 210: peak * ratio, 400: peak * ratio}
+    for step, rate in expected.items():
+        assert lr_at(step, peak, warmup, total, "wsd", ratio) == pytest.approx(rate, rel=1e-9), step
+        assert float(fixed(step)) == pytest.approx(rate, rel=1e-6), step
+        assert float(planned(step)) == pytest.approx(rate, rel=1e-6), step
+    # re-planned at step 110 (progress 0.5) to end at 410: still the peak, the cool-down now steps 290-410
+    plan.assign(replan((0.0, warmup, total), 110, 410, warmup))
+    assert float(planned(280)) == pytest.approx(peak, rel=1e-6)
+    assert float(planned(350)) == pytest.approx(peak * (ratio + (1 - ratio) * 0.5), rel=1e-6)
+    assert float(planned(410)) == pytest.approx(peak * ratio, rel=1e-6)
+
+
 def test_budget_plans_from_the_training_rate_and_the_epoch_end_cost():
     budget = TimeBudget(100.0, started=0.0, start_step=0, steps_per_epoch=50, val_batches=2)
     budget.begin(0.0)

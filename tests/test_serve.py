@@ -285,10 +285,17 @@ def test_batcher_groups_by_options_caps_batches_and_queue():
 def test_a_batch_starts_a_window_after_the_latest_arrival_at_most_max_windows_after_the_first():
     from poetry_gpt.serve.batcher import MAX_WINDOWS, start_time
 
-    assert start_time(10.0, 10.0, 0.005) == pytest.approx(10.005)  # a lone request waits one window
-    assert start_time(10.0, 10.03, 0.005) == pytest.approx(10.035)  # each arrival extends the wait
-    assert start_time(10.0, 10.5, 0.005) == pytest.approx(10.0 + MAX_WINDOWS * 0.005)  # up to the cap
-    assert start_time(10.0, 10.0, 0.0) == 10.0  # --window-ms 0: at once
+    cap = 10.0 + MAX_WINDOWS * 0.005
+    # as many poems wait as the last batch had: a quiet gap of one window after the latest arrival
+    assert start_time(10.0, 10.0, 9.0, True, 0.005) == pytest.approx(10.005)  # a lone request waits one window
+    assert start_time(10.0, 10.03, 9.0, True, 0.005) == pytest.approx(10.035)  # each arrival extends the wait
+    assert start_time(10.0, 10.5, 9.0, True, 0.005) == pytest.approx(cap)  # up to the cap
+    assert start_time(10.0, 10.0, 9.0, True, 0.0) == 10.0  # --window-ms 0: at once
+    # requests that queued while the last batch ran: the gap and the cap count from when the worker became free
+    assert start_time(9.0, 9.5, 10.0, True, 0.005) == pytest.approx(10.005)
+    # fewer than the last batch had: wait for the rest, up to the cap
+    assert start_time(10.0, 10.0, 9.0, False, 0.005) == pytest.approx(cap)
+    assert start_time(9.0, 9.5, 10.0, False, 0.005) == pytest.approx(cap)
 
 
 def _submit_spread(batcher, count: int, gap: float) -> list:
@@ -330,3 +337,24 @@ def test_batcher_starts_at_the_cap_while_requests_keep_coming():
     batcher.stop()
     assert 1 < len(gen.calls[0]) < 300, [len(c) for c in gen.calls]
     assert sum(len(c) for c in gen.calls) == 300
+
+
+def test_batcher_waits_for_as_many_poems_as_its_last_batch_had():
+    """Closed-loop clients: after a batch of four, two requests and then two more 0.3 s later (longer than
+    the 50 ms window, within the 1 s cap) make one batch of four, not a batch of two and one of two."""
+    import time
+
+    from poetry_gpt.serve.batcher import Batcher
+
+    gen = FakeGenerator()
+    gen.release.set()
+    batcher = Batcher(gen, max_batch=8, window=0.05, max_queue=16)
+    first = [batcher.submit(FakePlan([f"a{i}"])) for i in range(4)]
+    batcher.start()
+    assert [f.result(10) for f in first] == [[f"a{i}"] for i in range(4)]
+    second = [batcher.submit(FakePlan([f"b{i}"])) for i in range(2)]
+    time.sleep(0.3)
+    second += [batcher.submit(FakePlan([f"b{i}"])) for i in range(2, 4)]
+    assert [f.result(10) for f in second] == [[f"b{i}"] for i in range(4)]
+    batcher.stop()
+    assert gen.calls == [[f"a{i}" for i in range(4)], [f"b{i}" for i in range(4)]]

@@ -40,8 +40,8 @@ def _require_serve_extra():
 @click.option("--max-batch", type=click.IntRange(1, 256), default=32, show_default=True,
               help="Poems decoded together at most (concurrent requests share batches).")
 @click.option("--window-ms", type=click.FloatRange(0, 1000), default=5.0, show_default=True,
-              help="A batch that is not full starts after this many milliseconds without a new request "
-                   "(at the latest 20 windows after its first request).")
+              help="Once as many poems wait as the last batch had, a batch starts after this many milliseconds "
+                   "without a new request (at the latest 20 windows after the worker became free).")
 @click.option("--max-n", type=click.IntRange(1, 256), default=16, show_default=True, help="Largest n of a request.")
 @click.option("--max-queue", type=click.IntRange(1, 100000), default=64, show_default=True,
               help="Requests waiting at most; more are answered 503.")

@@ -68,7 +68,9 @@ def _train_options(f):
         click.option("--batch-size", type=int, help="Sequences per step."),
         click.option("--learning-rate", type=float, help="Peak AdamW learning rate."),
         click.option("--warmup-steps", type=int, help="Linear warm-up steps."),
-        click.option("--schedule", type=click.Choice(SCHEDULES), help="Decay after warm-up."),
+        click.option("--schedule", type=click.Choice(SCHEDULES),
+                     help="Decay after warm-up (wsd: the peak, then a linear cool-down over the last 20%% of the "
+                          "steps or of the --max-time budget)."),
         click.option("--min-lr-ratio", type=float, help="Final learning rate as a share of the peak."),
         click.option("--weight-decay", type=float, help="AdamW decoupled weight decay."),
         click.option("--grad-clip", type=float, help="Global-norm gradient clipping (0 = off)."),

@@ -1,13 +1,14 @@
 """Dynamic batching: requests that arrive together are decoded together in one compiled program.
 
-One worker thread owns the model. It takes the first waiting request and gathers batch mates: the
-batch starts when it is full (``max_batch`` poems), or when ``window`` seconds (a few ms) pass without
-a new request of its kind, or at the latest ``MAX_WINDOWS`` windows after the first request arrived
-(``start_time``). A burst of clients whose answers went out together comes back spread over tens of
-milliseconds, more than one window: waiting for the quiet gap instead of a fixed window puts the burst
-into one full batch instead of a small batch followed by a large one that waits for it. A lone request
-waits one window; requests that queued during the last batch start at once. Every waiting request whose
-``Plan.key`` matches is decoded in one batch (at most ``max_batch`` poems). Requests with other sampling options or another form wait for the
+One worker thread owns the model. It takes the first waiting request and gathers batch mates
+(``start_time``). It expects as many poems as its last batch had: clients whose answers went out
+together come back together, spread over tens of milliseconds. Until that many wait (or the batch is
+full, ``max_batch``), it waits up to ``MAX_WINDOWS`` windows from when it became free or the first
+request arrived, whichever is later; once that many wait, it starts after a quiet gap of ``window``
+seconds (a few ms) without a new request. So closed-loop clients fill every batch instead of splitting
+into a small batch of those that queued and a large one of those that came back, and a lone client
+waits one window. Every waiting request whose ``Plan.key`` matches is decoded in one batch (at most
+``max_batch`` poems). Requests with other sampling options or another form wait for the
 next round: the sampler takes top-k/top-p/min-p/temperature/penalty and the form tables once per
 batch, not per row, so only requests that share them can share a batch. Rows keep their own
 seed, prompt and token budget, so a request's poems are the same alone or batched
@@ -30,20 +31,22 @@ from typing import Callable
 from ..errors import PoetryGPTError
 
 DEFAULT_WINDOW = 0.005  # seconds without a new request after which a batch starts
-#: a batch starts at the latest this many windows after its first request arrived
+#: a batch starts at the latest this many windows after its first request arrived or the worker became free
 MAX_WINDOWS = 20
 
 
-def start_time(first: float, latest: float, window: float) -> float:
-    """When a batch that is not full starts: a window after the latest arrival, at most ``MAX_WINDOWS``
-    windows after the first.
+def start_time(first: float, latest: float, free_since: float, expected_waiting: bool, window: float) -> float:
+    """When a batch that is not full starts.
 
     Args:
         first: the first waiting request's arrival (``time.perf_counter()``).
         latest: the latest arrival among its batch mates.
+        free_since: when the worker finished its last batch.
+        expected_waiting: as many poems wait as the last batch had.
         window: the quiet gap, in seconds.
     """
-    return min(latest + window, first + MAX_WINDOWS * window)
+    cap = max(first, free_since) + MAX_WINDOWS * window
+    return min(max(latest, free_since) + window, cap) if expected_waiting else cap
 
 
 class QueueFull(PoetryGPTError):
@@ -90,6 +93,7 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self.batches: collections.Counter[int] = collections.Counter()  # poems per batch -> batches decoded
         self.requests = 0  # requests decoded (or failed in decoding)
+        self._free_since, self._expected = 0.0, 1  # when the last batch ended, and its poems
 
     def start(self) -> None:
         """Start the worker thread."""
@@ -150,8 +154,10 @@ class Batcher:
                 self._cond.wait()
             while not self._stopping:
                 like = [j for j in self._waiting if j.plan.key == self._waiting[0].plan.key]
-                left = start_time(like[0].submitted, like[-1].submitted, self.window) - time.perf_counter()
-                if sum(len(j.plan.rows) for j in like) >= self.max_batch or left <= 0:
+                rows = sum(len(j.plan.rows) for j in like)
+                left = start_time(like[0].submitted, like[-1].submitted, self._free_since,
+                                  rows >= min(self._expected, self.max_batch), self.window) - time.perf_counter()
+                if rows >= self.max_batch or left <= 0:
                     return self._take(like[0].plan.key)
                 self._cond.wait(left)
             return None
@@ -193,6 +199,8 @@ class Batcher:
             for job in jobs:
                 job.future.set_exception(exc)
             return
+        finally:
+            self._free_since, self._expected = time.perf_counter(), len(rows)
         at = 0
         for job in jobs:
             n = len(job.plan.rows)

@@ -1,4 +1,9 @@
-"""Learning-rate schedule on the global step: linear warm-up, then cosine / linear / constant.
+"""Learning-rate schedule on the global step: linear warm-up, then cosine / linear / constant / wsd.
+
+``wsd`` (warm-up, stable, decay) holds the peak rate and decays linearly to the final rate over the
+last ``WSD_COOLDOWN`` of the decay span only: a model trained briefly still gains from the peak rate
+for most of its steps, and the short cool-down at the end gives the low-rate gain. With ``--max-time``
+the plan's re-estimates then only move when the cool-down starts, not the rate of the stable part.
 
 Defined on ``optimizer.iterations``, which the checkpoint restores, so a resumed run
 continues the schedule where it stopped instead of warming up again.
@@ -12,6 +17,25 @@ stays continuous; the plan is a ``tf.Variable`` that the checkpoint holds.
 from __future__ import annotations
 
 import math
+
+#: the share of the decay span (after warm-up) over which ``wsd`` cools down to the final rate
+WSD_COOLDOWN = 0.2
+
+
+def decay_shape(progress, schedule: str, cos=math.cos, minimum=min):
+    """The decay's factor (1 at its start, 0 at its end) at ``progress``, for Python floats or tensors.
+
+    Args:
+        progress: the decay's progress in [0, 1] (``progress_at``).
+        schedule: "cosine", "linear" or "wsd".
+        cos: the cosine to use (``math.cos`` or ``tf.cos``).
+        minimum: the element-wise minimum to use (``min`` or ``tf.minimum``).
+    """
+    if schedule == "cosine":
+        return 0.5 * (1.0 + cos(math.pi * progress))
+    if schedule == "wsd":
+        return minimum(1.0, (1.0 - progress) / WSD_COOLDOWN)
+    return 1.0 - progress
 
 
 def progress_at(step: int, plan: tuple[float, float, float]) -> float:
@@ -47,7 +71,7 @@ def lr_at(step: int, peak: float, warmup: int, total: int, schedule: str, min_ra
         peak: the peak rate reached after warm-up.
         warmup: warm-up steps.
         total: total steps of the run (decay ends there, then stays at the minimum).
-        schedule: "cosine", "linear" or "constant".
+        schedule: "cosine", "linear", "constant" or "wsd".
         min_ratio: the final rate as a share of the peak.
         plan: ``(p0, s0, end)`` of a re-planned decay (``total`` is then unused); None: ``(0, warmup, total)``.
     """
@@ -55,11 +79,7 @@ def lr_at(step: int, peak: float, warmup: int, total: int, schedule: str, min_ra
         return peak * (step + 1) / warmup
     if schedule == "constant" or (plan is None and total <= warmup):
         return peak
-    progress = progress_at(step, plan or (0.0, warmup, total))
-    if schedule == "cosine":
-        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
-    else:
-        shape = 1.0 - progress
+    shape = decay_shape(progress_at(step, plan or (0.0, warmup, total)), schedule)
     return peak * (min_ratio + (1.0 - min_ratio) * shape)
 
 
@@ -70,7 +90,7 @@ def keras_schedule(peak: float, warmup: int, total: int, schedule: str, min_rati
         peak: the peak rate.
         warmup: warm-up steps.
         total: total steps of the run.
-        schedule: "cosine", "linear" or "constant".
+        schedule: "cosine", "linear", "constant" or "wsd".
         min_ratio: the final rate as a share of the peak.
         plan: a float64 ``tf.Variable`` ``[p0, s0, end]`` read at every step (``train --max-time``), or
             None for the fixed schedule over ``total`` (computed exactly as without the option).
@@ -95,11 +115,7 @@ def keras_schedule(peak: float, warmup: int, total: int, schedule: str, min_rati
             if self.schedule == "constant" or (self.plan is None and self.total <= self.warmup):
                 decayed = tf.constant(self.peak, tf.float32)
             else:
-                progress = self._progress(step)
-                if self.schedule == "cosine":
-                    shape = 0.5 * (1.0 + tf.cos(math.pi * progress))
-                else:
-                    shape = 1.0 - progress
+                shape = decay_shape(self._progress(step), self.schedule, tf.cos, tf.minimum)
                 decayed = self.peak * (self.min_ratio + (1.0 - self.min_ratio) * shape)
             return tf.where(step < self.warmup, warm, decayed) if self.warmup > 0 else decayed
 
