@@ -298,27 +298,29 @@ def test_a_batch_starts_a_window_after_the_latest_arrival_at_most_max_windows_af
     assert start_time(9.0, 9.5, 10.0, False, 0.005) == pytest.approx(cap)
 
 
-def _submit_spread(batcher, count: int, gap: float) -> list:
+def _spread_requests(count: int, gap: float, max_batch: int, window: float):
+    """``count`` one-poem requests ``gap`` seconds apart through a ``Batcher`` of a ``FakeGenerator``;
+    checks each got its own poem and returns ``(generator, batcher)`` after stopping it."""
     import time
 
-    futures = []
-    for i in range(count):
-        futures.append(batcher.submit(FakePlan([f"r{i}"])))
-        time.sleep(gap)
-    return futures
-
-
-def test_batcher_gathers_a_burst_spread_over_more_than_one_window():
-    """Five requests 50 ms apart (200 ms in all) with a 200 ms quiet gap: one batch, not five."""
     from poetry_gpt.serve.batcher import Batcher
 
     gen = FakeGenerator()
     gen.release.set()
-    batcher = Batcher(gen, max_batch=8, window=0.2, max_queue=16)
+    batcher = Batcher(gen, max_batch=max_batch, window=window, max_queue=count)
     batcher.start()
-    futures = _submit_spread(batcher, 5, 0.05)
-    assert [f.result(10) for f in futures] == [[f"r{i}"] for i in range(5)]
+    futures = []
+    for i in range(count):
+        futures.append(batcher.submit(FakePlan([f"r{i}"])))
+        time.sleep(gap)
+    assert [f.result(10) for f in futures] == [[f"r{i}"] for i in range(count)]
     batcher.stop()
+    return gen, batcher
+
+
+def test_batcher_gathers_a_burst_spread_over_more_than_one_window():
+    """Five requests 50 ms apart (200 ms in all) with a 200 ms quiet gap: one batch, not five."""
+    gen, batcher = _spread_requests(5, 0.05, max_batch=8, window=0.2)
     assert gen.calls == [[f"r{i}" for i in range(5)]]
     assert batcher.summary() == "5 requests, 5 poems in 1 batches (batches × poems: 1×5)"
 
@@ -326,15 +328,7 @@ def test_batcher_gathers_a_burst_spread_over_more_than_one_window():
 def test_batcher_starts_at_the_cap_while_requests_keep_coming():
     """Requests every 10 ms for 3 s never leave a 100 ms quiet gap: the first batch starts at the cap
     (20 windows, 2 s), with part of them."""
-    from poetry_gpt.serve.batcher import Batcher
-
-    gen = FakeGenerator()
-    gen.release.set()
-    batcher = Batcher(gen, max_batch=1024, window=0.1, max_queue=1024)
-    batcher.start()
-    futures = _submit_spread(batcher, 300, 0.01)
-    assert [f.result(10) for f in futures] == [[f"r{i}"] for i in range(300)]
-    batcher.stop()
+    gen, _ = _spread_requests(300, 0.01, max_batch=1024, window=0.1)
     assert 1 < len(gen.calls[0]) < 300, [len(c) for c in gen.calls]
     assert sum(len(c) for c in gen.calls) == 300
 
