@@ -17,6 +17,8 @@ from .errors import require
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
+#: the schedule of a new ``--max-time`` run without ``--schedule`` (``run_dir.resolve_config``)
+TIMED_SCHEDULE = "wsd"
 TUNE_METHODS = ("full", "bitfit", "adapter", "prefix", "lora")  # train --tune (model/peft.py computes them)
 LORA_TARGETS = ("c_attn", "c_proj", "c_fc", "mlp_c_proj", "wte")  # the matrices --lora-targets may name
 #: a new ``--tune M`` run's peak learning rate is the preset's ``train.learning_rate`` times ``TUNE_LR_SCALES[M]``

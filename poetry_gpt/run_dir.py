@@ -467,14 +467,15 @@ def check_base(run: RunDir, recorded: dict, path: str | os.PathLike) -> dict:
 
 
 def resolve_config(path: str | os.PathLike, preset: str | None, model_overrides: dict, train_overrides: dict,
-                   overwrite: bool = False, tune_overrides: dict | None = None) -> RunConfig:
+                   overwrite: bool = False, tune_overrides: dict | None = None, timed: bool = False) -> RunConfig:
     """The configuration a ``train`` call runs with.
 
     A new run starts from ``preset`` (default ``small``); a resumed run starts from the
     configuration stored in its ``run.json`` (so no flag has to be repeated), and a
     ``preset`` given then must have the same model shape. Overrides apply last. A new ``--tune`` run without
     ``--learning-rate`` trains at the preset's rate times ``tune.learning_rate_scale`` (``config.TUNE_LR_SCALES``);
-    the run records the rate it got, so a resume keeps it.
+    the run records the rate it got, so a resume keeps it. A new ``--max-time`` run without ``--schedule`` decays
+    with ``config.TIMED_SCHEDULE`` (``wsd``): measured, it beat both a cosine over the budget and no decay at all.
 
     Args:
         path: the RUN_DIR.
@@ -483,8 +484,9 @@ def resolve_config(path: str | os.PathLike, preset: str | None, model_overrides:
         train_overrides: training fields set on the command line.
         overwrite: the run starts over (the stored configuration is ignored).
         tune_overrides: fine-tuning fields (``--tune`` and its sizes) set on the command line.
+        timed: the run trains to a time budget (``--max-time``).
     """
-    from .config import config_from_preset
+    from .config import TIMED_SCHEDULE, config_from_preset
 
     run = RunDir(Path(path))
     if run.exists() and not overwrite:
@@ -498,6 +500,8 @@ def resolve_config(path: str | os.PathLike, preset: str | None, model_overrides:
         return base.replace(model=model_overrides, train=train_overrides, tune=tune_overrides)
     config = config_from_preset(preset or "small").replace(model=model_overrides, train=train_overrides,
                                                            tune=tune_overrides)
+    if timed and "schedule" not in train_overrides:
+        config = config.replace(train={"schedule": TIMED_SCHEDULE})
     if "learning_rate" in train_overrides:
         return config
     return config.replace(train={"learning_rate": config.train.learning_rate * config.tune.learning_rate_scale})

@@ -177,6 +177,14 @@ def test_wsd_holds_the_peak_then_cools_down_linearly_over_the_last_fifth():
     assert float(planned(410)) == pytest.approx(peak * ratio, rel=1e-6)
 
 
+def test_a_new_timed_run_decays_with_wsd_unless_schedule_is_given(tmp_path):
+    from poetry_gpt.run_dir import resolve_config
+
+    assert resolve_config(tmp_path / "a", "tiny", {}, {}, timed=True).train.schedule == "wsd"
+    assert resolve_config(tmp_path / "a", "tiny", {}, {"schedule": "cosine"}, timed=True).train.schedule == "cosine"
+    assert resolve_config(tmp_path / "a", "tiny", {}, {}).train.schedule == "cosine"
+
+
 def test_budget_plans_from_the_training_rate_and_the_epoch_end_cost():
     budget = TimeBudget(100.0, started=0.0, start_step=0, steps_per_epoch=50, val_batches=2)
     budget.begin(0.0)
@@ -313,3 +321,4 @@ def test_cli_max_time_for_real(tmp_path, data_dir):
     # the generous bound allows for other processes on the machine; the virtual-clock tests are the exact ones
     assert budget["elapsed_seconds"] <= 30 + 10, budget
     assert export_step(run) == state["global_step"]
+    assert RunDir(run).read_run()["config"]["train"]["schedule"] == "wsd"  # a timed run's default

@@ -63,7 +63,8 @@ def _train_options(f):
                      help="Preset from configs.py: tiny, small, base, medium [default: small; on resume: the run's]."),
         click.option("--epochs", type=int, help="Total epochs (a resumed run trains until this many are done)."),
         click.option("--max-time", help="Train for this long instead (90s, 30m, 2h, 1h30m): the decay is planned to "
-                                        "end at the deadline; --epochs is then no limit. Not remembered on resume."),
+                                        "end at the deadline (a new run: --schedule wsd unless given); --epochs is "
+                                        "then no limit. Not remembered on resume."),
         click.option("--steps-per-epoch", type=int, help="Steps per epoch (0 = one pass over the training split)."),
         click.option("--batch-size", type=int, help="Sequences per step."),
         click.option("--learning-rate", type=float, help="Peak AdamW learning rate."),
@@ -89,14 +90,15 @@ def _train_options(f):
     return f
 
 
-def _resolve(run_dir, preset, overwrite, values):
+def _resolve(run_dir, preset, overwrite, values, max_time=None):
     from ..run_dir import resolve_config
 
     sections = {"model": {}, "train": {}, "tune": {}}
     for name, (section, field) in _OVERRIDES.items():
         if values.get(name) is not None:
             sections[section][field] = values[name]
-    config = resolve_config(run_dir, preset, sections["model"], sections["train"], overwrite, sections["tune"])
+    config = resolve_config(run_dir, preset, sections["model"], sections["train"], overwrite, sections["tune"],
+                            timed=max_time is not None)
     _check_tune_sizes(values, config.tune.method)
     return config
 
@@ -139,7 +141,7 @@ def train_cmd(data_dir, run_dir, init_from, preset, overwrite, quiet, **values):
     from ..train.loop import train
 
     started, max_time = clock(), _max_time(values)
-    config = _resolve(run_dir, preset, overwrite, values)
+    config = _resolve(run_dir, preset, overwrite, values, max_time)
     result = train(data_dir, run_dir, config, overwrite=overwrite, init_from=init_from, echo=click.echo,
                    sample_poems=sample_poems,
                    verbose=2 if quiet else 1, max_time=max_time, started=started)
@@ -166,7 +168,7 @@ def pipeline_cmd(raw, run_dir, n_samples, preset, overwrite, quiet, **values):
     from ..train.loop import train
 
     started, max_time = clock(), _max_time(values)  # the budget counts prepare too
-    config = _resolve(run_dir, preset, overwrite, values)
+    config = _resolve(run_dir, preset, overwrite, values, max_time)
     data_dir = Path(run_dir) / "data"
     has_data = (data_dir / MANIFEST).is_file()  # a RUN_DIR/data without a manifest is not ours: foreign
     inputs = [("RAW", p) for p in raw]
