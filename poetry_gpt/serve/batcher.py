@@ -114,7 +114,7 @@ class Batcher:
     def summary(self) -> str:
         """What the worker decoded so far, as one line: requests, poems, batches and their sizes."""
         poems, count = sum(k * n for k, n in self.batches.items()), sum(self.batches.values())
-        sizes = ", ".join(f"{n}×{k}" for k, n in sorted(self.batches.items(), key=lambda kv: -kv[1])[:8])
+        sizes = ", ".join(f"{n}×{k}" for k, n in self.batches.most_common(8))
         return (f"{self.requests} requests, {poems} poems in {count} batches"
                 + (f" (batches × poems: {sizes})" if sizes else ""))
 
