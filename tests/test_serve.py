@@ -246,14 +246,17 @@ class FakeGenerator:
 
 
 def test_warm_up_compiles_only_the_batch_sizes_the_server_uses(tiny_run):
-    """Each compiled batch size keeps tens of MB: the server compiles powers of 8 (1, 8, 16 here), and a
-    request of any size afterwards reuses one of them."""
+    """Each compiled batch size keeps tens of MB: the server compiles powers of 8 (16, 8, 1 here, largest
+    first), and a request of any size afterwards reuses one of them."""
     from poetry_gpt.generate.generator import PoemGenerator
     from poetry_gpt.serve.app import warm_up
 
     gen = PoemGenerator(tiny_run)
-    warm_up(gen, 16)
+    lines = []
+    warm_up(gen, 16, echo=lines.append)
     assert gen.sampler.traces["decode"] == 3
+    # the largest first: its compile's scratch memory then sits on top of no other program (lower peak RSS)
+    assert [int(line.split()[2]) for line in lines] == [16, 8, 1]
     for n in (2, 5, 9, 16):
         gen.generate(None, num_samples=n, batch_size=16, seed=0, max_new_tokens=2)
     assert gen.sampler.traces["decode"] == 3

@@ -343,7 +343,9 @@ SERVE_BATCH_BASE = 8
 def warm_up(generator, max_batch: int, echo: Callable[[str], None] | None = None) -> None:
     """Set the batch sizes the batcher uses (powers of ``SERVE_BATCH_BASE`` up to ``max_batch``) and compile them.
 
-    Prompts longer than 15 characters and top-k above 64 compile their programs on first use.
+    The largest first: compiling a program holds the compiler's scratch memory on top of every program already
+    compiled, and the largest needs the most, so the server's peak memory is lowest in this order. Prompts
+    longer than 15 characters and top-k above 64 compile their programs on first use.
 
     Args:
         generator: a ``PoemGenerator``.
@@ -357,7 +359,7 @@ def warm_up(generator, max_batch: int, echo: Callable[[str], None] | None = None
     except OptionError:
         pass  # a vocabulary without rhyming characters: the request will say so
     generator.decoders["compiled"].batch_base = SERVE_BATCH_BASE
-    for rows in batch_sizes(max_batch, SERVE_BATCH_BASE):
+    for rows in reversed(batch_sizes(max_batch, SERVE_BATCH_BASE)):
         t0 = time.perf_counter()
         generator.generate(None, num_samples=rows, batch_size=rows, seed=0, max_new_tokens=2)
         if echo is not None:
