@@ -119,6 +119,45 @@ def test_greedy_equals_argmax_loop_without_cache(gen):
     assert sample.text == prompt + gen.vocab.decode(expected)
 
 
+def test_a_step_over_a_short_cache_view_equals_the_whole_cache(gen):
+    """``step(view=S)`` attends over the first S slots only: the same logits and cache as the full step."""
+    import tensorflow as tf
+
+    net = gen.sampler.net
+    rows = np.random.default_rng(2).integers(3, gen.vocab.size, size=(3, 30)).astype(np.int32)
+    w = net.weights()
+    _, cache = net.prefill(w, tf.constant(rows[:, :16]), tf.constant([16, 12, 5]))
+    tokens, positions = tf.constant(rows[:, 20]), tf.constant([16, 12, 5])
+    full, full_cache = net.step(w, tokens, positions, cache)
+    short, short_cache = net.step(w, tokens, positions, cache, view=32)
+    np.testing.assert_allclose(short.numpy(), full.numpy(), rtol=0, atol=1e-5)
+    for (K, V), (K2, V2) in zip(full_cache, short_cache):
+        np.testing.assert_array_equal(K.numpy(), K2.numpy())
+        np.testing.assert_array_equal(V.numpy(), V2.numpy())
+
+
+def test_decode_views_are_32_slots_then_the_whole_cache_from_batch_16():
+    from poetry_gpt.generate.sampler import decode_views
+
+    assert decode_views(16, 128) == (32, 128) and decode_views(32, 512) == (32, 512)
+    assert decode_views(32, 32) == (32,) and decode_views(64, 20) == (20,)
+    assert decode_views(15, 128) == (128,) and decode_views(1, 1024) == (1024,)
+
+
+def test_batched_poems_are_the_same_with_and_without_cache_views(gen, monkeypatch):
+    """Rows of a batch of 16 whose poems run past slot 32 (the first view) into the whole 64-slot cache."""
+    import poetry_gpt.generate.sampler as sampler_module
+
+    prompts = [[2] + gen.vocab.encode(t) for t in ("春晓 唐诗：【春眠", "静夜思 唐诗：【床前明月光，疑是地上霜。")] * 8
+    seeds = list(range(16))
+    options = dict(max_new_tokens=40, top_k=10, temperature=1.5)  # random weights: rarely 】 before the budget
+    viewed = gen.sampler.run(prompts, seeds, **options)
+    monkeypatch.setattr(sampler_module, "VIEW_MIN_BATCH", 10 ** 9)
+    whole = sampler_module.Sampler(gen.sampler.net, gen.close_id, banned_ids=[0, 1, 2]).run(prompts, seeds, **options)
+    assert viewed.steps == whole.steps > 32 - len(prompts[1])
+    np.testing.assert_array_equal(viewed.tokens, whole.tokens)
+
+
 # ----------------------------------------------------------------------------- the loop, exactly
 class FakeNet:
     """Logits fixed by position: position p prefers token ``script[p]``; nothing else matters.
@@ -149,6 +188,44 @@ class FakeNet:
         import tensorflow as tf
 
         return tf.gather(self.table, positions + 1), cache
+
+
+class ShortSightedNet(FakeNet):
+    """A ``FakeNet`` whose steps see only the slots of their view: at a position outside it the row prefers
+    token 3 instead of its script (a loop that stepped a writing row past its view would show it)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.views = []
+
+    def step(self, w, tokens, positions, cache, view=None):
+        import tensorflow as tf
+
+        self.views.append(view)
+        logits, cache = super().step(w, tokens, positions, cache)
+        if view is None:
+            return logits, cache
+        blind = tf.one_hot(tf.fill(tf.shape(tokens), 3), self.vocab_size) * 10.0
+        return tf.where((positions < view)[:, None], logits, blind), cache
+
+
+def test_the_loop_moves_to_the_whole_cache_when_a_writing_row_reaches_the_first_view():
+    """Rows of a batch of 16 (views 32, then all 128 slots) start at 5..31 and write to position 70: the first
+    view's loop must hand over before any writing row steps outside it, and every row follows the script."""
+    from poetry_gpt.generate.sampler import Sampler
+
+    close, n_ctx = 11, 128
+    script = {p: 4 + p % 6 for p in range(n_ctx)}  # tokens 4..9, never 3 nor the stop token
+    script[70] = close
+    net = ShortSightedNet(script, n_ctx=n_ctx)
+    sampler = Sampler(net, stop_id=close, banned_ids=[0, 1, 2], jit_compile=False)
+    lengths = [5, 10, 15, 20, 25, 28, 30, 31] * 2
+    result = sampler.run([[2] * n for n in lengths], seeds=list(range(16)), max_new_tokens=80, top_k=1)
+    assert sorted(set(net.views), key=str) == [32, None]  # the first view, then the whole cache
+    assert result.steps == 70 - 5 + 1
+    for row, n in enumerate(lengths):
+        expected = [script[p] for p in range(n, 71)]
+        assert result.tokens[row][:len(expected)].tolist() == expected, f"row {row}"
 
 
 def test_loop_stops_at_stop_token_and_exits_early():

@@ -179,7 +179,7 @@ class CachedGPT2:
         last = tf.gather(x, lengths - 1, batch_dims=1)
         return self._logits(w, last), cache
 
-    def step(self, w, tokens, positions, cache):
+    def step(self, w, tokens, positions, cache, view: int | None = None):
         """Run one token per row at its own position, updating the cache in place.
 
         Args:
@@ -187,12 +187,16 @@ class CachedGPT2:
             tokens: ``[B]`` int32 ids.
             positions: ``[B]`` int32 positions (< n_ctx); also the cache slot written.
             cache: as returned by ``prefill``.
+            view: attend over the first ``view`` cache slots only (a Python int; every position must be
+                below it); ``None`` = all ``n_ctx``. Slots past every position are masked anyway, so a
+                shorter view gives the same result for less work (``decode_views``).
 
         Returns:
             ``(logits [B, V], cache)``.
         """
+        S = view or self.n_ctx
         x = tf.gather(w["wte"], tokens) + tf.gather(w["wpe"], positions)
-        visible = (tf.range(self.n_ctx)[None, :] <= positions[:, None])[:, None, :]  # [B, 1, S]
+        visible = (tf.range(S)[None, :] <= positions[:, None])[:, None, :]  # [B, 1, S]
         B, H = tokens.shape[0], self.n_head
         slot = tf.stack([tf.repeat(tf.range(B), H), tf.tile(tf.range(H), [B]), tf.repeat(positions, H)], axis=1)
         slot = tf.reshape(slot, [B, H, 3])  # (row, head, position) of each new key / value
@@ -203,12 +207,13 @@ class CachedGPT2:
             q, k, v = [self._heads(t) for t in tf.split(qkv, 3, axis=-1)]  # [B, H, Dh]
             K = tf.tensor_scatter_nd_update(K, slot, k)
             V = tf.tensor_scatter_nd_update(V, slot, v)
-            scores = tf.cast(tf.einsum("bhd,bhsd->bhs", q, K), tf.float32) * scale
+            Kv, Vv = (K, V) if S == self.n_ctx else (K[:, :, :S], V[:, :, :S])
+            scores = tf.cast(tf.einsum("bhd,bhsd->bhs", q, Kv), tf.float32) * scale
             if "prefix" in layer:
-                a = self._prefixed(layer["prefix"], tf.where(visible, scores, NEG), q, V, _STEP_EQS)
+                a = self._prefixed(layer["prefix"], tf.where(visible, scores, NEG), q, Vv, _STEP_EQS)
             else:
                 probs = tf.cast(self._softmax(tf.where(visible, scores, NEG)), self.dtype)
-                a = tf.einsum("bhs,bhsd->bhd", probs, V)
+                a = tf.einsum("bhs,bhsd->bhd", probs, Vv)
             a = tf.reshape(a, tf.shape(x))
             x = x + self._linear(a, layer["proj"])
             x = x + self._mlp(layer, x)
