@@ -55,9 +55,10 @@ def _ids(batch=2, time=SHAPE.n_ctx, seed=1):
     return tf.constant(np.random.default_rng(seed).integers(3, VOCAB.size, (batch, time)), tf.int32)
 
 
-def _sampler_logits(net, ids, lengths):
+def _sampler_logits(net, ids, lengths, view=None):
     """Logits of the sampler's passes for positions lengths-1 … n_ctx-1 of each row: prefill right-padded
-    prompts of ``lengths``, then one step per token, as ``Sampler`` does. Returns [(positions, logits)]."""
+    prompts of ``lengths``, then one step per token, as ``Sampler`` does (over the first ``view`` cache slots
+    while every position is below it). Returns [(positions, logits)]."""
     lengths = np.asarray(lengths, np.int32)
     T = int(lengths.max())
     prompt = np.where(np.arange(T)[None] < lengths[:, None], ids.numpy()[:, :T], 0)
@@ -67,7 +68,8 @@ def _sampler_logits(net, ids, lengths):
     for s in range(net.n_ctx - T):
         positions = lengths + s
         tokens = tf.gather(ids, positions, batch_dims=1)
-        logits, cache = net.step(w, tokens, tf.constant(positions), cache)
+        short = {"view": view} if view and positions.max() < view else {}
+        logits, cache = net.step(w, tokens, tf.constant(positions), cache, **short)
         out.append((positions, logits.numpy()))
     return out
 
@@ -99,18 +101,18 @@ def test_fresh_prefix_holds_the_base_models_own_keys_and_values():
     assert 0.2 < np.std(key) / np.std(K) < 5
 
 
-@pytest.mark.parametrize("batch", [1, 2], ids=["batch1-split", "batch2"])
+@pytest.mark.parametrize("batch, view", [(1, None), (2, None), (2, 8)], ids=["batch1-split", "batch2", "batch2-view8"])
 @pytest.mark.parametrize("method", TUNE_METHODS)
-def test_training_forward_and_sampler_compute_the_same_tuned_model(method, batch):
+def test_training_forward_and_sampler_compute_the_same_tuned_model(method, batch, view):
     """After non-zero tuned values, the sampler's prefill + steps up to the last context slot (n_ctx real
-    tokens, whatever the prefix) give the training forward's logits."""
+    tokens, whatever the prefix) give the training forward's logits; also with steps over a short cache view."""
     lm = _base()
     tuning = _tuning(lm, method)
     _perturb(lm, tuning)
     ids = _ids(batch=batch)
     ref = gpt2_logits(lm, ids, compute_dtype=tf.float32, tuning=tuning).numpy()
     assert np.abs(ref - gpt2_logits(_base(), ids, compute_dtype=tf.float32).numpy()).max() > 0.05  # it matters
-    for positions, logits in _sampler_logits(CachedGPT2(lm, tuning=tuning), ids, [5, 3][:batch]):
+    for positions, logits in _sampler_logits(CachedGPT2(lm, tuning=tuning), ids, [5, 3][:batch], view):
         np.testing.assert_allclose(logits, ref[np.arange(batch), positions], atol=ATOL, rtol=0)
 
 
