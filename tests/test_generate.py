@@ -154,7 +154,7 @@ def test_batched_poems_are_the_same_with_and_without_cache_views(gen, monkeypatc
     viewed = gen.sampler.run(prompts, seeds, **options)
     monkeypatch.setattr(sampler_module, "VIEW_MIN_BATCH", 10 ** 9)
     whole = sampler_module.Sampler(gen.sampler.net, gen.close_id, banned_ids=[0, 1, 2]).run(prompts, seeds, **options)
-    assert viewed.steps == whole.steps > 32 - len(prompts[1])
+    assert viewed.steps == whole.steps > 32 - len(prompts[0])  # a row still writing went past slot 32
     np.testing.assert_array_equal(viewed.tokens, whole.tokens)
 
 
