@@ -226,3 +226,22 @@ def test_bad_tune_options_name_the_option(change, option):
 def test_base_vocab_larger_than_the_model_is_refused():
     with pytest.raises(RunDirError, match="base vocabulary has 120 tokens but the model only 100"):
         Tuning(_base(), TuneConfig(method="lora"), base_vocab_size=120)
+
+
+@pytest.mark.parametrize("method", ["bitfit", "adapter"])
+def test_tuned_bias_gradients_in_bf16_are_float32_sums(method):
+    """Under bf16 the dense biases a tuning trains (the blocks' under bitfit, the adapters' own) get float32 sums
+    (``fused_ops.bias_add``): nearly all gradient values carry more bits than bf16 holds."""
+    lm = _base()
+    tuning = _tuning(lm, method)
+    _perturb(lm, tuning)
+    trainable = tuning.trainable(lm)
+    ids = _ids(batch=4)
+    with tf.GradientTape() as tape:
+        loss_sum, _ = lm_loss_terms(lm, ids, ids, compute_dtype=tf.bfloat16, tuning=tuning)
+    biases = [(v.name, g) for v, g in zip(trainable, tape.gradient(loss_sum, trainable))
+              if "bias" in v.name and "ln_" not in v.name]
+    assert len(biases) == {"bitfit": 4, "adapter": 2}[method] * SHAPE.n_layer, [n for n, _ in biases]
+    for name, g in biases:
+        g = tf.convert_to_tensor(g).numpy().ravel()
+        assert np.mean(g != tf.cast(tf.cast(g, tf.bfloat16), tf.float32).numpy()) > 0.9, name

@@ -81,7 +81,7 @@ def gpt2_hidden(lm, input_ids, training: bool = False, compute_dtype=None, dropo
     read = (lambda v: v) if tuning is None else tuning.reader()
 
     def dense(x, conv, lora=None):
-        y = tf.nn.bias_add(tf.matmul(x, c(read(conv.weight))), c(tf.reshape(read(conv.bias), [-1])))
+        y = fused_ops.bias_add(tf.matmul(x, c(read(conv.weight))), tf.reshape(read(conv.bias), [-1]))
         if lora is None:
             return y
         return y + tf.matmul(tf.matmul(x, c(lora[0] * tuning.cfg.lora_scale)), c(lora[1]))
@@ -118,7 +118,7 @@ def gpt2_hidden(lm, input_ids, training: bool = False, compute_dtype=None, dropo
         h, x = fused_ops.add_layer_norm(h, y, read(block.ln_2.gamma), read(block.ln_2.beta), eps)
         m = dense(act(dense(x, block.mlp.c_fc, lora.get("c_fc"))), block.mlp.c_proj, lora.get("mlp_c_proj"))
         if "adapter" in tuned:
-            m = m + _adapter(m, [c(t) for t in tuned["adapter"]])
+            m = m + _adapter(m, tuned["adapter"])
         m = dropped(m, 3 * i + 3)
         ln = blocks[i + 1].ln_1 if i + 1 < len(blocks) else tr.ln_f
         h, x = fused_ops.add_layer_norm(h, m, read(ln.gamma), read(ln.beta), eps)
@@ -146,13 +146,15 @@ def _prefix_attention(q, k, v, pk, pv, scale: float, drop):
 
 
 def _adapter(m, weights):
-    """A Houlsby adapter's branch ``gelu_new(m @ D + d) @ U + u`` (``weights`` = (D, d, U, u), compute dtype)."""
+    """A Houlsby adapter's branch ``gelu_new(m @ D + d) @ U + u`` in ``m``'s dtype (``weights`` = (D, d, U, u),
+    float32; the biases' gradients summed in float32, ``fused_ops.bias_add``)."""
     import tensorflow as tf
 
     from . import fused_ops
 
     down, d, up, u = weights
-    return tf.nn.bias_add(tf.matmul(fused_ops.gelu(tf.nn.bias_add(tf.matmul(m, down), d)), up), u)
+    hidden = fused_ops.gelu(fused_ops.bias_add(tf.matmul(m, tf.cast(down, m.dtype)), d))
+    return fused_ops.bias_add(tf.matmul(hidden, tf.cast(up, m.dtype)), u)
 
 
 def head_logits(lm, h, tuning=None):

@@ -10,7 +10,8 @@ XLA-compiled function (float32 inside), with its gradient also one compiled func
 * ``add_layer_norm`` — residual add + layer norm, returning the float32 residual stream and
   the normalised activations in the compute dtype;
 * ``layer_norm`` — layer norm without a residual;
-* ``causal_softmax`` — scale, causal mask and softmax of attention scores.
+* ``causal_softmax`` — scale, causal mask and softmax of attention scores;
+* ``bias_add`` — a dense layer's bias, its gradient summed in float32.
 
 ``tests/test_fast_gpt2.py`` checks values and gradients against plain TensorFlow.
 """
@@ -81,8 +82,12 @@ def _kernels():
         ds = p32 * (dp32 - tf.reduce_sum(dp32 * p32, axis=-1, keepdims=True)) * scale
         return tf.cast(ds, p.dtype)
 
+    @xla
+    def column_sum(dy):
+        return tf.reduce_sum(tf.cast(dy, tf.float32), axis=0)
+
     return {"gelu_fwd": gelu_fwd, "gelu_bwd": gelu_bwd, "add_ln_fwd": add_ln_fwd, "ln_fwd": ln_fwd,
-            "ln_bwd": ln_bwd, "softmax_fwd": softmax_fwd, "softmax_bwd": softmax_bwd}
+            "ln_bwd": ln_bwd, "softmax_fwd": softmax_fwd, "softmax_bwd": softmax_bwd, "column_sum": column_sum}
 
 
 def gelu(x):
@@ -169,3 +174,24 @@ def causal_softmax(scores, scale: float):
         return p, lambda dp: k["softmax_bwd"](p, dp, scale_t)
 
     return op(scores)
+
+
+def bias_add(y, bias):
+    """``y + bias`` in ``y``'s dtype, the bias's gradient summed over the rows in float32.
+
+    TensorFlow's own gradient of ``tf.nn.bias_add`` (``BiasAddGrad``) sums a bf16 gradient in bf16: over the
+    4,096 rows of a ``small`` training batch its result is ~6% off the exact sum (PyTorch's, rounded once: 0.2%).
+
+    Args:
+        y: [N, D] in the compute dtype.
+        bias: [D] float32.
+    """
+    import tensorflow as tf
+
+    k = _kernels()
+
+    @tf.custom_gradient
+    def op(y, bias):
+        return tf.nn.bias_add(y, tf.cast(bias, y.dtype)), lambda dy: (dy, k["column_sum"](dy))
+
+    return op(y, bias)
