@@ -180,7 +180,8 @@ def bias_add(y, bias):
     """``y + bias`` in ``y``'s dtype, the bias's gradient summed over the rows in float32.
 
     TensorFlow's own gradient of ``tf.nn.bias_add`` (``BiasAddGrad``) sums a bf16 gradient in bf16: over the
-    4,096 rows of a ``small`` training batch its result is ~6% off the exact sum (PyTorch's, rounded once: 0.2%).
+    2,048 rows of a ``small`` training batch (16 × 128) its result is ~4% off the exact sum (relative L2; PyTorch's,
+    summed in float32 and rounded once to bf16: 0.2%).
 
     Args:
         y: [N, D] in the compute dtype.
