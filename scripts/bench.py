@@ -48,7 +48,8 @@ system do not affect another; a subprocess prints one JSON line that this parent
   turns in one process; goal: within 10% of ``PoemGenerator``).
 * ``quality`` — validation cross-entropy of poetry_gpt and the nanoGPT-style baseline after the same
   ``--quality-steps`` (1000) steps of the preset (decay over them) on the same packed rows of tang-full, scored
-  on the same held-out windows in float32 (``bench_sections/quality.py``; goal: ours ≤ the baseline's).
+  on the same held-out windows in float32 (``bench_sections/quality.py``; goal: ours ≤ the baseline's); with
+  torch, also each system's bf16 gradient error against the float32 gradient at poetry_gpt's trained weights.
   Minutes of training: run only with ``--only quality`` (or ``--quick``, a few steps of the tiny preset).
 * ``metre`` — ``--strict`` 格律 decoding (``bench_sections/metre.py``; issue 13): for 五绝, 七绝, 五律 and 七律, the
   same prompts (30 fixed common Tang titles) and seeds give ``--metre-samples`` (64) poems free in form

@@ -127,6 +127,13 @@ def test_quick_quality_section(quick_doc):
         positive(theirs, "validation_loss", "final_train_loss")
         assert theirs["validation_tokens"] == ours["validation_tokens"]  # the same held-out windows
         assert quality["validation_loss_minus_nanogpt"] == round(ours["validation_loss"] - theirs["validation_loss"], 4)
+    grads = ours["gradient_error_vs_float32"]  # the numerics of both training steps, at poetry_gpt's trained weights
+    if "skipped" in theirs:
+        assert grads is None
+    else:
+        assert grads["float32_agreement"] < 1e-4  # the same function: float32 gradients agree to rounding
+        for system in ("poetry_gpt_bf16", "nanogpt_bf16"):  # bf16: a few roundings off, every group present
+            assert 1e-4 < grads[system]["all"] < 0.1 and len(grads[system]) == 16 + 1, grads[system]
 
 
 @pytest.mark.slow
@@ -556,26 +563,6 @@ def test_torch_child_uses_every_usable_core(monkeypatch):
     assert calls == [5, 5]
 
 
-def _copy_tf_gpt2_into(torch, lm, model) -> None:
-    """Load a ``TFGPT2LMHeadModel``'s weights into the nanoGPT baseline's model (Conv1D kernels transposed)."""
-    import re
-
-    import numpy as np
-
-    state = {}
-    for v in lm.weights:
-        name = re.sub(r"h_\._(\d+)", r"h.\1", v.name.split("transformer/", 1)[1].removesuffix(":0")).replace("/", ".")
-        name = name.replace("embeddings", "weight").replace("gamma", "weight").replace("beta", "bias")
-        value = v.numpy()
-        if name.endswith(".bias"):
-            value = value.reshape(-1)
-        elif value.ndim == 2 and not name.startswith(("wte", "wpe")):
-            value = value.T
-        state[name] = torch.from_numpy(np.ascontiguousarray(value))
-    state["lm_head.weight"] = state["wte.weight"]
-    model.load_state_dict(state)
-
-
 def test_nanogpt_baseline_is_gpt2_and_scores_validation_as_poetry_gpt(tmp_path):
     """With TF GPT-2's weights, the baseline's model gives poetry_gpt's validation loss on the same windows
     (long poems in sliding windows): the same function, the same scoring (float32)."""
@@ -599,7 +586,7 @@ def test_nanogpt_baseline_is_gpt2_and_scores_validation_as_poetry_gpt(tmp_path):
         if v.shape.rank == 2:
             v.assign(v * 10.0)
     model = nanogpt.gpt_model(torch, vocab.size, 2, 32, 2, 16)
-    _copy_tf_gpt2_into(torch, lm, model)
+    nanogpt.load_tf_gpt2(torch, model, lm)
     ours = validation_loss(lm, manifest, vocab, 8, 16)
     batches = list(eval_dataset(manifest, 8, 16, pad_id=vocab.pad_id, sep_id=vocab.sep_id))
     ids, labels = (torch.from_numpy(np.concatenate([b[k].numpy() for b in batches]).astype(np.int64))

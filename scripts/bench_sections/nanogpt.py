@@ -113,6 +113,51 @@ def gpt_model(torch, vocab_size: int, n_layer: int, n_embd: int, n_head: int, n_
     return GPT()
 
 
+def load_tf_gpt2(torch, model, lm) -> None:
+    """Load a ``TFGPT2LMHeadModel``'s weights into a ``gpt_model`` (Conv1D kernels transposed, the head tied).
+
+    Args:
+        torch: the torch module.
+        model: the ``gpt_model`` of the same shape.
+        lm: the transformers TF model.
+    """
+    import numpy as np
+
+    state = {}
+    for v in lm.weights:
+        name, value = torch_name(v.name), v.numpy()
+        state[name] = torch.from_numpy(np.ascontiguousarray(as_torch_layout(name, value)))
+    state["lm_head.weight"] = state["wte.weight"]
+    model.load_state_dict(state)
+
+
+def torch_name(tf_name: str) -> str:
+    """The ``gpt_model`` parameter name of a TF GPT-2 variable (``…/transformer/h_._0/attn/c_attn/weight:0`` →
+    ``h.0.attn.c_attn.weight``).
+
+    Args:
+        tf_name: the TF variable's name.
+    """
+    import re
+
+    name = re.sub(r"h_\._(\d+)", r"h.\1", tf_name.split("transformer/", 1)[1].removesuffix(":0")).replace("/", ".")
+    return name.replace("embeddings", "weight").replace("gamma", "weight").replace("beta", "bias")
+
+
+def as_torch_layout(name: str, value):
+    """A TF GPT-2 array (or gradient) in ``gpt_model``'s layout: biases flat, Conv1D kernels transposed.
+
+    Args:
+        name: its ``torch_name``.
+        value: the numpy array.
+    """
+    if name.endswith(".bias"):
+        return value.reshape(-1)
+    if value.ndim == 2 and not name.startswith(("wte", "wpe")):
+        return value.T
+    return value
+
+
 def next_token_loss(torch, logits, labels, reduction: str = "mean"):
     """Cross-entropy of position t against ``labels[t+1]`` (the last position and labels −100 ignored).
 

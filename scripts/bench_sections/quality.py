@@ -9,6 +9,7 @@ cross-entropy per character in float32 (``poetry_gpt.eval.evaluate.validation_lo
 from __future__ import annotations
 
 import importlib.util
+import re
 import time
 
 from .machine import load_average, section_context
@@ -16,8 +17,11 @@ from .runner import run_child
 
 
 def child_quality_poetry(a: dict) -> dict:
-    """poetry_gpt trained ``steps`` steps as ``train`` does, then its validation loss (``eval.validation_loss``)."""
+    """poetry_gpt trained ``steps`` steps as ``train`` does, then its validation loss (``eval.validation_loss``) and,
+    with torch, its gradient numerics against the baseline's (``gradient_errors``, first two training batches)."""
     from poetry_gpt.eval.evaluate import validation_loss
+    from poetry_gpt.train.distribute import make_strategy
+    from poetry_gpt.train.trainer import training_data
 
     from .train import poetry_fit
 
@@ -28,10 +32,84 @@ def child_quality_poetry(a: dict) -> dict:
     config = run["config"]
     valid = validation_loss(run["training"].lm, run["manifest"], run["vocab"], config.train.batch_size,
                             config.model.n_ctx)
+    batches = list(training_data(run["manifest"], config, run["vocab"], make_strategy("default")).take(2))
     return {"system": "poetry_gpt: trainer.build_training + fit(trainer.training_data)", "precision": run["precision"],
             "threads": run["threads"], "steps": a["steps"], "train_seconds": round(trained, 1),
             "final_train_loss": round(float(run["history"].history["loss"][-1]), 4),
-            "validation_loss": round(valid["loss"], 4), "validation_tokens": valid["tokens"]}
+            "validation_loss": round(valid["loss"], 4), "validation_tokens": valid["tokens"],
+            "gradient_error_vs_float32": gradient_errors(run["training"].lm, batches)}
+
+
+def gradient_errors(lm, batches) -> dict | None:
+    """How far each system's bf16 gradient is from the float32 gradient, at ``lm``'s weights (None without torch).
+
+    Both systems compute the training loss of the same batches from the same weights (the baseline's model loaded
+    with ``lm``'s). The float32 gradient is poetry_gpt's; the baseline's float32 gradient agrees with it to
+    ``float32_agreement``. Per parameter group (the blocks' layers pooled) and over all parameters (``all``):
+    ‖g_bf16 − g_fp32‖ / ‖g_fp32‖ over every batch.
+
+    Args:
+        lm: the ``TFGPT2LMHeadModel``.
+        batches: training batches (``input_ids``, ``labels``).
+    """
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import numpy as np
+    import tensorflow as tf
+    import torch
+
+    from . import nanogpt
+    from .machine import usable_cores
+
+    torch.set_num_threads(usable_cores())
+    cfg = lm.config
+    model = nanogpt.gpt_model(torch, cfg.vocab_size, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_positions)
+    nanogpt.load_tf_gpt2(torch, model, lm)
+    names = [nanogpt.torch_name(v.name) for v in lm.trainable_variables]
+    sums = {"poetry_gpt_bf16": {}, "nanogpt_bf16": {}, "float32_agreement": {}}
+    for batch in batches:
+        reference = _poetry_gradients(lm, names, batch, tf.float32)
+        for key, grads in (("poetry_gpt_bf16", _poetry_gradients(lm, names, batch, tf.bfloat16)),
+                           ("nanogpt_bf16", _nanogpt_gradients(torch, model, names, batch, True)),
+                           ("float32_agreement", _nanogpt_gradients(torch, model, names, batch, False))):
+            for name, got, ref in zip(names, grads, reference):
+                for group in (re.sub(r"^h\.\d+\.", "", name), "all"):
+                    diff, norm = sums[key].get(group, (0.0, 0.0))
+                    sums[key][group] = (diff + float(np.sum((got - ref) ** 2)), norm + float(np.sum(ref ** 2)))
+    errors = {key: {g: float(f"{(d / n) ** 0.5:.3g}") for g, (d, n) in groups.items()} for key, groups in sums.items()}
+    agreement = errors.pop("float32_agreement")["all"]
+    return {"what": "relative L2 distance of the bf16 gradient from the float32 one, trained weights, "
+                    f"{len(batches)} training batches", **errors, "float32_agreement": agreement}
+
+
+def _poetry_gradients(lm, names: list[str], batch, dtype) -> list:
+    """poetry_gpt's gradient of the training loss (``lm_loss_terms`` with ``dtype`` matmuls), in the baseline's layout."""
+    import tensorflow as tf
+
+    from poetry_gpt.model.fast_forward import lm_loss_terms
+
+    from . import nanogpt
+
+    with tf.GradientTape() as tape:
+        total, count = lm_loss_terms(lm, batch["input_ids"], batch["labels"], compute_dtype=dtype)
+        loss = total / count
+    grads = tape.gradient(loss, lm.trainable_variables)
+    return [nanogpt.as_torch_layout(n, tf.convert_to_tensor(g).numpy()) for n, g in zip(names, grads)]
+
+
+def _nanogpt_gradients(torch, model, names: list[str], batch, bf16: bool) -> list:
+    """The baseline's gradient of the same loss (``torch.autocast`` bf16 when ``bf16``), parameters in ``names``' order."""
+    import numpy as np
+
+    from . import nanogpt
+
+    ids, labels = (torch.from_numpy(batch[k].numpy().astype(np.int64)) for k in ("input_ids", "labels"))
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = nanogpt.next_token_loss(torch, model(ids), labels)
+    loss.backward()
+    params = dict(model.named_parameters())
+    return [params[n].grad.numpy().copy() for n in names]
 
 
 def child_quality_nanogpt(a: dict) -> dict:
