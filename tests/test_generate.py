@@ -158,6 +158,78 @@ def test_batched_poems_are_the_same_with_and_without_cache_views(gen, monkeypatc
     np.testing.assert_array_equal(viewed.tokens, whole.tokens)
 
 
+def _tensor_passing(sampler):
+    """``sampler`` with its cache passed between its programs as tensors (``run`` without cache variables)."""
+    sampler.cache_slots = lambda batch: None
+    return sampler
+
+
+@pytest.mark.parametrize("batch", [2, 16])
+def test_in_place_runs_give_the_poems_of_the_tensor_passing_programs(gen, batch):
+    """``run`` keeps the cache in its batch size's variables: the same tokens as the programs that pass it as
+    tensors, in one piece, in streamed segments, and after a run of other prompts left its keys there."""
+    from poetry_gpt.generate.sampler import Sampler
+
+    prompts = [[2] + gen.vocab.encode(t) for t in ("春晓 唐诗：【春眠", "静夜思 唐诗：【床前明月光，疑是地上霜。")]
+    prompts, seeds = prompts * (batch // 2), list(range(batch))
+    other = [[2] + gen.vocab.encode("登高 唐诗：【风急天高猿啸哀，渚清沙白鸟飞回。无边落木")] * batch
+    options = dict(max_new_tokens=40, top_k=10, temperature=1.5)  # random weights: rarely 】 before the budget
+    reference = _tensor_passing(Sampler(gen.sampler.net, gen.close_id, banned_ids=[0, 1, 2])).run(prompts, seeds,
+                                                                                                   **options)
+    in_place = Sampler(gen.sampler.net, gen.close_id, banned_ids=[0, 1, 2])
+    first = in_place.run(prompts, seeds, **options)
+    in_place.run(other, seeds[::-1], **options)
+    streamed = []
+    again = in_place.run(prompts, seeds, on_tokens=streamed.append, **options)
+    assert in_place.cache_slots(batch) is not None and len(streamed) > 2 and reference.steps > 16
+    for got in (first, again):
+        assert got.steps == reference.steps
+        np.testing.assert_array_equal(got.tokens, reference.tokens)
+    np.testing.assert_array_equal(streamed[-1], reference.tokens)
+
+
+def test_a_run_leaves_the_final_cache_in_its_variables(gen):
+    """The decode program writes the cache into the batch size's variables: after ``run`` they hold exactly the
+    cache that the tensor-passing ``prefill`` + ``decode`` return for the same rows."""
+    import tensorflow as tf
+
+    from poetry_gpt.generate.sampler import Sampler, row_seeds, top_k_cap
+
+    sampler = Sampler(gen.sampler.net, gen.close_id, banned_ids=[0, 1, 2])
+    prompts = [[2] + gen.vocab.encode("春晓 唐诗：【春眠"), [2] + gen.vocab.encode("静夜思 唐诗：【床前")]
+    result = sampler.run(prompts, [3, 4], max_new_tokens=20, top_k=10, temperature=1.5)
+    ids = np.zeros([2, 16], np.int32)
+    for r, p in enumerate(prompts):
+        ids[r, :len(p)] = p
+    lengths = tf.constant([len(p) for p in prompts], tf.int32)
+    logits, cache, seen = sampler.prefill(tf.constant(ids), lengths)
+    out, steps, carry = sampler.decode(logits, cache, seen, lengths, row_seeds([3, 4]), tf.constant([False, False]),
+                                       sampler.options(10, 1.0, 0.0, 1.5, 1.0, 20), top_k_cap(10, gen.vocab.size))
+    assert int(steps) == result.steps
+    np.testing.assert_array_equal(out.numpy()[:, :result.steps], result.tokens)
+    for (K, V), (k_slot, v_slot) in zip(carry[1], sampler.cache_slots(2)):
+        assert np.abs(K.numpy()).max() > 0
+        np.testing.assert_array_equal(k_slot.numpy(), K.numpy())
+        np.testing.assert_array_equal(v_slot.numpy(), V.numpy())
+
+
+def test_runs_from_two_threads_take_turns_with_the_cache_variables(gen):
+    """Two threads running the same batch size at once each get the poems they get alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from poetry_gpt.generate.sampler import Sampler
+
+    sampler = Sampler(gen.sampler.net, gen.close_id, banned_ids=[0, 1, 2])
+    jobs = [([[2] + gen.vocab.encode(t)] * 2, [k, k + 1])
+            for k, t in enumerate(("春晓 唐诗：【春眠", "登高 唐诗：【风急天高猿啸哀，渚清沙白鸟飞回。"))]
+    options = dict(max_new_tokens=30, top_k=10, temperature=1.5)
+    alone = [sampler.run(p, s, **options).tokens for p, s in jobs]
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(sampler.run, p, s, **options) for p, s in jobs * 4]
+    for k, future in enumerate(futures):
+        np.testing.assert_array_equal(future.result().tokens, alone[k % 2])
+
+
 # ----------------------------------------------------------------------------- the loop, exactly
 class FakeNet:
     """Logits fixed by position: position p prefers token ``script[p]``; nothing else matters.

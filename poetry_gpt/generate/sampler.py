@@ -23,6 +23,14 @@ step. Two ``tf.function(jit_compile=True)`` programs do the work:
   slot 32 a step attends over those 32 slots only, then over all ``n_ctx``, each view a loop of its own
   in the same program (a poem's tokens are those of the whole-cache loop).
 
+``run`` keeps the cache in place: when the network can say its cache's shape (``cache_spec``), each batch
+size gets cache variables (``cache_slots``, kept for its next runs); the prompt pass writes into them and the
+decode loop reads, updates and writes them back inside its program, which XLA compiles to updates of those
+buffers. The cache then exists once during a run, not three times (the prompt pass's output, the loop's copy
+of it and the loop's output: TensorFlow cannot hand a program's input buffer to it), which was most of a
+server's memory peak at batch 32. Runs take turns (a lock): the runs of a batch size share its variables.
+``prefill`` and ``decode`` stay pure functions of tensors, for callers that trace them into a SavedModel.
+
 Sampling per step: the optional constraint (a mask from ``poetry_gpt.verse.forms``,
 its per-row state advanced after the draw), repetition penalty (as in
 transformers: divide positive logits of already-seen tokens by the penalty,
@@ -39,6 +47,7 @@ and top-p is off, the draw needs no sort: min-p becomes a threshold on the logit
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -233,6 +242,10 @@ class Sampler:
         self.traces = {"prefill": 0, "decode": 0}  # Python-side trace counts (tests, diagnostics)
         self._prefill = tf.function(self._prefill_impl, jit_compile=jit_compile)
         self._decode = tf.function(self._decode_impl, jit_compile=jit_compile)
+        self._prefill_in_place = tf.function(self._prefill_in_place_impl, jit_compile=jit_compile)
+        self._decode_in_place = tf.function(self._decode_in_place_impl, jit_compile=jit_compile)
+        self._slots: dict[int, Any] = {}  # batch size -> its cache variables (``cache_slots``)
+        self._lock = threading.Lock()  # one ``run`` at a time: the runs of a batch size share its variables
 
     @property
     def n_ctx(self) -> int:
@@ -293,6 +306,36 @@ class Sampler:
             carry = tf.while_loop(cond(view), body(view), carry, maximum_iterations=n_ctx)
         i, logits, cache, out, seen, done, state, rhyme = carry
         return out, i, (logits, cache, seen, done, state, rhyme)
+
+    def _prefill_in_place_impl(self, ids, lengths):
+        logits, cache, seen = self._prefill_impl(ids, lengths)
+        tf.nest.map_structure(lambda slot, value: slot.assign(value), self._slots[ids.shape[0]], cache)
+        return logits, (), seen
+
+    def _decode_in_place_impl(self, logits, cache, lengths, seeds, seen, done, options, constraint_in, kcap,
+                              constraint, out):
+        slots = self._slots[logits.shape[0]]  # captured (``cache_slots``): XLA updates it in place
+        out, i, carry = self._decode_impl(logits, tf.nest.map_structure(lambda slot: slot.read_value(), slots),
+                                          lengths, seeds, seen, done, options, constraint_in, kcap, constraint, out)
+        tf.nest.map_structure(lambda slot, value: slot.assign(value), slots, carry[1])
+        return out, i, (carry[0], (), *carry[2:])
+
+    def cache_slots(self, batch: int):
+        """The cache variables of ``batch``-row runs (made on first use, then kept: ``cache_spec``'s size), or
+        None when the network does not give its cache's shape (``net.cache_spec``): ``run`` then passes the
+        cache between its programs as tensors.
+
+        The programs capture the variables; they are not passed in: TensorFlow copies a variable given to a
+        compiled function as an argument, and keeps it alive with the program traced for it.
+
+        Args:
+            batch: the batch size.
+        """
+        spec = getattr(self.net, "cache_spec", None)
+        if spec is not None and batch not in self._slots:
+            self._slots[batch] = tf.nest.map_structure(
+                lambda s: tf.Variable(tf.zeros(s.shape, s.dtype), trainable=False), spec(batch))
+        return self._slots.get(batch)
 
     # the compiled programs, eager or traced into another function (``poetry_gpt.serve.saved_model``) --
     def options(self, top_k, top_p, min_p, temperature, repetition_penalty, max_new_tokens) -> dict:
@@ -382,15 +425,25 @@ class Sampler:
             ids[r, :len(p)] = p
         done = np.zeros(B, bool) if active is None else ~np.asarray(active, bool)
         options = self.options(top_k, top_p, min_p, temperature, repetition_penalty, max_new_tokens)
-        logits, cache, seen = self.prefill(tf.constant(ids), tf.constant(lengths))
-        lengths, seeds, done, kcap = tf.constant(lengths), row_seeds(seeds), tf.constant(done), \
-            top_k_cap(top_k, self.net.vocab_size)
-        state, out, steps = constraint_state, None, 0
+        with self._lock:
+            return self._run(ids, lengths, row_seeds(seeds), done, options, top_k_cap(top_k, self.net.vocab_size),
+                             max_new_tokens, constraint, constraint_state, on_tokens, segment)
+
+    def _run(self, ids, lengths, seeds, done, options, kcap, max_new_tokens, constraint, constraint_state, on_tokens,
+             segment) -> DecodeResult:
+        """``run``'s programs, in place when ``cache_slots`` allows (arguments as ``run``'s, prepared)."""
+        in_place = self.cache_slots(len(ids)) is not None
+        logits, cache, seen = (self._prefill_in_place if in_place else self._prefill)(tf.constant(ids),
+                                                                                      tf.constant(lengths))
+        lengths, done = tf.constant(lengths), tf.constant(done)
+        state, out, steps = constraint_state, tf.zeros([len(ids), self.n_ctx], tf.int32), 0
+        decode = self._decode_in_place if in_place else self._decode
         while True:
             stop = max_new_tokens if on_tokens is None else min(steps + segment, max_new_tokens)
             options.update(start=tf.constant(steps, tf.int32), max_new=tf.constant(stop, tf.int32))
-            out, i, (logits, cache, seen, done, s, g) = self.decode(logits, cache, seen, lengths, seeds, done, options,
-                                                                     kcap, constraint, state, out)
+            out, i, (logits, cache, seen, done, s, g) = decode(
+                logits, cache, lengths, seeds, seen, done, options,
+                state if constraint is not None else (), kcap, constraint, out)
             steps = int(i)
             if constraint is not None:
                 state = (s, g, constraint_state[2])

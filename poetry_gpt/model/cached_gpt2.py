@@ -60,6 +60,15 @@ class CachedGPT2:
                        fc_proj=(b.mlp.c_proj.weight, b.mlp.c_proj.bias)) for b in t.h],
         }
 
+    def cache_spec(self, batch: int) -> list:
+        """The cache's shape, as ``prefill`` returns it: per layer ``(K, V)``, each ``[batch, H, n_ctx, Dh]``.
+
+        Args:
+            batch: rows.
+        """
+        spec = tf.TensorSpec([batch, self.n_head, self.n_ctx, self.head_dim], self.dtype)
+        return [(spec, spec)] * self.n_layer
+
     def weights(self) -> dict:
         """The weights as tensors in the compute dtype (call inside the compiled function, once)."""
         cast = lambda v: tf.cast(v, self.dtype)  # noqa: E731
