@@ -188,6 +188,22 @@ def test_in_place_runs_give_the_poems_of_the_tensor_passing_programs(gen, batch)
     np.testing.assert_array_equal(streamed[-1], reference.tokens)
 
 
+def test_a_smaller_batch_runs_in_the_first_rows_of_a_larger_batchs_variables(gen):
+    """Batch 16 first, then 2, then 16 again: one set of cache variables, and every run gives the poems of the
+    tensor-passing programs."""
+    from poetry_gpt.generate.sampler import Sampler
+
+    rows = [[2] + gen.vocab.encode(t) for t in ("春晓 唐诗：【春眠", "静夜思 唐诗：【床前明月光，疑是地上霜。")]
+    runs = [(rows * 8, list(range(16))), (rows[::-1], [7, 8]), (rows * 8, list(range(16)))]
+    options = dict(max_new_tokens=40, top_k=10, temperature=1.5)
+    sampler = Sampler(gen.sampler.net, gen.close_id, banned_ids=[0, 1, 2])
+    got = [sampler.run(p, s, **options) for p, s in runs]
+    reference = _tensor_passing(Sampler(gen.sampler.net, gen.close_id, banned_ids=[0, 1, 2]))
+    assert sampler.cache_slots(2) is sampler.cache_slots(16) and sampler.cache_slots(16)[0][0].shape[0] == 16
+    for (p, s), result in zip(runs, got):
+        np.testing.assert_array_equal(result.tokens, reference.run(p, s, **options).tokens)
+
+
 def test_a_run_leaves_the_final_cache_in_its_variables(gen):
     """The decode program writes the cache into the batch size's variables: after ``run`` they hold exactly the
     cache that the tensor-passing ``prefill`` + ``decode`` return for the same rows."""
@@ -211,6 +227,8 @@ def test_a_run_leaves_the_final_cache_in_its_variables(gen):
         assert np.abs(K.numpy()).max() > 0
         np.testing.assert_array_equal(k_slot.numpy(), K.numpy())
         np.testing.assert_array_equal(v_slot.numpy(), V.numpy())
+    # a model in training samples with plain graphs, inside its strategy's scope: no variables made there
+    assert Sampler(gen.sampler.net, gen.close_id, jit_compile=False).cache_slots(2) is None
 
 
 def test_runs_from_two_threads_take_turns_with_the_cache_variables(gen):

@@ -23,13 +23,14 @@ step. Two ``tf.function(jit_compile=True)`` programs do the work:
   slot 32 a step attends over those 32 slots only, then over all ``n_ctx``, each view a loop of its own
   in the same program (a poem's tokens are those of the whole-cache loop).
 
-``run`` keeps the cache in place: when the network can say its cache's shape (``cache_spec``), each batch
-size gets cache variables (``cache_slots``, kept for its next runs); the prompt pass writes into them and the
-decode loop reads, updates and writes them back inside its program, which XLA compiles to updates of those
-buffers. The cache then exists once during a run, not three times (the prompt pass's output, the loop's copy
-of it and the loop's output: TensorFlow cannot hand a program's input buffer to it), which was most of a
-server's memory peak at batch 32. Runs take turns (a lock): the runs of a batch size share its variables.
-``prefill`` and ``decode`` stay pure functions of tensors, for callers that trace them into a SavedModel.
+``run`` keeps the cache in place: when the network can say its cache's shape (``cache_spec``) and the
+programs are XLA-compiled, runs keep their cache in variables (``cache_slots``: a set made for the largest batch
+so far also serves smaller batches, from its first rows); the prompt pass writes into them and the decode loop
+reads, updates and writes them back inside its program, which XLA compiles to updates of those buffers. The
+cache then exists once during a run, not three times (the prompt pass's output, the loop's copy of it and the
+loop's output: TensorFlow cannot hand a program's input buffer to it), which was most of a server's memory peak
+at batch 32. Runs take turns (a lock), since they share the variables. ``prefill`` and ``decode`` stay pure
+functions of tensors, for callers that trace them into a SavedModel.
 
 Sampling per step: the optional constraint (a mask from ``poetry_gpt.verse.forms``,
 its per-row state advanced after the draw), repetition penalty (as in
@@ -240,12 +241,13 @@ class Sampler:
         self.penalisable = np.ones(self.net.vocab_size, bool)
         self.penalisable[list(unpenalised_ids)] = False
         self.traces = {"prefill": 0, "decode": 0}  # Python-side trace counts (tests, diagnostics)
+        self.jit_compile = jit_compile
         self._prefill = tf.function(self._prefill_impl, jit_compile=jit_compile)
         self._decode = tf.function(self._decode_impl, jit_compile=jit_compile)
         self._prefill_in_place = tf.function(self._prefill_in_place_impl, jit_compile=jit_compile)
         self._decode_in_place = tf.function(self._decode_in_place_impl, jit_compile=jit_compile)
         self._slots: dict[int, Any] = {}  # batch size -> its cache variables (``cache_slots``)
-        self._lock = threading.Lock()  # one ``run`` at a time: the runs of a batch size share its variables
+        self._lock = threading.Lock()  # one ``run`` at a time: runs share the cache variables
 
     @property
     def n_ctx(self) -> int:
@@ -309,31 +311,44 @@ class Sampler:
 
     def _prefill_in_place_impl(self, ids, lengths):
         logits, cache, seen = self._prefill_impl(ids, lengths)
-        tf.nest.map_structure(lambda slot, value: slot.assign(value), self._slots[ids.shape[0]], cache)
+        self._write_slots(ids.shape[0], cache)
         return logits, (), seen
 
     def _decode_in_place_impl(self, logits, cache, lengths, seeds, seen, done, options, constraint_in, kcap,
                               constraint, out):
-        slots = self._slots[logits.shape[0]]  # captured (``cache_slots``): XLA updates it in place
-        out, i, carry = self._decode_impl(logits, tf.nest.map_structure(lambda slot: slot.read_value(), slots),
-                                          lengths, seeds, seen, done, options, constraint_in, kcap, constraint, out)
-        tf.nest.map_structure(lambda slot, value: slot.assign(value), slots, carry[1])
+        B = logits.shape[0]
+        out, i, carry = self._decode_impl(logits, self._read_slots(B), lengths, seeds, seen, done, options,
+                                          constraint_in, kcap, constraint, out)
+        self._write_slots(B, carry[1])
         return out, i, (carry[0], (), *carry[2:])
 
-    def cache_slots(self, batch: int):
-        """The cache variables of ``batch``-row runs (made on first use, then kept: ``cache_spec``'s size), or
-        None when the network does not give its cache's shape (``net.cache_spec``): ``run`` then passes the
-        cache between its programs as tensors.
+    def _read_slots(self, batch: int):
+        """The cache of a ``batch``-row run: its slots' first ``batch`` rows (inside a program)."""
+        return tf.nest.map_structure(lambda slot: slot.read_value()[:batch], self._slots[batch])
 
-        The programs capture the variables; they are not passed in: TensorFlow copies a variable given to a
-        compiled function as an argument, and keeps it alive with the program traced for it.
+    def _write_slots(self, batch: int, cache) -> None:
+        """Write a ``batch``-row run's cache into its slots' first ``batch`` rows (inside a program: in place)."""
+        tf.nest.map_structure(lambda slot, value: (slot if slot.shape[0] == batch else slot[:batch]).assign(value),
+                              self._slots[batch], cache)
+
+    def cache_slots(self, batch: int):
+        """The cache variables that ``batch``-row runs use (their first ``batch`` rows), or None when the network
+        does not give its cache's shape (``net.cache_spec``) or the programs are not XLA-compiled (a model in
+        training samples that way, inside its distribution strategy's scope, where a new variable would be the
+        strategy's): ``run`` then passes the cache between its programs as tensors.
+
+        The variables are made on first use and kept. A batch size takes the largest set made so far if it has
+        rows enough, else a new set of its own size: a server that runs its largest batch first (``warm_up``)
+        keeps one set. The programs capture their set; it is not passed in: TensorFlow copies a variable given to
+        a compiled function as an argument, and keeps it alive with the program traced for it.
 
         Args:
             batch: the batch size.
         """
-        spec = getattr(self.net, "cache_spec", None)
+        spec = getattr(self.net, "cache_spec", None) if self.jit_compile else None
         if spec is not None and batch not in self._slots:
-            self._slots[batch] = tf.nest.map_structure(
+            rows = max(self._slots, default=0)
+            self._slots[batch] = self._slots[rows] if rows >= batch else tf.nest.map_structure(
                 lambda s: tf.Variable(tf.zeros(s.shape, s.dtype), trainable=False), spec(batch))
         return self._slots.get(batch)
 
