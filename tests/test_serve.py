@@ -252,8 +252,11 @@ def test_warm_up_compiles_only_the_batch_sizes_the_server_uses(tiny_run):
     from poetry_gpt.serve.app import warm_up
 
     gen = PoemGenerator(tiny_run)
-    lines = []
+    lines, plan = [], gen.plan
+    gen.plan = lambda *args, **kwargs: (kwargs.get("rhyme") and lines.append("rhyme")) or plan(*args, **kwargs)
     warm_up(gen, 16, echo=lines.append)
+    # the rhyme readings and form tables last: under a compile they would raise its peak memory
+    assert lines.pop() == "rhyme" and "rhyme" not in lines
     assert gen.sampler.traces["decode"] == 3
     # the largest first: its compile's scratch memory then sits on top of no other program (lower peak RSS)
     assert [int(line.split()[2]) for line in lines] == [16, 8, 1]
