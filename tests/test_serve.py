@@ -265,6 +265,17 @@ def test_warm_up_compiles_only_the_batch_sizes_the_server_uses(tiny_run):
     assert gen.sampler.traces["decode"] == 3
 
 
+def test_the_server_compiles_before_it_makes_the_app(monkeypatch):
+    """``compiled_app`` warms up first: the app's tables made under the compiles would raise the peak memory."""
+    from poetry_gpt.serve import app as app_module
+
+    calls = []
+    monkeypatch.setattr(app_module, "warm_up", lambda gen, max_batch, echo=None: calls.append(("warm_up", max_batch)))
+    monkeypatch.setattr(app_module, "create_app", lambda gen, run_dir, limits, window: calls.append(("app", window)))
+    app_module.compiled_app("gen", "run", app_module.Limits(max_batch=16), 0.01)
+    assert calls == [("warm_up", 16), ("app", 0.01)]
+
+
 def test_batcher_groups_by_options_caps_batches_and_queue():
     from poetry_gpt.serve.batcher import Batcher, QueueFull
 

@@ -56,7 +56,7 @@ def serve_cmd(run_dir, checkpoint, host, port, max_batch, window_ms, max_n, max_
     Ctrl-C stops the server. Nothing is written to RUN_DIR.
     """
     uvicorn = _require_serve_extra()
-    from ..serve.app import Limits, create_app, warm_up
+    from ..serve.app import Limits, compiled_app
     from .generate import _load
 
     if not _is_loopback(host):
@@ -66,8 +66,7 @@ def serve_cmd(run_dir, checkpoint, host, port, max_batch, window_ms, max_n, max_
     click.echo(f"model {gen.export.path} (context {gen.n_ctx}, vocabulary {gen.vocab.size}, "
                f"genre {gen.genre or '?'}); compiling ...", err=True)
     limits = Limits(max_n=max_n, max_poems=max(max_n, max_batch), max_queue=max_queue, max_batch=max_batch)
-    app = create_app(gen, run_dir, limits, window=window_ms / 1000)
-    warm_up(gen, max_batch, echo=lambda line: click.echo("  " + line, err=True))
+    app = compiled_app(gen, run_dir, limits, window_ms / 1000, echo=lambda line: click.echo("  " + line, err=True))
 
     class Server(uvicorn.Server):
         async def startup(self, sockets=None):

@@ -367,6 +367,22 @@ def warm_up(generator, max_batch: int, echo: Callable[[str], None] | None = None
         pass  # a vocabulary without rhyming characters: the request will say so
 
 
+def compiled_app(generator, run_dir, limits: Limits, window: float,
+                 echo: Callable[[str], None] | None = None) -> Starlette:
+    """``warm_up``, then ``create_app``: the server's start-up, in the order that keeps its peak memory lowest
+    (the app's model facts and tables made under the compiles raised the peak by about 25 MB).
+
+    Args:
+        generator: a loaded ``PoemGenerator``.
+        run_dir: the RUN_DIR or export folder it came from.
+        limits: the caps (``limits.max_batch``: the largest batch compiled).
+        window: the batcher's quiet gap in seconds.
+        echo: progress lines go here (None: silent).
+    """
+    warm_up(generator, limits.max_batch, echo=echo)
+    return create_app(generator, run_dir, limits, window=window)
+
+
 def create_app(generator, run_dir, limits: Limits | None = None, window: float = 0.005) -> Starlette:
     """The ASGI app; its lifespan starts and stops the batcher's worker thread.
 
