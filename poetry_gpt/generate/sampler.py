@@ -310,12 +310,15 @@ class Sampler:
         return out, i, (logits, cache, seen, done, state, rhyme)
 
     def _prefill_in_place_impl(self, ids, lengths):
+        """``_prefill_impl`` writing the cache into ``cache_slots``; returns ``()`` in its place."""
         logits, cache, seen = self._prefill_impl(ids, lengths)
         self._write_slots(ids.shape[0], cache)
         return logits, (), seen
 
     def _decode_in_place_impl(self, logits, cache, lengths, seeds, seen, done, options, constraint_in, kcap,
                               constraint, out):
+        """``_decode_impl`` over the cache in ``cache_slots`` (its ``cache`` argument is the ``()`` that
+        ``_prefill_in_place_impl`` returned, kept so that ``_run`` calls both decodes alike)."""
         B = logits.shape[0]
         out, i, carry = self._decode_impl(logits, self._read_slots(B), lengths, seeds, seen, done, options,
                                           constraint_in, kcap, constraint, out)
