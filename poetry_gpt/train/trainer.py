@@ -2,7 +2,7 @@
 
 * Loss: float32 cross-entropy of the next character; labels −100 are ignored (the
   model's logits are shifted here once: position t predicts label t+1).
-* AdamW (``tf_keras``), global-norm clipping, warm-up + cosine/linear decay on the global step.
+* AdamW (``tf_keras``'s, its update fused into one XLA program: ``optimizer.py``), global-norm clipping, warm-up + cosine/linear decay on the global step.
 * Precision: fp32, bf16 (mixed_bfloat16: bf16 compute, fp32 weights) or fp16 (mixed_float16
   with loss scaling); the loss in float32, from logits of the compute dtype's LM-head matmul (see README, Performance).
 
@@ -29,6 +29,7 @@ from ..envcheck import cpu_flags
 from ..errors import OptionError, PoetryGPTError
 from ..model.init_from import load_init  # noqa: F401  (moved there; build_training and tests use it here)
 from .distribute import distribute_options
+from .optimizer import fused_adamw
 from .schedule import keras_schedule
 
 MAX_PERPLEXITY_LOSS = 80.0  # exp() overflow guard: no perplexity is reported above this loss
@@ -196,8 +197,8 @@ def make_optimizer(config: RunConfig, total_steps: int, precision: str, plan=Non
 
     t = config.train
     schedule = keras_schedule(t.learning_rate, t.warmup_steps, total_steps, t.schedule, t.min_lr_ratio, plan)
-    opt = tf_keras.optimizers.AdamW(learning_rate=schedule, weight_decay=t.weight_decay, beta_1=t.beta1,
-                                    beta_2=t.beta2, epsilon=1e-8, global_clipnorm=t.grad_clip or None)
+    opt = fused_adamw(learning_rate=schedule, weight_decay=t.weight_decay, beta_1=t.beta1, beta_2=t.beta2,
+                      epsilon=1e-8, global_clipnorm=t.grad_clip or None)
     # no decay on biases and layer-norm scales/offsets (nanoGPT's rule: decay only matrices)
     opt.exclude_from_weight_decay(var_names=["bias", "ln_", "gamma", "beta"])
     if precision == "fp16":
