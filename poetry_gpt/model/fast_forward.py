@@ -86,8 +86,9 @@ def gpt2_hidden(lm, input_ids, training: bool = False, compute_dtype=None, dropo
             return y
         return y + tf.matmul(tf.matmul(x, c(lora[0] * tuning.cfg.lora_scale)), c(lora[1]))
 
-    def heads(x):
-        return tf.transpose(tf.reshape(x, [batch, time, n_head, head]), [0, 2, 1, 3])
+    def query_key_value(x):
+        """[batch*time, 3·width] → q, k, v [batch, head, time, head size], from one transpose (not three)."""
+        return tf.unstack(tf.transpose(tf.reshape(x, [batch, time, 3, n_head, head]), [2, 0, 3, 1, 4]))
 
     if drop and seed is None:
         seed = tf.random.uniform([2], maxval=2 ** 31 - 1, dtype=tf.int32)
@@ -105,8 +106,7 @@ def gpt2_hidden(lm, input_ids, training: bool = False, compute_dtype=None, dropo
     for i, block in enumerate(blocks):
         tuned = {} if tuning is None else tuning.layer(i)
         lora = tuned.get("lora", {})
-        q, k, v = tf.split(dense(x, block.attn.c_attn, lora.get("c_attn")), 3, axis=-1)
-        q, k, v = heads(q), heads(k), heads(v)
+        q, k, v = query_key_value(dense(x, block.attn.c_attn, lora.get("c_attn")))
         if "prefix" in tuned:
             pk, pv = (tf.transpose(tf.reshape(c(t), [1, -1, n_head, head]), [0, 2, 1, 3]) for t in tuned["prefix"])
             y = _prefix_attention(q, k, v, pk, pv, head ** -0.5, lambda w: dropped(w, 3 * i + 1))
