@@ -207,6 +207,7 @@ class PoemGenerator:
     """
 
     def __init__(self, path: str | os.PathLike, checkpoint: str | None = None, compute_dtype: str = "float32"):
+        release_freed_memory()  # in a sampling process: TensorFlow's import-time pages, before the load adds its own
         self._setup(load_model(path, checkpoint), compute_dtype)
         release_freed_memory()  # the load's temporary buffers
 
