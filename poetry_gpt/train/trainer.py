@@ -2,7 +2,8 @@
 
 * Loss: float32 cross-entropy of the next character; labels −100 are ignored (the
   model's logits are shifted here once: position t predicts label t+1).
-* AdamW (``tf_keras``'s, its update fused into one XLA program: ``optimizer.py``), global-norm clipping, warm-up + cosine/linear decay on the global step.
+* AdamW (``tf_keras``'s, its update fused into one XLA program: ``optimizer.py``), global-norm clipping,
+  warm-up + cosine/linear decay on the global step.
 * Precision: fp32, bf16 (mixed_bfloat16: bf16 compute, fp32 weights) or fp16 (mixed_float16
   with loss scaling); the loss in float32, from logits of the compute dtype's LM-head matmul (see README, Performance).
 
