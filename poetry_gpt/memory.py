@@ -17,8 +17,9 @@ In a sampling process ``release_freed_memory`` also asks Linux to reclaim the pa
 libraries (``page_out_library_code``). Importing TensorFlow keeps about 340 MB of them resident (static initialisers
 of every kernel and op it registers); sampling uses a small part. The advice (``MADV_PAGEOUT``) only drops
 clean copies of file contents, which the kernel reads back on the next use, so nothing can be lost; a page
-that is needed again costs a fault. Generation's peak resident memory went from 963 to 706 MB with it
-(README, Memory), its first call took 0.2 s longer.
+that is needed again costs a fault. Linux leaves a page that another process also maps (a second TensorFlow
+process started from the same installation), so the saving is largest for a process that runs alone. Generation's peak resident memory went from 1046 to 724 MB with it
+(``scripts/bench.py --only memory``; README, Memory), its first call took 0.2 s longer.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import sys
 from typing import MutableMapping
 
 #: set to 1 (``use_sampling_env``): ``release_freed_memory`` also pages out TensorFlow's library code
@@ -99,8 +101,6 @@ def page_out_library_code() -> int:
     Returns the bytes of the ranges the kernel accepted the advice for: 0 where TensorFlow is not loaded,
     off Linux, or on kernels without ``MADV_PAGEOUT`` (older than 5.4), where nothing changes.
     """
-    import sys
-
     madvise = _madvise()
     tf = sys.modules.get("tensorflow")
     if madvise is None or tf is None or not getattr(tf, "__file__", None):
