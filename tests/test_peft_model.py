@@ -17,7 +17,7 @@ from poetry_gpt.model.peft import TUNE_METHODS, TuneConfig, Tuning, model_variab
 VOCAB = CharVocab(["[PAD]", "[UNK]", "[SEP]"] + [chr(0x4E00 + i) for i in range(97)])  # 100 tokens
 SHAPE = ModelConfig(n_layer=2, n_embd=32, n_head=4, n_ctx=16)
 BASE_VOCAB = 90  # an --extend-vocab run: ids 90…99 are new rows
-SIZES = dict(adapter_size=4, prefix_length=3, lora_rank=2, lora_alpha=4.0,
+SIZES = dict(adapter_size=4, prefix_length=3, lora_rank=2, lora_alpha=4.0, lora_embedding_rank=3,
              lora_targets=("c_attn", "c_proj", "c_fc", "mlp_c_proj", "wte"))
 # float32, same function computed by two code paths (merged vs factored LoRA, cache vs full attention): measured
 # ≤ 8.3e-6 on these logits (|logits| up to 8); a wrong mask, scale or missing term moves them by > 1e-2
@@ -217,10 +217,49 @@ def test_load_refuses_another_models_file(tmp_path):
     (dict(method="qlora"), "--tune"), (dict(adapter_size=0), "--adapter-size"), (dict(prefix_length=0),
                                                                                   "--prefix-length"),
     (dict(lora_rank=0), "--lora-rank"), (dict(lora_alpha=0.0), "--lora-alpha"),
+    (dict(lora_embedding_rank=0), "--lora-embedding-rank"),
     (dict(lora_targets=("c_attn", "lm_head")), "--lora-targets"), (dict(lora_targets=()), "--lora-targets")])
 def test_bad_tune_options_name_the_option(change, option):
     with pytest.raises(OptionError, match=f"^{option}: "):
         TuneConfig(**change)
+
+
+def test_lora_on_wte_has_its_own_rank_and_the_blocks_scale():
+    """``wte``'s A/B are [vocab, r_e] and [r_e, width]; the blocks' keep ``lora_rank``; the embedding's update
+    is ``alpha/lora_rank · A·B``."""
+    lm = _base()
+    tuning = _tuning(lm, "lora", base_vocab=None)
+    v = tuning.variables
+    assert v["lora.wte.A"].shape == (VOCAB.size, 3) and v["lora.wte.B"].shape == (3, SHAPE.n_embd)
+    assert v["h.0.lora.c_fc.A"].shape == (SHAPE.n_embd, 2) and v["h.1.lora.c_attn.B"].shape == (2, 3 * SHAPE.n_embd)
+    _perturb(lm, tuning)
+    expected = lm.transformer.wte.embeddings.numpy() + 4.0 / 2 * v["lora.wte.A"].numpy() @ v["lora.wte.B"].numpy()
+    np.testing.assert_allclose(tuning.embedding().numpy(), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_a_tuning_file_recorded_before_the_embedding_rank_loads_with_the_rank(tmp_path):
+    """A tuning file (and a run.json) written before ``lora_embedding_rank`` existed had wte at ``lora_rank``."""
+    import json as _json
+
+    from poetry_gpt.config import RunConfig
+
+    lm = _base()
+    cfg = TuneConfig(method="lora", **{**SIZES, "lora_embedding_rank": 2})
+    tuning = Tuning(lm, cfg, seed=3)
+    _perturb(lm, tuning)
+    tuning.save(tmp_path / "tuning.npz")
+    with np.load(tmp_path / "tuning.npz") as f:  # rewrite the header as the old code wrote it
+        arrays = {name: f[name] for name in f.files}
+    head = _json.loads(str(arrays["__header__"]))
+    del head["tune"]["lora_embedding_rank"]
+    arrays["__header__"] = np.array(_json.dumps(head))
+    np.savez(tmp_path / "old.npz", **arrays)
+    loaded = Tuning.load(tmp_path / "old.npz", _copy(lm))
+    assert loaded.cfg.lora_embedding_rank == 2
+    np.testing.assert_array_equal(loaded.variables["lora.wte.A"].numpy(), tuning.variables["lora.wte.A"].numpy())
+    old_run = RunConfig.from_dict({"tune": {"method": "lora", "lora_rank": 6}})
+    assert old_run.tune.lora_embedding_rank == 6
+    assert RunConfig().tune.lora_embedding_rank == 12  # a new run's default
 
 
 def test_base_vocab_larger_than_the_model_is_refused():

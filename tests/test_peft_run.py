@@ -281,6 +281,8 @@ def test_tune_without_init_from_is_refused(tmp_path, data):
 @pytest.mark.parametrize("args, option", [
     (["--tune", "lora", "--lora-rank", "0"], "--lora-rank"),
     (["--tune", "lora", "--lora-alpha", "0"], "--lora-alpha"),
+    (["--tune", "lora", "--lora-embedding-rank", "0"], "--lora-embedding-rank"),
+    (["--tune", "bitfit", "--lora-embedding-rank", "8"], "--lora-embedding-rank: applies only to --tune lora"),
     (["--tune", "lora", "--lora-targets", "c_attn,wq"], "--lora-targets"),
     (["--tune", "adapter", "--adapter-size", "0"], "--adapter-size"),
     (["--tune", "prefix", "--prefix-length", "-2"], "--prefix-length"),

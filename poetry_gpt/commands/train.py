@@ -17,10 +17,11 @@ _OVERRIDES = {
     "dropout": ("model", "dropout"),
     "tune": ("tune", "method"), "adapter_size": ("tune", "adapter_size"), "prefix_length": ("tune", "prefix_length"),
     "lora_rank": ("tune", "lora_rank"), "lora_alpha": ("tune", "lora_alpha"), "lora_targets": ("tune", "lora_targets"),
+    "lora_embedding_rank": ("tune", "lora_embedding_rank"),
 }
 # a size option -> the --tune method it belongs to (given with another method, it is refused)
 _TUNE_SIZES = {"adapter_size": "adapter", "prefix_length": "prefix", "lora_rank": "lora", "lora_alpha": "lora",
-               "lora_targets": "lora"}
+               "lora_targets": "lora", "lora_embedding_rank": "lora"}
 
 
 def _tune_options(f):
@@ -32,6 +33,8 @@ def _tune_options(f):
         click.option("--adapter-size", type=int, help="--tune adapter: the bottleneck width [default: 32]."),
         click.option("--prefix-length", type=int, help="--tune prefix: virtual positions per layer [default: 16]."),
         click.option("--lora-rank", type=int, help="--tune lora: the rank [default: 4]."),
+        click.option("--lora-embedding-rank", type=int,
+                     help="--tune lora: the rank of LoRA on wte (the embedding and tied head) [default: 12]."),
         click.option("--lora-alpha", type=float, help="--tune lora: the update is scaled by alpha/rank [default: 16]."),
         click.option("--lora-targets", help=f"--tune lora: the matrices, comma-separated, among "
                                             f"{','.join(LORA_TARGETS)} [default: all of them]."),

@@ -18,8 +18,9 @@ Methods (``--tune``), all on a base ``TFGPT2LMHeadModel`` whose own weights stay
 * ``lora`` — for each target matrix ``W`` [in, out] (Conv1D layout): ``W_eff = W + (alpha/rank)·A·B``, ``A``
   [in, rank] ~ U(−1/√in, 1/√in) (PEFT's kaiming-uniform with a=√5), ``B`` [rank, out] = 0: a fresh LoRA is the
   base model exactly. Targets: ``c_attn``, ``c_proj`` (attention), ``c_fc``, ``mlp_c_proj``, and ``wte``: the
-  tied input/head embedding [vocab, width] gets ``(alpha/rank)·A·B`` with ``A`` [vocab, rank] = 0 and ``B``
-  [rank, width] ~ N(0, initializer_range) (PEFT's embedding LoRA zeroes the per-token side too). It lets the
+  tied input/head embedding [vocab, width] gets ``(alpha/rank)·A·B`` with ``A`` [vocab, r] = 0 and ``B``
+  [r, width] ~ N(0, initializer_range), ``r`` = ``lora_embedding_rank`` (the scale stays the blocks'
+  ``alpha/rank``; PEFT's embedding LoRA zeroes the per-token side too). It lets the
   output distribution over characters move (a new genre's words), which the blocks' LoRA alone barely can.
 
 New embedding rows: when ``base_vocab_size`` < the model's vocabulary (an ``--extend-vocab`` run) and the method
@@ -45,7 +46,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from ..config import LORA_TARGETS, TUNE_METHODS, TuneSettings  # noqa: F401  (re-exported)
+from ..config import LORA_TARGETS, TUNE_METHODS, TuneSettings, recorded_tune  # noqa: F401  (re-exported)
 from ..errors import OptionError, RunDirError
 
 FORMAT = 1  # tuning.npz layout version
@@ -135,11 +136,11 @@ class Tuning:
     def _init_lora(self, lm, rng) -> None:
         import numpy as np
 
-        rank = self.cfg.lora_rank
+        rank, wte_rank = self.cfg.lora_rank, self.cfg.lora_embedding_rank
         if EMBEDDING_TARGET in self.cfg.lora_targets:
-            self._add(f"lora.{EMBEDDING_TARGET}.A", np.zeros((lm.config.vocab_size, rank)))
+            self._add(f"lora.{EMBEDDING_TARGET}.A", np.zeros((lm.config.vocab_size, wte_rank)))
             self._add(f"lora.{EMBEDDING_TARGET}.B", rng.normal(0.0, lm.config.initializer_range,
-                                                                (rank, lm.config.n_embd)))
+                                                                (wte_rank, lm.config.n_embd)))
         for i, block in enumerate(lm.transformer.h):
             convs = conv_layers(block)
             for target in self.block_targets:
@@ -333,7 +334,7 @@ class Tuning:
         if head.get("format") != FORMAT or head.get("vocab_size") != lm.config.vocab_size:
             raise RunDirError(f"{path}: made for a model with a vocabulary of {head.get('vocab_size')} tokens "
                               f"(format {head.get('format')}), not this one's {lm.config.vocab_size}")
-        tune = dict(head["tune"], lora_targets=tuple(head["tune"]["lora_targets"]))
+        tune = dict(recorded_tune(head["tune"]), lora_targets=tuple(head["tune"]["lora_targets"]))
         tuning = cls(lm, TuneConfig(**tune), head.get("base_vocab_size"))
         tuning.assign(arrays, str(path))
         return tuning
