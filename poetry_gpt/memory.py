@@ -18,8 +18,9 @@ libraries (``page_out_library_code``). Importing TensorFlow keeps about 340 MB o
 of every kernel and op it registers); sampling uses a small part. The advice (``MADV_PAGEOUT``) only drops
 clean copies of file contents, which the kernel reads back on the next use, so nothing can be lost; a page
 that is needed again costs a fault. Linux leaves a page that another process also maps (a second TensorFlow
-process started from the same installation), so the saving is largest for a process that runs alone. Generation's peak resident memory went from 1046 to 724 MB with it
-(``scripts/bench.py --only memory``; README, Memory), its first call took 0.2 s longer.
+process started from the same installation), so the saving is largest for a process that runs alone.
+Generation's peak resident memory went from 1046 to 724 MB with it (``scripts/bench.py --only memory``; README,
+Memory), its first call took 0.2 s longer.
 """
 from __future__ import annotations
 
