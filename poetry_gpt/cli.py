@@ -6,6 +6,7 @@ Nothing else in the package prints-and-exits.
 """
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -165,6 +166,19 @@ def main(ctx):
         use_sampling_env()
     if ctx.invoked_subcommand in _QUIET_TF_COMMANDS and not {"-h", "--help"} & set(sys.argv[1:]):
         _import_tensorflow_quietly()
+    _report_native_crashes()  # after the quiet import: a crash while TensorFlow loads has its own report
+
+
+def _report_native_crashes() -> None:
+    """On a crash in native code (a segmentation fault in TensorFlow or a library), print the Python
+    stack of every thread to stderr before the process dies (``faulthandler``), so that the crash names
+    where it happened instead of ending the command silently."""
+    if faulthandler.is_enabled():
+        return
+    try:
+        faulthandler.enable(file=sys.__stderr__, all_threads=True)
+    except (AttributeError, ValueError, OSError):  # no real stderr (an embedding host): nothing to report to
+        pass
 
 
 @main.group(cls=_Group)

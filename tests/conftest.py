@@ -25,6 +25,22 @@ def shared_corpus() -> Path:
     return SHARED_CORPUS
 
 
+@pytest.fixture(autouse=True)
+def _session_environment():
+    """Every test ends with the environment it started with.
+
+    A command run in-process (click's ``CliRunner``) sets variables for its own process: ``generate``
+    sets ``memory.SAMPLING_ENV`` (oneDNN off, library code paged out). Left in ``os.environ``, they would
+    reach the subprocesses of every later test: a ``train`` child would then train without oneDNN and page
+    out its library code, which no user's ``train`` does.
+    """
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 # ------------------------------------------------------------------- poetry-gpt serve (test_serve*.py)
 SERVE_MAX_BATCH = 4
 SERVE_MAX_QUEUE = 4

@@ -68,3 +68,25 @@ def test_a_process_killed_while_loading_shows_what_tensorflow_printed(tmp_path):
     assert lines[0] == FATAL_LINE, proc.stderr
     assert lines[1:] == ["Error: the process died while TensorFlow was loading; what TensorFlow printed is above "
                          "(`poetry-gpt env` checks the installation)"]
+
+
+CRASHING_COMMAND = """import ctypes, sys
+from poetry_gpt import cli
+
+@cli.main.command("crash")
+def crash_in_native_code():
+    ctypes.string_at(0)  # reads address 0: a segmentation fault, as a crash inside TensorFlow would be
+
+sys.argv = ["poetry-gpt", "crash"]
+cli.main()
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_crash_in_native_code_prints_where_it_happened(tmp_path):
+    """A command that dies of SIGSEGV leaves the Python stack on stderr (faulthandler), not silence."""
+    proc = subprocess.run([sys.executable, "-c", CRASHING_COMMAND], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode == -signal.SIGSEGV, proc.stderr
+    assert "Fatal Python error: Segmentation fault" in proc.stderr, proc.stderr
+    assert 'line 6 in crash_in_native_code' in proc.stderr, proc.stderr

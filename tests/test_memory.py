@@ -102,6 +102,19 @@ print(json.dumps({"before": before, "advised": advised, "after": after, "value":
 """
 
 
+_SESSION_HAD_SAMPLING_ENV = memory.PAGE_OUT_VARIABLE in os.environ
+
+
+def test_a_test_that_runs_a_sampling_command_in_process_sets_its_environment():
+    memory.use_sampling_env()  # what ``generate`` does when a test runs it through click's CliRunner
+    assert os.environ[memory.PAGE_OUT_VARIABLE] == "1"
+
+
+def test_the_next_test_starts_without_it():
+    """conftest's ``_session_environment``: the variable did not leak into this test (nor its subprocesses)."""
+    assert (memory.PAGE_OUT_VARIABLE in os.environ) == _SESSION_HAD_SAMPLING_ENV
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise(MADV_PAGEOUT) and /proc are Linux's")
 def test_tensorflows_library_pages_leave_the_resident_set():
     # Linux leaves a page that two processes map; when this pytest process has TensorFlow loaded, its own pages
