@@ -105,6 +105,9 @@ class TrainConfig:
         checkpoint_every: also checkpoint every this many steps inside an epoch (0 = only at epoch ends).
         samples_per_epoch: sample poems written to ``samples/`` after each epoch.
         strategy: tf.distribute strategy: auto, default (one device), mirrored, multi-worker.
+        batch_split: parts each step's batch is computed in, side by side, one core each (``train/cores.py``):
+            0 = auto (one per usable core on a CPU-only run of one replica), 1 = the whole batch at once.
+            Speed only: the step is the same up to float rounding (dropout masks are drawn per part).
     """
 
     batch_size: int = 16
@@ -124,6 +127,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     samples_per_epoch: int = 4
     strategy: str = "auto"
+    batch_split: int = 0
 
     def __post_init__(self):
         require(self.batch_size >= 1, "--batch-size", f"must be ≥ 1, got {self.batch_size}")
@@ -141,6 +145,8 @@ class TrainConfig:
         require(self.checkpoint_every >= 0, "--checkpoint-every", f"must be ≥ 0, got {self.checkpoint_every}")
         require(self.samples_per_epoch >= 0, "--samples-per-epoch", f"must be ≥ 0, got {self.samples_per_epoch}")
         require(self.strategy in STRATEGIES, "--strategy", f"must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        require(0 <= self.batch_split <= self.batch_size, "--batch-split",
+                f"must be 0 (auto) or from 1 to the batch size {self.batch_size}, got {self.batch_split}")
 
 
 @dataclass(frozen=True)

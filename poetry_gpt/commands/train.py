@@ -12,6 +12,7 @@ _OVERRIDES = {
     "warmup_steps": ("train", "warmup_steps"), "schedule": ("train", "schedule"),
     "min_lr_ratio": ("train", "min_lr_ratio"), "weight_decay": ("train", "weight_decay"),
     "grad_clip": ("train", "grad_clip"), "precision": ("train", "precision"), "strategy": ("train", "strategy"),
+    "batch_split": ("train", "batch_split"),
     "seed": ("train", "seed"), "keep_checkpoints": ("train", "keep_checkpoints"),
     "checkpoint_every": ("train", "checkpoint_every"), "samples_per_epoch": ("train", "samples_per_epoch"),
     "dropout": ("model", "dropout"),
@@ -80,6 +81,9 @@ def _train_options(f):
         click.option("--grad-clip", type=float, help="Global-norm gradient clipping (0 = off)."),
         click.option("--precision", type=click.Choice(PRECISIONS), help="auto = bf16 where the CPU/GPU has it, else fp32."),
         click.option("--strategy", type=click.Choice(STRATEGIES), help="tf.distribute strategy."),
+        click.option("--batch-split", type=int,
+                     help="Compute each step's batch in N parts side by side, one core each (speed only; "
+                          "0 = auto: one part per core on a CPU, 1 = the whole batch at once)."),
         click.option("--seed", type=int, help="Seed for initialisation and data order."),
         click.option("--keep-checkpoints", type=int, help="How many recent checkpoints to keep."),
         click.option("--checkpoint-every", type=int, help="Also checkpoint every N steps (0 = epoch ends only)."),

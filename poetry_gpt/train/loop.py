@@ -32,6 +32,7 @@ from ..run_dir import (RunDir, base_record, check_base, check_resume_compatible,
                        export_meta, open_run)
 from . import budget as _budget
 from .budget import TimeBudget, format_duration
+from .cores import CoreLayout, use_cores
 from .distribute import check_global_batch, check_same_start, checkpoint_managers, is_chief, make_strategy
 from .schedule import run_lr
 from .trainer import (Training, TrainingDiverged, build_training, global_step, require_base, resolve_precision,
@@ -133,18 +134,20 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
     set_precision(precision)
     strategy = make_strategy(config.train.strategy)
     t, n_ctx = config.train, config.model.n_ctx
+    cores = use_cores(t.batch_split, t.batch_size, strategy)  # before the runtime starts: it sets the threads
     steps_per_epoch = _steps_per_epoch(manifest, config, strategy)
     total_steps = steps_per_epoch * t.epochs
     # a run whose length changes lays its decay over a plan variable; one trained so keeps it on resume
     use_plan = max_time is not None or (resuming and _has_lr_plan(run.checkpoints))
     training = build_training(config, vocab, strategy, total_steps, precision, init_from, use_plan,
-                              manifest.base_vocab_size)
+                              manifest.base_vocab_size, cores.parts)
     # a non-chief saves into a temporary folder (deleted at exit) but resumes from the chief's checkpoints
     manager, source = checkpoint_managers(training.saved, run.checkpoints, chief, t.keep_checkpoints)
     restored_step = (_resume(run, source, training, config, total_steps, changes, chief, echo) if resuming else 0)
     check_same_start(strategy, restored_step)  # a cluster's workers must all start from the chief's checkpoint
     if chief:
-        run.write_run(config, manifest, {"precision": precision, "steps_per_epoch": steps_per_epoch, **base})
+        run.write_run(config, manifest, {"precision": precision, "steps_per_epoch": steps_per_epoch,
+                                         "batch_parts": cores.parts, "threads_per_part": cores.threads, **base})
         vocab.save(run.path)
 
     lm = training.lm
@@ -168,7 +171,7 @@ def train(data_dir: str | os.PathLike | None, run_dir: str | os.PathLike, config
               if max_time is not None else None)
     callback = RunCallback(run, manager, training, vocab, config, total_steps, steps_per_epoch, history, meta,
                            chief, echo, budget=budget, sample_poems=sample_poems)
-    echo(_announce(training, config, manifest, precision, strategy, steps_per_epoch, budget))
+    echo(_announce(training, config, manifest, precision, strategy, steps_per_epoch, budget, cores))
     if base["base"] is not None:
         trainable, total = training.parameter_counts()
         echo(f"Fine-tuning {base['base']['path']} with --tune {config.tune.describe()}: trainable {trainable:,} / "
@@ -311,7 +314,7 @@ def _resume(run: RunDir, source, training: Training, config: RunConfig, total_st
 
 
 def _announce(training: Training, config: RunConfig, manifest: Manifest, precision: str, strategy,
-              steps_per_epoch: int, budget: TimeBudget | None) -> str:
+              steps_per_epoch: int, budget: TimeBudget | None, cores: CoreLayout) -> str:
     """The line that says what is about to be trained, and for how long."""
     from ..model.gpt2 import count_parameters
 
@@ -322,7 +325,8 @@ def _announce(training: Training, config: RunConfig, manifest: Manifest, precisi
               f", the decay planned to end there), epochs of {steps_per_epoch} steps")
     return (f"Training {count_parameters(training.lm) / 1e6:.2f}M parameters ({m.n_layer} layers, width {m.n_embd}, "
             f"context {m.n_ctx}) on {manifest.poems('train')} poems: {length} of "
-            f"{t.batch_size}×{m.n_ctx} tokens, {precision}, {strategy.num_replicas_in_sync} replica(s).")
+            f"{t.batch_size}×{m.n_ctx} tokens, {precision}, {strategy.num_replicas_in_sync} replica(s), "
+            f"{cores.describe()}.")
 
 
 def _fit_epochs(fit: Callable[[int, int, int, int], int], callback, restored_step: int, steps_per_epoch: int,

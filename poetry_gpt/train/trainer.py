@@ -99,15 +99,17 @@ def global_step(optimizer) -> int:
     return int(inner_optimizer(optimizer).iterations.numpy())
 
 
-def build_lm_trainer(lm, seed: int = 0, tuning=None):
+def build_lm_trainer(lm, seed: int = 0, tuning=None, parts: int = 1):
     """Wrap a ``TFGPT2LMHeadModel`` in a Keras model with our train/test steps.
 
     Args:
         lm: the transformers model.
         seed: the run seed; a training step's dropout masks are a function of (seed, global step,
-            replica, layer), so a resumed run draws the very masks an uninterrupted one would.
+            replica, batch part, layer), so a resumed run draws the very masks an uninterrupted one would.
         tuning: a ``model.peft.Tuning`` (its forward is computed, only ``tuning.trainable(lm)`` is
             updated), or None: every weight of ``lm`` trains.
+        parts: each replica's batch is computed in this many independent parts (rows j, j+parts, …), whose
+            loss sums and target counts are added (``cores.py``: side by side on a CPU's cores); 1: whole.
     """
     import tensorflow as tf
     import tf_keras
@@ -147,13 +149,24 @@ def build_lm_trainer(lm, seed: int = 0, tuning=None):
             return self.lm(input_ids=input_ids, training=training, use_cache=False).logits
 
         def _loss_terms(self, batch, training):
-            """(sum of next-token cross-entropies, number of targets); see fast_forward.lm_loss_terms."""
-            return lm_loss_terms(self.lm, batch["input_ids"], batch["labels"], training=training,
-                                 dropout=self.lm.config.resid_pdrop, seed=self._dropout_seed() if training else None,
-                                 tuning=tuning)
+            """(sum of next-token cross-entropies, number of targets) over the batch's ``parts``."""
+            seed_of_step = self._dropout_seed() if training else None
+            if parts == 1:
+                return self._part_terms(batch["input_ids"], batch["labels"], training, seed_of_step)
+            terms = [self._part_terms(batch["input_ids"][j::parts], batch["labels"][j::parts], training,
+                                      None if seed_of_step is None
+                                      else tf.random.experimental.stateless_fold_in(seed_of_step, j))
+                     for j in range(parts)]
+            return tf.add_n([t[0] for t in terms]), tf.add_n([t[1] for t in terms])
+
+        def _part_terms(self, input_ids, labels, training, dropout_seed):
+            """``fast_forward.lm_loss_terms`` of some rows of the batch."""
+            return lm_loss_terms(self.lm, input_ids, labels, training=training, dropout=self.lm.config.resid_pdrop,
+                                 seed=dropout_seed, tuning=tuning)
 
         def _dropout_seed(self):
-            """Stateless seed of this step's dropout: (run seed, global step), the replica folded in."""
+            """Stateless seed of this step's dropout: (run seed, global step), the replica folded in (and the
+            batch part, in ``_loss_terms``)."""
             step = tf.cast(self.optimizer.iterations, tf.int64)  # before this step's update: 0, 1, …
             replica = tf.distribute.get_replica_context().replica_id_in_sync_group
             return tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), step]), replica)
@@ -285,7 +298,7 @@ def make_tuning(lm, config: RunConfig, base_vocab_size: int | None):
 
 def build_training(config: RunConfig, vocab: CharVocab, strategy, total_steps: int, precision: str,
                    init_from: str | Path | None = None, use_plan: bool = False,
-                   base_vocab_size: int | None = None) -> Training:
+                   base_vocab_size: int | None = None, batch_parts: int = 1) -> Training:
     """Build the model, its trainer and optimizer, and the checkpointed counters in ``strategy``'s scope.
 
     The precision policy must be set before (``set_precision``): the model's layers take it when made.
@@ -300,6 +313,7 @@ def build_training(config: RunConfig, vocab: CharVocab, strategy, total_steps: i
         use_plan: lay the decay over a plan variable (a run whose length changes: ``--max-time``).
         base_vocab_size: with ``--tune``: ids below it are the base's, the rows above are new (None: the
             vocabulary was not extended).
+        batch_parts: parts each replica's batch is computed in (``cores.use_cores``; ``build_lm_trainer``).
     """
     import tensorflow as tf
 
@@ -312,7 +326,7 @@ def build_training(config: RunConfig, vocab: CharVocab, strategy, total_steps: i
                                                                                              seed=t.seed)
         tuning = make_tuning(lm, config, base_vocab_size)
         trainable = lm.trainable_variables if tuning is None else tuning.trainable(lm)
-        trainer = build_lm_trainer(lm, seed=t.seed, tuning=tuning)
+        trainer = build_lm_trainer(lm, seed=t.seed, tuning=tuning, parts=batch_parts)
         plan = (tf.Variable([0.0, t.warmup_steps, total_steps], dtype=tf.float64, trainable=False, name="lr_plan")
                 if use_plan else None)
         optimizer = make_optimizer(config, total_steps, precision, plan)

@@ -218,5 +218,9 @@ def code_path(doc: dict) -> dict:
                               "capability >= 8), else fp32",
             "cpu_amx_bf16": "amx_bf16" in flags, "cpu_avx512_bf16": "avx512_bf16" in flags,
             "sampler_compute_dtype": first.get("compute_dtype"),
-            "threads": usable_cores(), "threads_rule": "every core the process may run on (CPU affinity), "
-                                                       "TensorFlow's intra-op pool and torch.set_num_threads alike"}
+            "training_batch_split": system.get("batch_split"),
+            "threads": usable_cores(), "threads_rule": "every core the process may run on (CPU affinity): "
+                                                       "poetry_gpt as train uses them (the batch in one part "
+                                                       "per core, one intra-op thread each: train/cores.py), "
+                                                       "the other systems' intra-op pool and "
+                                                       "torch.set_num_threads with every core"}

@@ -37,11 +37,10 @@ def _mem_total_gb() -> float | None:
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity; all of the machine's where that is unknown)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    """The cores this process may run on (``poetry_gpt.train.cores.usable_cores``: the rule ``train`` uses)."""
+    from poetry_gpt.train.cores import usable_cores as cores
+
+    return cores()
 
 
 def load_average() -> list[float]:

@@ -110,7 +110,8 @@ def child_peak(a: dict) -> dict:
 
 def poetry_fit(preset: str, data_dir: str, total: int, times: list[float]) -> dict:
     """Train a new model of ``preset`` for ``total`` steps as ``train`` does: ``trainer.build_training`` (decay over
-    ``total``) + ``fit(trainer.training_data)`` at the preset's precision, on every usable core.
+    ``total``) + ``fit(trainer.training_data)`` at the preset's precision, on every usable core as ``train`` uses
+    them (``cores.use_cores``: the batch in one part per core, one thread each).
 
     Args:
         preset: the preset name.
@@ -119,26 +120,29 @@ def poetry_fit(preset: str, data_dir: str, total: int, times: list[float]) -> di
         times: filled with the step-end times (``_keras_timer``).
 
     Returns:
-        ``config``, ``manifest``, ``vocab``, ``precision``, ``threads``, ``training`` and ``history``.
+        ``config``, ``manifest``, ``vocab``, ``precision``, ``threads`` (usable cores), ``cores`` (the
+        ``CoreLayout``), ``training`` and ``history``.
     """
     import poetry_gpt  # noqa: F401
     from poetry_gpt.config import config_from_preset
     from poetry_gpt.data.manifest import load_manifest
+    from poetry_gpt.train.cores import use_cores
     from poetry_gpt.train.distribute import make_strategy
     from poetry_gpt.train.trainer import build_training, resolve_precision, set_precision, training_data
 
-    threads = _tf_threads()
+    threads = usable_cores()
     config = config_from_preset(preset)
     manifest = load_manifest(data_dir)
     vocab = manifest.load_vocab()
     precision = resolve_precision(config.train.precision)
     set_precision(precision)
     strategy = make_strategy(config.train.strategy)
-    training = build_training(config, vocab, strategy, total, precision)
+    cores = use_cores(config.train.batch_split, config.train.batch_size, strategy)
+    training = build_training(config, vocab, strategy, total, precision, batch_parts=cores.parts)
     history = training.trainer.fit(training_data(manifest, config, vocab, strategy), epochs=1, steps_per_epoch=total,
                                    callbacks=[_keras_timer(times)], verbose=0)
     return {"config": config, "manifest": manifest, "vocab": vocab, "precision": precision, "threads": threads,
-            "training": training, "history": history}
+            "cores": cores, "training": training, "history": history}
 
 
 def child_train_poetry(a: dict) -> dict:
@@ -168,6 +172,7 @@ def child_train_poetry(a: dict) -> dict:
     return {"system": "poetry_gpt: trainer.build_training + fit(trainer.training_data), packed rows",
             "preset": a["preset"], "precision": precision, "policy": tf_keras.mixed_precision.global_policy().name,
             "precision_setting": t.precision, "threads": threads,
+            "batch_split": {"parts": run["cores"].parts, "threads_per_part": run["cores"].threads},
             "shape": {"n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head, "n_ctx": m.n_ctx,
                       "batch_size": t.batch_size, "vocab_size": vocab.size, "dropout": m.dropout},
             "optimizer": f"AdamW (lr {t.learning_rate}, warm-up {t.warmup_steps}, {t.schedule}), clip {t.grad_clip}",
