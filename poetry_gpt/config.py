@@ -106,7 +106,8 @@ class TrainConfig:
         samples_per_epoch: sample poems written to ``samples/`` after each epoch.
         strategy: tf.distribute strategy: auto, default (one device), mirrored, multi-worker.
         batch_split: parts each step's batch is computed in, side by side, one core each (``train/cores.py``):
-            0 = auto (one per usable core on a CPU-only run of one replica), 1 = the whole batch at once.
+            0 = auto (one per usable core, at most 4, on a CPU-only run of one replica), 1 = the whole batch
+            at once.
             Speed only: the step is the same up to float rounding (dropout masks are drawn per part).
     """
 

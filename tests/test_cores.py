@@ -27,6 +27,7 @@ def data_dir(tmp_path_factory):
     (0, 16, 2, False, 1, 2),  # auto: one part per core
     (0, 16, 1, False, 1, 1),
     (0, 3, 8, False, 1, 3),  # at most one part per row
+    (0, 16, 8, False, 1, 4),  # at most MAX_AUTO_PARTS (each part holds a copy of the gradients)
     (0, 16, 8, True, 1, 1),  # a GPU: whole
     (0, 8, 2, False, 2, 1),  # several replicas: whole
     (4, 16, 2, False, 1, 4),  # as given
@@ -130,7 +131,7 @@ def test_a_new_process_gets_one_thread_per_part():
     proc = subprocess.run([sys.executable, "-c", USE_CORES], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.splitlines()[-1])
-    assert out["parts"] == min(out["cores"], 16)
+    assert out["parts"] == min(out["cores"], 4)
     if out["parts"] > 1:
         assert out["threads"] == out["tf_threads"] == out["cores"] // out["parts"], out
     assert out["value"] == 45.0

@@ -83,7 +83,7 @@ def _train_options(f):
         click.option("--strategy", type=click.Choice(STRATEGIES), help="tf.distribute strategy."),
         click.option("--batch-split", type=int,
                      help="Compute each step's batch in N parts side by side, one core each (speed only; "
-                          "0 = auto: one part per core on a CPU, 1 = the whole batch at once)."),
+                          "0 = auto: one part per core, at most 4, on a CPU; 1 = the whole batch at once)."),
         click.option("--seed", type=int, help="Seed for initialisation and data order."),
         click.option("--keep-checkpoints", type=int, help="How many recent checkpoints to keep."),
         click.option("--checkpoint-every", type=int, help="Also checkpoint every N steps (0 = epoch ends only)."),

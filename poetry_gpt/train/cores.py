@@ -6,13 +6,14 @@ every matmul spread over all cores waits for the slowest. With the batch split i
 (rows j, j + parts, …; ``trainer.build_lm_trainer``), each part's forward and backward is an independent
 chain of ops that TensorFlow's executor runs beside the others, each op on one thread; the parts' loss sums
 and target counts are added, so the step's loss and gradients are the same up to float rounding (dropout
-masks are drawn per part). Measured on a 2-core AMD EPYC (AVX-512 BF16, no AMX): ``small`` trained about 10%
+masks are drawn per part). Measured on a 2-core AMD EPYC (AVX-512 BF16, no AMX): ``small`` trained about 7%
 faster (README, Performance). On a GPU, or with several replicas, the batch stays whole.
 
-``auto`` (``--batch-split 0``) uses one part per usable core, at most one per row, on a CPU-only run of one
-replica. The split is set per process: the intra-op thread count can only be set before TensorFlow's
-runtime starts; when it has already started (the library called from a process that ran TensorFlow before),
-the parts still run, with the threads TensorFlow already had.
+``auto`` (``--batch-split 0``) uses one part per usable core, at most one per row and at most
+``MAX_AUTO_PARTS``, on a CPU-only run of one replica; each part's ops get ``cores // parts`` threads.
+The threads are set per process: the intra-op thread count can only be set before TensorFlow's runtime
+starts; when it has already started (the library called from a process that ran TensorFlow before), the
+parts still run, with the threads TensorFlow already had.
 """
 from __future__ import annotations
 
@@ -51,6 +52,11 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+#: ``auto`` splits into at most this many parts: each part holds its own copy of the gradients until they are
+#: added (``small``: 51 MB a copy), so a many-core machine gets a few parts of several threads each
+MAX_AUTO_PARTS = 4
+
+
 def batch_parts(setting: int, rows: int, cores: int, gpu: bool, replicas: int) -> int:
     """Parts a replica's batch is split into.
 
@@ -65,7 +71,7 @@ def batch_parts(setting: int, rows: int, cores: int, gpu: bool, replicas: int) -
         return min(setting, rows)
     if gpu or replicas > 1:
         return 1
-    return max(1, min(cores, rows))
+    return max(1, min(cores, rows, MAX_AUTO_PARTS))
 
 
 def use_cores(setting: int, batch_size: int, strategy) -> CoreLayout:
