@@ -88,9 +88,9 @@ def use_cores(setting: int, batch_size: int, strategy) -> CoreLayout:
     gpu = bool(tf.config.list_physical_devices("GPU"))
     cores, rows = usable_cores(), max(1, batch_size // replicas)
     parts = batch_parts(setting, rows, cores, gpu, replicas)
-    threads = None
-    if parts > 1 and not gpu and _set_intra_op_threads(max(1, cores // parts)):
-        threads = max(1, cores // parts)
+    threads = max(1, cores // parts)
+    if parts == 1 or gpu or not _set_intra_op_threads(threads):
+        threads = None  # left as TensorFlow has them
     return CoreLayout(parts, threads, -(-rows // parts))
 
 
