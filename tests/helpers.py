@@ -80,3 +80,30 @@ def env_with_fake_packages(folder: Path, **extra: str) -> dict:
 
     path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def failure_text(stderr: str, tail: int = 3000, frames: int = 4) -> str:
+    """What a failed subprocess's stderr says, short enough for an assertion message.
+
+    A native crash (``faulthandler``'s dump: the fatal error line, then one stack per thread) is shown as
+    the error line and each thread's innermost ``frames`` frames, so that the thread that crashed is seen
+    whatever the number of threads; any other stderr as its last ``tail`` characters.
+
+    Args:
+        stderr: the subprocess's stderr.
+        tail: characters kept of an ordinary stderr.
+        frames: frames kept of each thread's stack.
+    """
+    lines = stderr.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("Fatal Python error")), None)
+    if start is None:
+        return stderr[-tail:]
+    kept, left = [], 0
+    for line in lines[start:]:
+        if line.startswith(("Fatal Python error", "Thread 0x", "Current thread 0x")):
+            kept.append(line)
+            left = frames
+        elif line.startswith("  File ") and left > 0:
+            kept.append(line)
+            left -= 1
+    return "\n".join(kept)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from helpers import cli, env_with_fake_packages
+from helpers import cli, env_with_fake_packages, failure_text
 
 TOP_K_ERROR = "Error: --top-k"
 FATAL_LINE = "F0000 00:00:1 fake_platform.cc:7] Check failed: this CPU lacks AVX"
@@ -70,12 +70,17 @@ def test_a_process_killed_while_loading_shows_what_tensorflow_printed(tmp_path):
                          "(`poetry-gpt env` checks the installation)"]
 
 
-CRASHING_COMMAND = """import ctypes, sys
+CRASHING_COMMAND = """import ctypes, sys, threading
 from poetry_gpt import cli
 
 @cli.main.command("crash")
 def crash_in_native_code():
     ctypes.string_at(0)  # reads address 0: a segmentation fault, as a crash inside TensorFlow would be
+
+def waiting_thread():
+    threading.Event().wait()
+
+threading.Thread(target=waiting_thread, daemon=True).start()
 
 sys.argv = ["poetry-gpt", "crash"]
 cli.main()
@@ -90,3 +95,18 @@ def test_a_crash_in_native_code_prints_where_it_happened(tmp_path):
     assert proc.returncode == -signal.SIGSEGV, proc.stderr
     assert "Fatal Python error: Segmentation fault" in proc.stderr, proc.stderr
     assert 'line 6 in crash_in_native_code' in proc.stderr, proc.stderr
+    assert 'in waiting_thread' in proc.stderr, proc.stderr  # every thread's stack, not only the crashed one's
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_crash_report_in_a_test_failure_keeps_every_thread(tmp_path):
+    """``helpers.failure_text``: the error line and the innermost frames of each thread, in a short message."""
+    proc = subprocess.run([sys.executable, "-c", CRASHING_COMMAND], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    short = failure_text(proc.stderr, frames=2).splitlines()
+    assert short[0] == "Fatal Python error: Segmentation fault", proc.stderr
+    headers = [line for line in short if line.startswith(("Thread 0x", "Current thread 0x"))]
+    assert len(headers) == 2 and sum(h.startswith("Current thread") for h in headers) == 1, proc.stderr
+    crashed = short.index(next(h for h in headers if h.startswith("Current")))
+    assert short[crashed + 1].endswith("in string_at") and short[crashed + 2].endswith("line 6 in crash_in_native_code")
+    assert len(short) == 1 + 2 * 3, short  # 2 frames of each thread

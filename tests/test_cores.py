@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import cli, prepared_data
+from helpers import cli, failure_text, prepared_data
 from poetry_gpt.config import TrainConfig, config_from_preset
 from poetry_gpt.errors import OptionError
 from poetry_gpt.train.cores import CoreLayout, batch_parts
@@ -129,7 +129,7 @@ print(json.dumps({"parts": layout.parts, "threads": layout.threads, "cores": usa
 
 def test_a_new_process_gets_one_thread_per_part():
     proc = subprocess.run([sys.executable, "-c", USE_CORES], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, failure_text(proc.stderr)
     out = json.loads(proc.stdout.splitlines()[-1])
     assert out["parts"] == min(out["cores"], 4)
     if out["parts"] > 1:

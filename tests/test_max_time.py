@@ -13,7 +13,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from helpers import cli, write_raw
+from helpers import cli, failure_text, write_raw
 
 import poetry_gpt.train.budget as budget_mod
 import poetry_gpt.train.callbacks as callbacks_mod
@@ -313,7 +313,7 @@ def test_cli_max_time_for_real(tmp_path, data_dir):
                                    "--steps-per-epoch", "100", "--precision", "fp32", "--max-time", "30s", "--quiet"],
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_text(proc.stderr)
     state = RunDir(run).read_state()
     budget = state["time_budget"]
     m = re.search(r"^Time budget 30s \(deadline \d\d:\d\d:\d\d\): planned (\d+) steps, reached (\d+) \(", proc.stdout, re.M)

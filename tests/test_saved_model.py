@@ -17,7 +17,7 @@ import pytest
 import poetry_gpt  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from poetry_gpt.serve.saved_model import ASSET, INPUTS, OUTPUTS
 
-from helpers import write_raw
+from helpers import failure_text, write_raw
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 # (prompts, options): every request is also run through PoemGenerator; 2 rows run at batch 2 in both
@@ -154,7 +154,7 @@ def test_a_tensorflow_only_process_writes_the_poems_of_poem_generator(exported):
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
                           cwd=exported["root"], env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_text(proc.stderr)
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["leaked"] == []
     gen = PoemGenerator(exported["run"])
@@ -171,7 +171,7 @@ def test_saved_model_cli_lists_the_documented_signature(exported):
     cli = Path(sys.executable).parent / "saved_model_cli"
     proc = subprocess.run([str(cli), "show", "--dir", str(exported["out"]), "--all"], capture_output=True,
                           text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, failure_text(proc.stderr)
     serving = proc.stdout.split("signature_def['serving_default']:")[1].split("signature_def[")[0]
     inputs, outputs = serving.split("output(s):")
     readme = README.read_text(encoding="utf-8")
