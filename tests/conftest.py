@@ -25,6 +25,14 @@ def shared_corpus() -> Path:
     return SHARED_CORPUS
 
 
+@pytest.fixture(scope="session")
+def native_crash_env(tmp_path_factory) -> dict:
+    """Variables that make a child process print the native stack of a crash (``helpers.native_crash_env``)."""
+    from helpers import native_crash_env
+
+    return native_crash_env(tmp_path_factory.mktemp("native-backtrace"))
+
+
 @pytest.fixture(autouse=True)
 def _session_environment():
     """Every test ends with the environment it started with.

@@ -82,28 +82,61 @@ def env_with_fake_packages(folder: Path, **extra: str) -> dict:
     return {**os.environ, "PYTHONPATH": path, **extra}
 
 
-def failure_text(stderr: str, tail: int = 3000, frames: int = 4) -> str:
+NATIVE_STACK_HEADER = "Native stack of the crashed thread"
+
+
+def failure_text(stderr: str, tail: int = 3000, frames: int = 4, native_frames: int = 16) -> str:
     """What a failed subprocess's stderr says, short enough for an assertion message.
 
     A native crash (``faulthandler``'s dump: the fatal error line, then one stack per thread) is shown as
     the error line and each thread's innermost ``frames`` frames, so that the thread that crashed is seen
-    whatever the number of threads; any other stderr as its last ``tail`` characters.
+    whatever the number of threads, then the crashed thread's native stack when ``native_crash_env``
+    printed one; any other stderr as its last ``tail`` characters.
 
     Args:
         stderr: the subprocess's stderr.
         tail: characters kept of an ordinary stderr.
         frames: frames kept of each thread's stack.
+        native_frames: lines kept of the native stack.
     """
     lines = stderr.splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith("Fatal Python error")), None)
     if start is None:
         return stderr[-tail:]
-    kept, left = [], 0
+    kept, left, native = [], 0, False
     for line in lines[start:]:
-        if line.startswith(("Fatal Python error", "Thread 0x", "Current thread 0x")):
+        if line.startswith(("Fatal Python error", "Thread 0x", "Current thread 0x", NATIVE_STACK_HEADER)):
             kept.append(line)
-            left = frames
-        elif line.startswith("  File ") and left > 0:
+            native = line.startswith(NATIVE_STACK_HEADER)
+            left = native_frames if native else frames
+        elif left > 0 and (native or line.startswith("  File ")):
             kept.append(line)
             left -= 1
     return "\n".join(kept)
+
+
+def native_crash_env(folder: Path) -> dict:
+    """Variables that make a child process print its crashed thread's native stack (``tests/native_backtrace.c``,
+    built here with the C compiler and loaded with ``LD_PRELOAD``); empty where it cannot be built.
+
+    A segmentation fault inside TensorFlow shows only the Python frames above the call (``faulthandler``); the
+    native stack names the library and function it happened in.
+
+    Args:
+        folder: where to build the library.
+    """
+    import shutil
+    import subprocess
+
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None or not sys.platform.startswith("linux"):
+        return {}
+    library = folder / "libnative_backtrace.so"
+    source = Path(__file__).with_name("native_backtrace.c")
+    built = subprocess.run([compiler, "-shared", "-fPIC", "-O1", "-o", str(library), str(source)],
+                           capture_output=True, text=True)
+    if built.returncode != 0:
+        return {}
+    import os
+
+    return {"LD_PRELOAD": os.pathsep.join(p for p in (str(library), os.environ.get("LD_PRELOAD")) if p)}

@@ -5,6 +5,7 @@ Each test puts a fake ``tensorflow`` package first on PYTHONPATH and runs ``poet
 """
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -99,14 +100,23 @@ def test_a_crash_in_native_code_prints_where_it_happened(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_a_crash_report_in_a_test_failure_keeps_every_thread(tmp_path):
-    """``helpers.failure_text``: the error line and the innermost frames of each thread, in a short message."""
+def test_a_crash_report_in_a_test_failure_keeps_every_thread(tmp_path, native_crash_env):
+    """``helpers.failure_text``: the error line, the innermost frames of each thread and the native stack of the
+    crashed one (``native_crash_env``), in a short message."""
+    if not native_crash_env:
+        pytest.skip("no C compiler to build tests/native_backtrace.c")
     proc = subprocess.run([sys.executable, "-c", CRASHING_COMMAND], capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path)
-    short = failure_text(proc.stderr, frames=2).splitlines()
+                          cwd=tmp_path, env={**os.environ, **native_crash_env})
+    assert proc.returncode == -signal.SIGSEGV, proc.stderr
+    native = proc.stderr.splitlines().index("Native stack of the crashed thread (tests/native_backtrace.c):")
+    short = failure_text(proc.stderr[:proc.stderr.index("Native stack")], frames=2).splitlines()
     assert short[0] == "Fatal Python error: Segmentation fault", proc.stderr
     headers = [line for line in short if line.startswith(("Thread 0x", "Current thread 0x"))]
     assert len(headers) == 2 and sum(h.startswith("Current thread") for h in headers) == 1, proc.stderr
     crashed = short.index(next(h for h in headers if h.startswith("Current")))
     assert short[crashed + 1].endswith("in string_at") and short[crashed + 2].endswith("line 6 in crash_in_native_code")
     assert len(short) == 1 + 2 * 3, short  # 2 frames of each thread
+    with_native = failure_text(proc.stderr, frames=2, native_frames=12).splitlines()
+    assert with_native[:len(short)] == short
+    assert with_native[len(short):] == proc.stderr.splitlines()[native:native + 13]
+    assert any("_ctypes" in line for line in with_native[len(short) + 1:]), proc.stderr  # the call that crashed

@@ -306,13 +306,13 @@ def test_a_run_without_budget_resumed_with_one_continues_its_decay(tmp_path, mon
 
 
 @pytest.mark.slow
-def test_cli_max_time_for_real(tmp_path, data_dir):
+def test_cli_max_time_for_real(tmp_path, data_dir, native_crash_env):
     """A real clock: `train --max-time 30s` exits 0 by its deadline, decayed, with the summary line."""
     run = tmp_path / "run"
     proc = subprocess.run(cli() + ["train", "--data", str(data_dir), "--run", str(run), "--config", "tiny",
                                    "--steps-per-epoch", "100", "--precision", "fp32", "--max-time", "30s", "--quiet"],
                           capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **native_crash_env})
     assert proc.returncode == 0, failure_text(proc.stderr)
     state = RunDir(run).read_state()
     budget = state["time_budget"]
