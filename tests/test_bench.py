@@ -186,6 +186,7 @@ def test_quick_code_path(quick_doc):
     assert path["training_precision"] == ("bf16" if path["cpu_amx_bf16"] or path["cpu_avx512_bf16"] else "fp32")
     assert path["sampler_compute_dtype"] == "float32"
     assert path["threads"] == quick_doc["machine"]["cores_usable"]
+    assert "--xla_cpu_experimental_ynn_fusion_type" in path["xla_flags"]  # what the child trained with
 
 
 @pytest.mark.slow

@@ -219,6 +219,9 @@ def code_path(doc: dict) -> dict:
             "cpu_amx_bf16": "amx_bf16" in flags, "cpu_avx512_bf16": "avx512_bf16" in flags,
             "sampler_compute_dtype": first.get("compute_dtype"),
             "training_batch_split": system.get("batch_split"),
+            "xla_flags": system.get("xla_flags"),
+            "xla_flags_rule": "importing poetry_gpt adds --xla_cpu_experimental_ynn_fusion_type= (no YNNPACK "
+                              "fusions: a crash in TensorFlow 2.21's XLA; poetry_gpt/xla_flags.py)",
             "threads": usable_cores(), "threads_rule": "every core the process may run on (CPU affinity): "
                                                        "poetry_gpt as train uses them (the batch in one part "
                                                        "per core, one intra-op thread each: train/cores.py), "

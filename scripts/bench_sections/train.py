@@ -173,6 +173,7 @@ def child_train_poetry(a: dict) -> dict:
             "preset": a["preset"], "precision": precision, "policy": tf_keras.mixed_precision.global_policy().name,
             "precision_setting": t.precision, "threads": threads,
             "batch_split": {"parts": run["cores"].parts, "threads_per_part": run["cores"].threads},
+            "xla_flags": os.environ.get("XLA_FLAGS"),
             "shape": {"n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head, "n_ctx": m.n_ctx,
                       "batch_size": t.batch_size, "vocab_size": vocab.size, "dropout": m.dropout},
             "optimizer": f"AdamW (lr {t.learning_rate}, warm-up {t.warmup_steps}, {t.schedule}), clip {t.grad_clip}",
