@@ -10,6 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "poetry_gpt"
 # the stages in pipeline order; a module may import from its own stage and earlier ones only
 STAGES = {
     "": 0, "errors": 0, "fsutil": 0, "config": 0, "presets": 0, "sampling": 0, "envcheck": 0, "memory": 0,
+    "xla_flags": 0,
     "verse": 1, "data": 2, "run_dir": 3, "model": 4, "train": 5, "generate": 6, "eval": 7, "serve": 8,
     "cli": 9, "commands": 9,
 }
