@@ -5,7 +5,7 @@ fusion that holds a constant runs, XLA builds its YNNPACK executable and keeps a
 list without a lock; two threads running the same compiled program at once for the first time (the two
 halves of a batch under ``train --batch-split``, or two independent ops of a step) can append at the same
 moment, and the process dies of a segmentation fault (native stack: ``YnnFusionThunk::CreateYnnExecutable``
-→ ``std::vector<std::unique_ptr<xla::Literal>>::_M_realloc_insert``; about 1 ``train`` start in 70 on 2
+→ ``std::vector<std::unique_ptr<xla::Literal>>::_M_realloc_insert``; about 1 ``train`` start in 80 on 2
 cores). Later XLA releases guard that list with a mutex. With the fusions off, XLA compiles those
 operations with its own emitters. ``scripts/bench.py --only train`` measured the training speed with and
 without them (README, Performance).
