@@ -125,6 +125,7 @@ def native_crash_env(folder: Path) -> dict:
     Args:
         folder: where to build the library.
     """
+    import os
     import shutil
     import subprocess
 
@@ -137,6 +138,4 @@ def native_crash_env(folder: Path) -> dict:
                            capture_output=True, text=True)
     if built.returncode != 0:
         return {}
-    import os
-
     return {"LD_PRELOAD": os.pathsep.join(p for p in (str(library), os.environ.get("LD_PRELOAD")) if p)}

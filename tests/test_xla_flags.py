@@ -5,11 +5,11 @@ import os
 import subprocess
 import sys
 
+from helpers import failure_text
 from poetry_gpt.xla_flags import YNN_FUSION_FLAG, without_ynn_fusions
 
 # a row mean (a reduction with constants, as in ``fused_ops``' layer norms): does XLA:CPU make a YNNPACK fusion?
 USES_YNN = """
-import sys
 {imports}
 import tensorflow as tf
 
@@ -42,7 +42,7 @@ def _uses_ynn(imports: str) -> bool:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run([sys.executable, "-c", USES_YNN.format(imports=imports)], capture_output=True, text=True,
                           timeout=300, env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_text(proc.stderr)
     return proc.stdout.split()[-1] == "True"
 
 
