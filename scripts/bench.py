@@ -7,6 +7,7 @@
                                                      # quality, metre, peft: not in a full run unless named here;
                                                      # metre also with --run)
     python scripts/bench.py --only quality --quality-steps 3000   # validation loss after N steps (default 1000)
+    python scripts/bench.py --only quality --quality-seeds 1234,1,2   # ... for each seed, judged on the means
     python scripts/bench.py --only metre --run runs/small   # --strict 格律: fluency and cost (--metre-samples 64)
     python scripts/bench.py --only peft --peft-base runs/small   # --tune methods on song-ci (--peft-steps 1000)
     python scripts/bench.py --run runs/small         # generation figures on a trained run instead of a random model
@@ -50,6 +51,8 @@ system do not affect another; a subprocess prints one JSON line that this parent
   ``--quality-steps`` (1000) steps of the preset (decay over them) on the same packed rows of tang-full, scored
   on the same held-out windows in float32 (``bench_sections/quality.py``; goal: ours ≤ the baseline's); with
   torch, also each system's bf16 gradient error against the float32 gradient at poetry_gpt's trained weights.
+  ``--quality-seeds 1234,1,2``: both systems once per run seed (its data order, each system's own weight draw);
+  the goal is then judged on the two means, each system's spread beside them.
   Minutes of training: run only with ``--only quality`` (or ``--quick``, a few steps of the tiny preset).
 * ``metre`` — ``--strict`` 格律 decoding (``bench_sections/metre.py``; issue 13): for 五绝, 七绝, 五律 and 七律, the
   same prompts (30 fixed common Tang titles) and seeds give ``--metre-samples`` (64) poems free in form
@@ -146,6 +149,7 @@ class Bench:
         self.steps = args.steps if args.steps is not None else (3 if self.quick else 20)
         self.rounds = args.rounds if args.rounds is not None else (1 if self.quick else 2)
         self.quality_steps = args.quality_steps if args.quality_steps is not None else (20 if self.quick else 1000)
+        self.quality_seeds = args.quality_seeds
         self.peft_steps = args.peft_steps if args.peft_steps is not None else (3 if self.quick else 1000)
         self.peft_samples = args.peft_samples if args.peft_samples is not None else (8 if self.quick else 300)
         self.setup_info: dict = {}
@@ -206,6 +210,19 @@ class Bench:
                 f"{s['n_embd']}, {s['n_head']} heads, context {s['n_ctx']}, vocabulary of {self.args.corpus.name}")
 
 
+def seed_list(text: str) -> list[int]:
+    """``--quality-seeds``: distinct integers ≥ 0, comma-separated.
+
+    Args:
+        text: the option's value.
+    """
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    seeds = [int(part) for part in parts if part.isdigit()]
+    if not seeds or len(seeds) != len(parts) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct whole numbers >= 0, e.g. 1234,1,2")
+    return seeds
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -224,6 +241,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="runs of each training system (default 2; quick 1)")
     p.add_argument("--quality-steps", type=int, default=None,
                    help="training steps of each system in the quality section (default 1000; quick 20)")
+    p.add_argument("--quality-seeds", type=seed_list, default=[], metavar="S1,S2,...",
+                   help="run seeds of the quality section: both systems once per seed (weight draw and data order), "
+                        "judged on the means (default: the preset's seed, once)")
     p.add_argument("--metre-samples", type=int, default=None,
                    help="poems per form and mode in the metre section's fluency figures (default 64; quick 8)")
     p.add_argument("--peft-base", type=Path, default=None, metavar="RUN_DIR",

@@ -542,26 +542,104 @@ def test_judge_refuses_a_file_that_is_not_a_bench_document(tmp_path):
     assert proc.returncode == 2 and "is not a document written by scripts/bench.py --out" in proc.stderr
 
 
+class StopAtSeed(Exception):
+    """Raised by the fake torch's ``manual_seed``: the child has set its threads and chosen its seed."""
+
+
+def fake_torch(monkeypatch) -> dict:
+    """Install a torch that records ``set_num_threads`` and ``manual_seed`` calls (then stops the child)."""
+    calls = {"threads": [], "seeds": []}
+
+    def manual_seed(seed):
+        calls["seeds"].append(seed)
+        raise StopAtSeed
+
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(set_num_threads=calls["threads"].append,
+                                                                    manual_seed=manual_seed))
+    return calls
+
+
 def test_torch_child_uses_every_usable_core(monkeypatch):
     """The PyTorch baseline takes every core of the process's affinity, not a fixed 2."""
     bench = load_bench_module()
-    calls = []
-
-    class Stop(Exception):
-        pass
-
-    def manual_seed(seed):
-        raise Stop  # enough: the threads are set before anything else
-
-    fake_torch = types.SimpleNamespace(set_num_threads=calls.append, manual_seed=manual_seed)
-    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    calls = fake_torch(monkeypatch)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 5}, raising=False)
-    with pytest.raises(Stop):
+    with pytest.raises(StopAtSeed):
         bench.child_train_torch({})
-    assert calls == [5]
-    with pytest.raises(Stop):
+    assert calls["threads"] == [5]
+    with pytest.raises(StopAtSeed):
         bench.child_train_nanogpt({"preset": "tiny"})
-    assert calls == [5, 5]
+    assert calls["threads"] == [5, 5]
+
+
+def test_torch_child_draws_its_weights_from_the_run_seed(monkeypatch):
+    """The baseline seeds torch with the given run seed (``--quality-seeds``), else the preset's."""
+    from poetry_gpt.config import config_from_preset
+
+    bench = load_bench_module()
+    calls = fake_torch(monkeypatch)
+    for args in ({"preset": "tiny", "seed": 7}, {"preset": "tiny"}):
+        with pytest.raises(StopAtSeed):
+            bench.child_train_nanogpt(args)
+    assert calls["seeds"] == [7, config_from_preset("tiny").train.seed]
+
+
+def test_quality_rows_follow_the_run_seed(tmp_path):
+    """``child_rows`` writes the batches of the given seed's data order: poetry_gpt's own ``training_data`` of that
+    seed, and another order for another seed."""
+    import numpy as np
+    from helpers import write_raw
+
+    from poetry_gpt.config import DataConfig
+    from poetry_gpt.data.manifest import load_manifest
+    from poetry_gpt.data.prepare import prepare
+    from poetry_gpt.train.distribute import make_strategy
+    from poetry_gpt.train.trainer import training_data
+
+    bench = load_bench_module()
+    prepare([write_raw(tmp_path / "raw.txt", 80)], tmp_path / "data", DataConfig(valid_fraction=0.1))
+    rows = {}
+    for seed in (3, 4):
+        done = bench.nanogpt.child_rows({"data_dir": str(tmp_path / "data"), "preset": "tiny", "steps": 3,
+                                         "out": str(tmp_path / f"rows{seed}"), "seed": seed})
+        rows[seed] = np.load(done["train_rows"])
+    assert not np.array_equal(rows[3], rows[4])
+    manifest = load_manifest(tmp_path / "data")
+    config = bench.train.preset_config("tiny", 3)
+    assert config.train.seed == 3 and bench.train.preset_config("tiny").train.seed != 3
+    ours = training_data(manifest, config, manifest.load_vocab(), make_strategy("default"))
+    assert np.array_equal(np.stack([b["input_ids"].numpy() for b in ours.take(3)]), rows[3])
+
+
+def _seed_run(seed, ours, theirs):
+    systems = {"poetry_gpt": {"validation_loss": ours},
+               "nanogpt_bf16": {"validation_loss": theirs} if theirs is not None else {"skipped": TORCH_SKIP}}
+    return {"seed": seed, "systems": systems,
+            "validation_loss_minus_nanogpt": None if theirs is None else round(ours - theirs, 4)}
+
+
+def test_quality_seeds_are_judged_on_the_means():
+    quality = load_bench_module().quality
+    runs = [_seed_run(1234, 4.35, 4.33), _seed_run(1, 4.34, 4.36), _seed_run(2, 4.36, 4.34)]
+    summary = quality.seeds_summary(runs)
+    assert summary["seeds"] == [1234, 1, 2] and summary["by_seed"] == runs
+    assert summary["validation_loss_mean"] == {"poetry_gpt": 4.35, "nanogpt_bf16": pytest.approx(4.3433, abs=1e-4)}
+    assert summary["validation_loss_spread"] == {"poetry_gpt": 0.02, "nanogpt_bf16": 0.03}
+    assert summary["validation_loss_minus_nanogpt"] == pytest.approx(0.0067, abs=1e-4)  # not the first seed's 0.02
+    skipped = quality.seeds_summary([_seed_run(1, 4.34, None), _seed_run(2, 4.36, None)])
+    assert skipped["validation_loss_minus_nanogpt"] is None and skipped["validation_loss_mean"]["poetry_gpt"] == 4.35
+
+
+@pytest.mark.parametrize("value", ["1,1", "x", "-1", "1,,x", ""])
+def test_quality_seeds_option_refuses_what_is_not_a_list_of_distinct_seeds(value):
+    proc = run_bench("--only", "quality", "--quality-seeds", value)
+    assert proc.returncode == 2 and "--quality-seeds" in proc.stderr and "distinct whole numbers" in proc.stderr
+
+
+def test_quality_seeds_option_reads_a_list():
+    bench = load_bench_module()
+    assert bench.parse_args(["--only", "quality", "--quality-seeds", "1234, 1,2"]).quality_seeds == [1234, 1, 2]
+    assert bench.parse_args(["--only", "quality"]).quality_seeds == []
 
 
 def test_nanogpt_baseline_is_gpt2_and_scores_validation_as_poetry_gpt(tmp_path):

@@ -20,18 +20,20 @@ def child_rows(a: dict) -> dict:
     """Write poetry_gpt's packed training batches (and, with ``valid``, its validation windows) as ``.npy`` files.
 
     Args:
-        a: ``data_dir``, ``preset``, ``steps`` (batches to write), ``out`` (a folder), ``valid`` (bool).
+        a: ``data_dir``, ``preset``, ``steps`` (batches to write), ``out`` (a folder), ``valid`` (bool), ``seed``
+            (optional: the data order of that run seed; default the preset's).
     """
     import numpy as np
 
     import poetry_gpt  # noqa: F401
-    from poetry_gpt.config import config_from_preset
     from poetry_gpt.data.datasets import eval_dataset
     from poetry_gpt.data.manifest import load_manifest
     from poetry_gpt.train.distribute import make_strategy
     from poetry_gpt.train.trainer import training_data
 
-    config = config_from_preset(a["preset"])
+    from .train import preset_config
+
+    config = preset_config(a["preset"], a.get("seed"))
     manifest = load_manifest(a["data_dir"])
     vocab = manifest.load_vocab()
     stream = training_data(manifest, config, vocab, make_strategy(config.train.strategy))
@@ -208,12 +210,13 @@ def setup(a: dict):
         return None
     threads = usable_cores()
     torch.set_num_threads(threads)
-    from poetry_gpt.config import config_from_preset
     from poetry_gpt.data.vocab import CharVocab
 
-    config = config_from_preset(a["preset"])
+    from .train import preset_config
+
+    config = preset_config(a["preset"], a.get("seed"))
     m, t = config.model, config.train
-    torch.manual_seed(a.get("seed", t.seed))
+    torch.manual_seed(t.seed)
     vocab = CharVocab.load(a["data_dir"])
     model = gpt_model(torch, vocab.size, m.n_layer, m.n_embd, m.n_head, m.n_ctx)
     optimizer, kind = make_optimizer(torch, model, t)

@@ -17,8 +17,9 @@ from .runner import run_child
 
 
 def child_quality_poetry(a: dict) -> dict:
-    """poetry_gpt trained ``steps`` steps as ``train`` does, then its validation loss (``eval.validation_loss``) and,
-    with torch, its gradient numerics against the baseline's (``gradient_errors``, first two training batches)."""
+    """poetry_gpt trained ``steps`` steps as ``train`` does (run seed ``a["seed"]`` if given), then its validation
+    loss (``eval.validation_loss``) and, with torch, its gradient numerics against the baseline's
+    (``gradient_errors``, first two training batches)."""
     from poetry_gpt.eval.evaluate import validation_loss
     from poetry_gpt.train.distribute import make_strategy
     from poetry_gpt.train.trainer import training_data
@@ -27,13 +28,14 @@ def child_quality_poetry(a: dict) -> dict:
 
     start = time.perf_counter()
     times: list[float] = []
-    run = poetry_fit(a["preset"], a["data_dir"], a["steps"], times)
+    run = poetry_fit(a["preset"], a["data_dir"], a["steps"], times, seed=a.get("seed"))
     trained = time.perf_counter() - start
     config = run["config"]
     valid = validation_loss(run["training"].lm, run["manifest"], run["vocab"], config.train.batch_size,
                             config.model.n_ctx)
     batches = list(training_data(run["manifest"], config, run["vocab"], make_strategy("default")).take(2))
     return {"system": "poetry_gpt: trainer.build_training + fit(trainer.training_data)", "precision": run["precision"],
+            "seed": run["config"].train.seed,
             "threads": run["threads"], "steps": a["steps"], "train_seconds": round(trained, 1),
             "final_train_loss": round(float(run["history"].history["loss"][-1]), 4),
             "validation_loss": round(valid["loss"], 4), "validation_tokens": valid["tokens"],
@@ -129,30 +131,63 @@ def child_quality_nanogpt(a: dict) -> dict:
     trained = time.perf_counter() - start
     ids, labels = (torch.from_numpy(np.load(a[k]).astype(np.int64)) for k in ("valid_ids", "valid_labels"))
     valid = nanogpt.validation_loss(torch, model, ids, labels, config.train.batch_size)
-    return {**nanogpt.describe(config, info), "steps": a["steps"], "train_seconds": round(trained, 1),
+    return {**nanogpt.describe(config, info), "seed": config.train.seed, "steps": a["steps"],
+            "train_seconds": round(trained, 1),
             "final_train_loss": round(loss, 4), "validation_loss": round(valid["loss"], 4),
             "validation_tokens": valid["tokens"]}
 
 
 def section(bench) -> dict:
+    """Both systems for each of ``bench.quality_seeds`` (default: the preset's seed): per seed, the same packed rows
+    (that seed's data order) and each system's own draw of the weights from that seed. With several seeds the
+    difference judged is that of the two means, the spread of each system beside it."""
     load_before = load_average()
-    steps, data_dir = bench.quality_steps, str(bench.quality_data())
-    rows_dir = bench.work / "rows-quality"
-    systems = {"poetry_gpt": ("quality_poetry", {"data_dir": data_dir, "preset": bench.preset, "steps": steps})}
+    seeds = bench.quality_seeds or [None]
+    runs = [_seed_run(bench, seed) for seed in seeds]
+    first = runs[0]
+    doc = {"what": "validation cross-entropy (nats/char, poem-level, held-out poems, float32) after the same "
+                   "steps on the same packed rows; lower is better",
+           "preset": bench.preset, "steps": bench.quality_steps, "data": str(bench.quality_corpus()),
+           "systems": first["systems"], "validation_loss_minus_nanogpt": first["validation_loss_minus_nanogpt"]}
+    if len(runs) > 1:
+        doc.update(seeds_summary(runs))
+    return {**doc, **section_context(load_before, bench.command)}
+
+
+def _seed_run(bench, seed: int | None) -> dict:
+    """Both systems trained with run seed ``seed`` (None: the preset's) on that seed's packed rows."""
     from .train import TORCH_SKIP
 
+    steps, data_dir = bench.quality_steps, str(bench.quality_data())
+    tag = "" if seed is None else f"-seed{seed}"
+    common = {"data_dir": data_dir, "preset": bench.preset, "steps": steps, **({} if seed is None else {"seed": seed})}
+    systems = {"poetry_gpt": ("quality_poetry", common)}
     if importlib.util.find_spec("torch") is not None:
-        rows = run_child("rows", {"data_dir": data_dir, "preset": bench.preset, "out": str(rows_dir), "steps": steps,
-                                  "valid": True}, bench.work, bench.timeout, name="rows-quality")
-        systems["nanogpt_bf16"] = ("quality_nanogpt", {"data_dir": data_dir, "preset": bench.preset, "steps": steps,
-                                                       "rows": rows["train_rows"], "valid_ids": rows["valid_ids"],
+        rows = run_child("rows", {**common, "out": str(bench.work / f"rows-quality{tag}"), "valid": True}, bench.work,
+                         bench.timeout, name=f"rows-quality{tag}")
+        systems["nanogpt_bf16"] = ("quality_nanogpt", {**common, "rows": rows["train_rows"],
+                                                       "valid_ids": rows["valid_ids"],
                                                        "valid_labels": rows["valid_labels"]})
-    results = {name: run_child(kind, args, bench.work, bench.timeout * 4, name=f"{kind}")
+    results = {name: run_child(kind, args, bench.work, bench.timeout * 4, name=f"{kind}{tag}")
                for name, (kind, args) in systems.items()}
     results.setdefault("nanogpt_bf16", {"skipped": TORCH_SKIP})
     ours, theirs = (results[k].get("validation_loss") for k in ("poetry_gpt", "nanogpt_bf16"))
-    return {"what": "validation cross-entropy (nats/char, poem-level, held-out poems, float32) after the same "
-                    "steps on the same packed rows; lower is better",
-            "preset": bench.preset, "steps": steps, "data": str(bench.quality_corpus()), "systems": results,
-            "validation_loss_minus_nanogpt": round(ours - theirs, 4) if theirs is not None else None,
-            **section_context(load_before, bench.command)}
+    return {"seed": seed, "systems": results,
+            "validation_loss_minus_nanogpt": round(ours - theirs, 4) if theirs is not None else None}
+
+
+def seeds_summary(runs: list[dict]) -> dict:
+    """Several seeds' runs in one figure: each system's validation losses, mean and spread (max − min), and the
+    difference of the means, which replaces the first seed's as the judged ``validation_loss_minus_nanogpt``.
+
+    Args:
+        runs: ``_seed_run`` results, one per seed.
+    """
+    losses = {name: [r["systems"][name].get("validation_loss") for r in runs] for name in runs[0]["systems"]}
+    means = {name: (round(sum(v) / len(v), 4) if None not in v else None) for name, v in losses.items()}
+    ours, theirs = means["poetry_gpt"], means.get("nanogpt_bf16")
+    return {"seeds": [r["seed"] for r in runs], "by_seed": runs,
+            "validation_loss_by_seed": losses, "validation_loss_mean": means,
+            "validation_loss_spread": {name: (round(max(v) - min(v), 4) if None not in v else None)
+                                       for name, v in losses.items()},
+            "validation_loss_minus_nanogpt": round(ours - theirs, 4) if theirs is not None else None}

@@ -108,7 +108,20 @@ def child_peak(a: dict) -> dict:
     return out
 
 
-def poetry_fit(preset: str, data_dir: str, total: int, times: list[float]) -> dict:
+def preset_config(preset: str, seed: int | None = None):
+    """The preset's ``RunConfig``, with ``train.seed`` (weight draw and data order) replaced when ``seed`` is given.
+
+    Args:
+        preset: the preset name.
+        seed: the run seed, or None for the preset's.
+    """
+    from poetry_gpt.config import config_from_preset
+
+    config = config_from_preset(preset)
+    return config if seed is None else config.replace(train={"seed": int(seed)})
+
+
+def poetry_fit(preset: str, data_dir: str, total: int, times: list[float], seed: int | None = None) -> dict:
     """Train a new model of ``preset`` for ``total`` steps as ``train`` does: ``trainer.build_training`` (decay over
     ``total``) + ``fit(trainer.training_data)`` at the preset's precision, on every usable core as ``train`` uses
     them (``cores.use_cores``: the batch in one part per core, one thread each).
@@ -118,20 +131,20 @@ def poetry_fit(preset: str, data_dir: str, total: int, times: list[float]) -> di
         data_dir: the DATA_DIR.
         total: steps.
         times: filled with the step-end times (``_keras_timer``).
+        seed: the run seed (``preset_config``), or None for the preset's.
 
     Returns:
         ``config``, ``manifest``, ``vocab``, ``precision``, ``threads`` (usable cores), ``cores`` (the
         ``CoreLayout``), ``training`` and ``history``.
     """
     import poetry_gpt  # noqa: F401
-    from poetry_gpt.config import config_from_preset
     from poetry_gpt.data.manifest import load_manifest
     from poetry_gpt.train.cores import use_cores
     from poetry_gpt.train.distribute import make_strategy
     from poetry_gpt.train.trainer import build_training, resolve_precision, set_precision, training_data
 
     threads = usable_cores()
-    config = config_from_preset(preset)
+    config = preset_config(preset, seed)
     manifest = load_manifest(data_dir)
     vocab = manifest.load_vocab()
     precision = resolve_precision(config.train.precision)
