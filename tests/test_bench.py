@@ -638,8 +638,9 @@ def test_quality_seeds_option_refuses_what_is_not_a_list_of_distinct_seeds(value
 
 def test_quality_seeds_option_reads_a_list():
     bench = load_bench_module()
-    assert bench.parse_args(["--only", "quality", "--quality-seeds", "1234, 1,2"]).quality_seeds == [1234, 1, 2]
-    assert bench.parse_args(["--only", "quality"]).quality_seeds == []
+    base = ["--quick", "--corpus", str(BENCH), "--only", "quality"]  # any file: nothing is read
+    assert bench.parse_args(base + ["--quality-seeds", "1234, 1,2"]).quality_seeds == [1234, 1, 2]
+    assert bench.parse_args(base).quality_seeds == []
 
 
 def test_nanogpt_baseline_is_gpt2_and_scores_validation_as_poetry_gpt(tmp_path):
