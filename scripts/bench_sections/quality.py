@@ -172,8 +172,12 @@ def _seed_run(bench, seed: int | None) -> dict:
                for name, (kind, args) in systems.items()}
     results.setdefault("nanogpt_bf16", {"skipped": TORCH_SKIP})
     ours, theirs = (results[k].get("validation_loss") for k in ("poetry_gpt", "nanogpt_bf16"))
-    return {"seed": seed, "systems": results,
-            "validation_loss_minus_nanogpt": round(ours - theirs, 4) if theirs is not None else None}
+    return {"seed": seed, "systems": results, "validation_loss_minus_nanogpt": _minus(ours, theirs)}
+
+
+def _minus(ours: float, theirs: float | None) -> float | None:
+    """The judged figure: our validation loss minus the baseline's (None when the baseline did not run)."""
+    return round(ours - theirs, 4) if theirs is not None else None
 
 
 def seeds_summary(runs: list[dict]) -> dict:
@@ -190,4 +194,4 @@ def seeds_summary(runs: list[dict]) -> dict:
             "validation_loss_by_seed": losses, "validation_loss_mean": means,
             "validation_loss_spread": {name: (round(max(v) - min(v), 4) if None not in v else None)
                                        for name, v in losses.items()},
-            "validation_loss_minus_nanogpt": round(ours - theirs, 4) if theirs is not None else None}
+            "validation_loss_minus_nanogpt": _minus(ours, theirs)}
