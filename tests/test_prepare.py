@@ -179,7 +179,9 @@ def test_refuses_a_non_empty_out_without_overwrite(tmp_path, tang4k):
     # a DATA_DIR needs --overwrite, which replaces it with a complete one
     (out / "precious.txt").unlink()
     assert invoke("prepare", tang4k, "--out", out).exit_code == 0
-    one_line_error(invoke("prepare", tang4k, "--out", out), f"--out: {out} already exists and is not empty", "--overwrite")
+    refused = invoke("prepare", tang4k, "--out", out)
+    one_line_error(refused, f"--out: {out} already exists and is not empty", "--overwrite")
+    assert "writing poems" not in refused.output  # no empty progress bar before the error
     result = invoke("prepare", tang4k, "--out", out, "--overwrite")
     assert result.exit_code == 0, result.output
     assert load_manifest(out).poems("train") == 3920

@@ -8,6 +8,7 @@ import click
 from ..config import DataConfig
 
 _DEFAULTS = DataConfig()
+PROGRESS_DELAY_S = 0.5  # the progress bar appears only after this long
 
 
 def _data_options(f):
@@ -49,7 +50,8 @@ def prepare_cmd(raw, out_dir, vocab_dir, extend_vocab, valid_fraction, seed, sha
 
     config = DataConfig(valid_fraction=valid_fraction, seed=seed, min_count=min_count, max_chars=max_chars,
                         keep_duplicates=keep_duplicates, shard_poems=shard_poems)
-    with tqdm(desc="writing poems", unit=" poems", disable=as_json, leave=False) as bar:
+    # delay: a refused --out or RAW fails within it, so its error is not preceded by an empty bar
+    with tqdm(desc="writing poems", unit=" poems", disable=as_json, leave=False, delay=PROGRESS_DELAY_S) as bar:
         result = prepare(raw, out_dir, config, vocab_dir=vocab_dir, overwrite=overwrite, n_ctx=n_ctx,
                          progress=bar.update, extend_vocab=extend_vocab)
     if as_json:
