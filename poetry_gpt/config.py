@@ -17,6 +17,7 @@ from .errors import require
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
+ATTENTIONS = ("poem", "row")
 #: the schedule of a new ``--max-time`` run without ``--schedule`` (``run_dir.resolve_config``)
 TIMED_SCHEDULE = "wsd"
 TUNE_METHODS = ("full", "bitfit", "adapter", "prefix", "lora")  # train --tune (model/peft.py computes them)
@@ -109,6 +110,9 @@ class TrainConfig:
             0 = auto (one per usable core, at most 4, on a CPU-only run of one replica), 1 = the whole batch
             at once.
             Speed only: the step is the same up to float rounding (dropout masks are drawn per part).
+        attention: what a position of a packed training row attends to: ``poem`` = its own poem only, positions
+            counted from the poem's ``[SEP]`` (as generation and ``eval`` see a poem, one a row); ``row`` = the
+            whole row's past, poems run together (nanoGPT's way; how runs recorded before this setting trained).
     """
 
     batch_size: int = 16
@@ -129,6 +133,7 @@ class TrainConfig:
     samples_per_epoch: int = 4
     strategy: str = "auto"
     batch_split: int = 0
+    attention: str = "poem"
 
     def __post_init__(self):
         require(self.batch_size >= 1, "--batch-size", f"must be ≥ 1, got {self.batch_size}")
@@ -148,6 +153,8 @@ class TrainConfig:
         require(self.strategy in STRATEGIES, "--strategy", f"must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         require(0 <= self.batch_split <= self.batch_size, "--batch-split",
                 f"must be 0 (auto) or from 1 to the batch size {self.batch_size}, got {self.batch_split}")
+        require(self.attention in ATTENTIONS, "--attention",
+                f"must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
 
 
 @dataclass(frozen=True)
@@ -247,7 +254,7 @@ class RunConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
         return cls(preset=data.get("preset", "custom"),
                    model=_build(ModelConfig, data.get("model", {}), "model"),
-                   train=_build(TrainConfig, data.get("train", {}), "train"),
+                   train=_build(TrainConfig, recorded_train(data.get("train", {})), "train"),
                    tune=_build(TuneSettings, recorded_tune(data.get("tune", {})), "tune"))
 
     def replace(self, model: Mapping[str, Any] | None = None, train: Mapping[str, Any] | None = None,
@@ -257,6 +264,16 @@ class RunConfig:
                          _build(ModelConfig, {**dataclasses.asdict(self.model), **(model or {})}, "model"),
                          _build(TrainConfig, {**dataclasses.asdict(self.train), **(train or {})}, "train"),
                          _build(TuneSettings, {**dataclasses.asdict(self.tune), **(tune or {})}, "tune"))
+
+
+def recorded_train(values: Mapping[str, Any]) -> dict:
+    """A recorded ``train`` section as ``TrainConfig`` reads it today: one recorded before ``attention`` existed
+    trained with ``row`` attention, and its resume keeps it.
+
+    Args:
+        values: the recorded section.
+    """
+    return {"attention": "row", **values}
 
 
 def recorded_tune(values: Mapping[str, Any]) -> dict:

@@ -139,3 +139,26 @@ def native_crash_env(folder: Path) -> dict:
     if built.returncode != 0:
         return {}
     return {"LD_PRELOAD": os.pathsep.join(p for p in (str(library), os.environ.get("LD_PRELOAD")) if p)}
+
+
+
+def loss_poem_by_poem(lm, row, boundary_id: int):
+    """The summed next-token cross-entropy of a packed ``row`` (int list) when each poem is fed to transformers'
+    model alone: the row cut before each ``boundary_id``, every piece's positions counted from 0, its last
+    position predicting the next piece's first token. A float32 tensor (differentiable under a tape).
+
+    Args:
+        lm: a ``TFGPT2LMHeadModel``.
+        row: token ids of one packed row.
+        boundary_id: the poem boundary id.
+    """
+    import tensorflow as tf
+
+    starts = [0] + [i for i, t in enumerate(row) if t == boundary_id and i > 0] + [len(row)]
+    total = tf.constant(0.0)
+    for a, b in zip(starts[:-1], starts[1:]):
+        logits = lm(input_ids=tf.constant([row[a:b]], tf.int32), training=False).logits[0]
+        targets = tf.constant(row[a + 1:b + 1], tf.int32)  # the row's last token predicts nothing
+        total += tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets,
+                                                                              logits=logits[:len(row[a + 1:b + 1])]))
+    return total

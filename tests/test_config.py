@@ -74,6 +74,7 @@ def test_preset_with_unknown_setting():
     (TrainConfig, "checkpoint_every", -1, "--checkpoint-every"),
     (TrainConfig, "samples_per_epoch", -1, "--samples-per-epoch"),
     (TrainConfig, "strategy", "tpu", "--strategy"),
+    (TrainConfig, "attention", "document", "--attention"),
 ])
 def test_invalid_values_name_the_option(cls, field, value, option):
     with pytest.raises(OptionError) as info:
@@ -110,6 +111,16 @@ def test_run_config_from_dict_validates():
     with pytest.raises(OptionError, match="--batch-size"):
         RunConfig.from_dict({"train": {"batch_size": 0}})
     assert RunConfig.from_dict({}).preset == "custom"
+
+
+def test_new_runs_attend_within_poems_and_runs_recorded_before_keep_row_attention():
+    """A run.json written before ``attention`` existed trained with the whole row visible: resuming it keeps that."""
+    assert TrainConfig().attention == "poem" and config_from_preset("tiny").train.attention == "poem"
+    recorded = RunConfig().to_dict()
+    del recorded["train"]["attention"]
+    assert RunConfig.from_dict(recorded).train.attention == "row"
+    recorded["train"]["attention"] = "poem"
+    assert RunConfig.from_dict(recorded).train.attention == "poem"
 
 
 def test_replace_validates():

@@ -204,3 +204,46 @@ def test_the_models_bias_gradients_in_bf16_are_float32_sums(lm):
     for name, g in biases:
         as_bf16 = tf.cast(tf.cast(g, tf.bfloat16), tf.float32).numpy()
         assert np.mean(g != as_bf16) > 0.9, name
+
+
+def _packed_row():
+    """A row as training packs it: the end of a poem, two whole poems after ``[SEP]`` (id 2), a poem's start."""
+    rng = np.random.default_rng(3)
+    poem = lambda n: [int(t) for t in rng.integers(3, 100, n)]  # noqa: E731
+    return poem(4) + [2] + poem(9) + [2] + poem(12) + [2] + poem(3)
+
+
+def test_poem_attention_computes_each_poem_as_if_alone(lm):
+    """With ``boundary_id``, every poem of a packed row gets the logits transformers gives it alone (positions
+    from 0, nothing of the other poems seen), and the summed loss is the poems' losses added."""
+    from helpers import loss_poem_by_poem
+
+    row = _packed_row()
+    ids = tf.constant([row], tf.int32)
+    logits = gpt2_logits(lm, ids, compute_dtype=tf.float32, boundary_id=2).numpy()[0]
+    starts = [0] + [i for i, t in enumerate(row) if t == 2] + [len(row)]
+    for a, b in zip(starts[:-1], starts[1:]):
+        alone = lm(input_ids=tf.constant([row[a:b]], tf.int32)).logits.numpy()[0]
+        np.testing.assert_allclose(logits[a:b], alone, atol=2e-5, rtol=0)
+    whole_row = gpt2_logits(lm, ids, compute_dtype=tf.float32).numpy()[0]
+    assert np.abs(whole_row[starts[2]:] - logits[starts[2]:]).max() > 1e-2  # the default sees the whole row
+    loss_sum, count = lm_loss_terms(lm, ids, ids, compute_dtype=tf.float32, boundary_id=2)
+    assert int(count) == len(row) - 1
+    assert float(loss_sum) == pytest.approx(float(loss_poem_by_poem(lm, row, 2)), rel=1e-5)
+
+
+def test_poem_attention_gradients_are_the_poems_gradients(lm):
+    """The gradient of a packed row's loss under poem attention is the sum of its poems' gradients, each poem
+    computed alone by transformers (float32): the masked softmax's and the position gather's gradients."""
+    from helpers import loss_poem_by_poem
+
+    row = _packed_row()
+    with tf.GradientTape() as tape:
+        fast, _ = lm_loss_terms(lm, tf.constant([row], tf.int32), tf.constant([row], tf.int32),
+                                compute_dtype=tf.float32, boundary_id=2)
+    got = tape.gradient(fast, lm.trainable_variables)
+    with tf.GradientTape() as tape:
+        total = loss_poem_by_poem(lm, row, 2)
+    ref = tape.gradient(total, lm.trainable_variables)
+    for v, g, r in zip(lm.trainable_variables, got, ref):
+        assert_relatively_close(tf.convert_to_tensor(g), tf.convert_to_tensor(r), 1e-5, v.name)

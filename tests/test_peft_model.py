@@ -116,6 +116,22 @@ def test_training_forward_and_sampler_compute_the_same_tuned_model(method, batch
         np.testing.assert_allclose(logits, ref[np.arange(batch), positions], atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("method", TUNE_METHODS)
+def test_poem_attention_gives_each_poem_of_a_row_its_own_tuned_logits(method):
+    """Training with ``attention poem`` (``boundary_id``): every poem of a packed row, prefix slots included, is
+    computed as the tuned model computes it alone."""
+    lm = _base()
+    tuning = _tuning(lm, method)
+    _perturb(lm, tuning)
+    row = [int(t) for t in _ids(batch=1)[0]]
+    row[4] = row[11] = VOCAB.sep_id  # a poem's end, a whole poem, a poem's start
+    logits = gpt2_logits(lm, tf.constant([row]), compute_dtype=tf.float32, tuning=tuning,
+                         boundary_id=VOCAB.sep_id).numpy()[0]
+    for a, b in ((0, 4), (4, 11), (11, 16)):
+        alone = gpt2_logits(lm, tf.constant([row[a:b]]), compute_dtype=tf.float32, tuning=tuning).numpy()[0]
+        np.testing.assert_allclose(logits[a:b], alone, atol=ATOL, rtol=0)
+
+
 @pytest.mark.slow  # an XLA compile: 6–9 s on 2 busy cores
 def test_compiled_sampler_reads_tuned_variables_at_call_time():
     """One compiled program serves: changing the tuned variables changes its output, without retracing."""

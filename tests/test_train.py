@@ -196,6 +196,50 @@ def test_padding_does_not_change_the_loss(tiny_data_dir, fresh_trainer):
     assert a == pytest.approx(b, rel=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["poem", "row"])
+def test_the_attention_setting_decides_what_a_training_row_attends_to(tiny_data_dir, attention):
+    """``train.attention`` reaches the training step: ``poem`` gives every poem of a packed row the loss it has
+    alone (``helpers.loss_poem_by_poem``); ``row`` the loss of the row as one sequence."""
+    from helpers import loss_poem_by_poem
+
+    from poetry_gpt.train.distribute import make_strategy
+    from poetry_gpt.train.trainer import build_training
+
+    set_precision("fp32")
+    vocab = CharVocab.load(tiny_data_dir)
+    training = build_training(tiny(attention=attention), vocab, make_strategy("default"), 10, "fp32")
+    batch = next(iter(train_dataset(load_manifest(tiny_data_dir), 2, N_CTX, seed=1)))
+    rows = batch["input_ids"].numpy().tolist()
+    assert all(row.count(vocab.sep_id) >= 2 for row in rows)  # each row holds several poems
+    loss_sum, _ = training.trainer._loss_terms(batch, training=False)
+    by_poem = sum(float(loss_poem_by_poem(training.lm, row, vocab.sep_id)) for row in rows)
+    logits = training.lm(input_ids=batch["input_ids"]).logits[:, :-1]
+    whole_rows = float(tf_sum_cross_entropy(batch["input_ids"][:, 1:], logits))
+    expected, other = (by_poem, whole_rows) if attention == "poem" else (whole_rows, by_poem)
+    assert float(loss_sum) == pytest.approx(expected, rel=1e-5)
+    assert abs(float(loss_sum) - other) > 1e-3 * other
+
+
+def test_attention_is_an_option_of_a_new_run_and_a_resume_keeps_the_recorded_one(tmp_path, trained_run):
+    from poetry_gpt.commands.train import _resolve
+
+    assert _resolve(tmp_path / "new", "tiny", False, {"attention": "row"}).train.attention == "row"
+    assert _resolve(tmp_path / "new", "tiny", False, {}).train.attention == "poem"
+    run = copy_run(trained_run, tmp_path / "old")
+    record = json.loads((run / "run.json").read_text())
+    del record["config"]["train"]["attention"]  # as written before the setting existed
+    (run / "run.json").write_text(json.dumps(record))
+    assert _resolve(run, None, False, {}).train.attention == "row"
+    assert _resolve(run, None, False, {"attention": "poem"}).train.attention == "poem"
+
+
+def tf_sum_cross_entropy(labels, logits):
+    """Summed sparse cross-entropy (TensorFlow's kernel)."""
+    import tensorflow as tf
+
+    return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+
+
 def test_train_prints_nothing_by_default(tmp_path, tiny_data_dir, capfd):
     """The library never prints: without ``echo`` and ``verbose``, no progress line and no Keras bar on stdout
     (the CLI passes ``click.echo`` and its own verbosity)."""

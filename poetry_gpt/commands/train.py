@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..config import LORA_TARGETS, PRECISIONS, SCHEDULES, STRATEGIES, TUNE_METHODS
+from ..config import ATTENTIONS, LORA_TARGETS, PRECISIONS, SCHEDULES, STRATEGIES, TUNE_METHODS
 
 # option name -> (section, field)
 _OVERRIDES = {
@@ -12,7 +12,7 @@ _OVERRIDES = {
     "warmup_steps": ("train", "warmup_steps"), "schedule": ("train", "schedule"),
     "min_lr_ratio": ("train", "min_lr_ratio"), "weight_decay": ("train", "weight_decay"),
     "grad_clip": ("train", "grad_clip"), "precision": ("train", "precision"), "strategy": ("train", "strategy"),
-    "batch_split": ("train", "batch_split"),
+    "batch_split": ("train", "batch_split"), "attention": ("train", "attention"),
     "seed": ("train", "seed"), "keep_checkpoints": ("train", "keep_checkpoints"),
     "checkpoint_every": ("train", "checkpoint_every"), "samples_per_epoch": ("train", "samples_per_epoch"),
     "dropout": ("model", "dropout"),
@@ -84,6 +84,9 @@ def _train_options(f):
         click.option("--batch-split", type=int,
                      help="Compute each step's batch in N parts side by side, one core each (speed only; "
                           "0 = auto: one part per core, at most 4, on a CPU; 1 = the whole batch at once)."),
+        click.option("--attention", type=click.Choice(ATTENTIONS),
+                     help="What a packed training row's characters attend to: poem = their own poem only, positions "
+                          "counted from its start, as when a poem is written [default]; row = the whole row."),
         click.option("--seed", type=int, help="Seed for initialisation and data order."),
         click.option("--keep-checkpoints", type=int, help="How many recent checkpoints to keep."),
         click.option("--checkpoint-every", type=int, help="Also checkpoint every N steps (0 = epoch ends only)."),

@@ -10,6 +10,8 @@ from the model's weights with fewer, larger ops:
 * GPT-2's tanh GELU (``gelu_new``, also ``gelu_fast``) as one fused op; other activations of
   ``transformers.activations_tf`` (``gelu``, ``relu``, …) as transformers computes them, in float32;
 * q/k/v by ``tf.split`` (no strided-slice gradients), an additive causal bias built once;
+* in training, optionally, each poem of a packed row attending only to itself, its positions counted from its
+  boundary (``poem_attention``): as the poem is seen when it is generated or scored, one poem a row;
 * the next-token shift done on the labels, not the logits, and the cross-entropy in one
   XLA-compiled function (float32 inside, whatever the logits' dtype).
 
@@ -44,7 +46,7 @@ def activation(name: str):
 
 
 def gpt2_hidden(lm, input_ids, training: bool = False, compute_dtype=None, dropout: float = 0.0, seed=None,
-                tuning=None):
+                tuning=None, boundary_id: int | None = None):
     """Final hidden states (after ``ln_f``) of a ``TFGPT2LMHeadModel``, flattened to [batch*time, width].
 
     Args:
@@ -58,6 +60,9 @@ def gpt2_hidden(lm, input_ids, training: bool = False, compute_dtype=None, dropo
             folded in from it), so a step can be replayed exactly; ``None`` draws one from the global generator.
         tuning: a ``peft.Tuning`` (its LoRA, adapters, prefixes and new embedding rows are computed, and frozen
             variables get no gradient), or ``None``: the model alone.
+        boundary_id: the poem boundary id: each poem of a packed row attends only to itself and its positions
+            count from its boundary (``poem_attention``); ``None``: the row is one sequence. A row holding one poem
+            from its start gets the same result either way.
     """
     import tensorflow as tf
     import tf_keras
@@ -99,7 +104,12 @@ def gpt2_hidden(lm, input_ids, training: bool = False, compute_dtype=None, dropo
         return tf.nn.experimental.stateless_dropout(x, drop, tf.random.experimental.stateless_fold_in(seed, site))
 
     emb = tr.wte.embeddings if tuning is None else tuning.embedding(read)
-    h = tf.gather(emb, input_ids) + read(tr.wpe.embeddings)[:time][None]  # float32 residual stream
+    if boundary_id is None:
+        visible = None  # the causal past of the row
+        h = tf.gather(emb, input_ids) + read(tr.wpe.embeddings)[:time][None]
+    else:
+        visible, positions = poem_attention(input_ids, boundary_id)
+        h = tf.gather(emb, input_ids) + tf.gather(read(tr.wpe.embeddings), positions)  # float32 residual stream
     h = tf.reshape(dropped(h, 0), [batch * time, width])  # dropout sites: 0, then 3i+1 … 3i+3 in layer i
     blocks = list(tr.h)
     x = fused_ops.layer_norm(h, read(blocks[0].ln_1.gamma), read(blocks[0].ln_1.beta), eps, compute_dtype)
@@ -109,9 +119,9 @@ def gpt2_hidden(lm, input_ids, training: bool = False, compute_dtype=None, dropo
         q, k, v = query_key_value(dense(x, block.attn.c_attn, lora.get("c_attn")))
         if "prefix" in tuned:
             pk, pv = (tf.transpose(tf.reshape(c(t), [1, -1, n_head, head]), [0, 2, 1, 3]) for t in tuned["prefix"])
-            y = _prefix_attention(q, k, v, pk, pv, head ** -0.5, lambda w: dropped(w, 3 * i + 1))
+            y = _prefix_attention(q, k, v, pk, pv, head ** -0.5, lambda w: dropped(w, 3 * i + 1), visible)
         else:
-            w = dropped(fused_ops.causal_softmax(tf.matmul(q, k, transpose_b=True), head ** -0.5), 3 * i + 1)
+            w = dropped(fused_ops.causal_softmax(tf.matmul(q, k, transpose_b=True), head ** -0.5, visible), 3 * i + 1)
             y = tf.matmul(w, v)
         y = tf.reshape(tf.transpose(y, [0, 2, 1, 3]), [batch * time, width])
         y = dropped(dense(y, block.attn.c_proj, lora.get("c_proj")), 3 * i + 2)
@@ -125,7 +135,28 @@ def gpt2_hidden(lm, input_ids, training: bool = False, compute_dtype=None, dropo
     return x
 
 
-def _prefix_attention(q, k, v, pk, pv, scale: float, drop):
+def poem_attention(input_ids, boundary_id: int):
+    """Which keys each position sees when every poem attends only to itself, and each token's position in its poem.
+
+    Args:
+        input_ids: int32 [batch, time]; a poem starts at each ``boundary_id`` (the tokens before a row's first
+            boundary form a poem of their own).
+        boundary_id: the poem boundary id.
+
+    Returns:
+        ``(visible, positions)``: bool [batch, 1, time, time] (key ≤ query, same poem) and int32 [batch, time].
+    """
+    import tensorflow as tf
+
+    poem = tf.cumsum(tf.cast(tf.equal(input_ids, boundary_id), tf.int32), axis=1)
+    time = tf.shape(input_ids)[1]
+    causal = tf.linalg.band_part(tf.ones([time, time], tf.bool), -1, 0)
+    visible = tf.logical_and(tf.equal(poem[:, :, None], poem[:, None, :]), causal)
+    positions = tf.reduce_sum(tf.cast(visible, tf.int32), axis=-1) - 1
+    return visible[:, None], positions
+
+
+def _prefix_attention(q, k, v, pk, pv, scale: float, drop, visible=None):
     """Attention of every query over a layer's prefix slots and its causal past, in one softmax (float32).
 
     Args:
@@ -133,13 +164,18 @@ def _prefix_attention(q, k, v, pk, pv, scale: float, drop):
         pk, pv: the prefix keys and values, [1, head, prefix, head_dim].
         scale: 1/sqrt(head_dim).
         drop: the attention-weight dropout (``w -> w``).
+        visible: which of the row's keys each query sees, bool [batch, 1, time, time] (``poem_attention``), or
+            ``None``: its causal past. The prefix slots are seen by every query.
     """
     import tensorflow as tf
 
     P = pk.shape[2]
     scores = tf.concat([tf.matmul(q, pk, transpose_b=True), tf.matmul(q, k, transpose_b=True)], axis=-1)
     shape = tf.shape(scores)
-    visible = tf.linalg.band_part(tf.ones(shape[-2:], tf.bool), -1, P)  # key j ≤ query i + P: prefix + past
+    if visible is None:
+        visible = tf.linalg.band_part(tf.ones(shape[-2:], tf.bool), -1, P)  # key j ≤ query i + P: prefix + past
+    else:
+        visible = tf.concat([tf.ones(tf.concat([tf.shape(visible)[:-1], [P]], 0), tf.bool), visible], axis=-1)
     scores = tf.where(visible, tf.cast(scores, tf.float32) * scale, -1e9)
     w = drop(tf.cast(tf.nn.softmax(scores, axis=-1), q.dtype))
     return tf.matmul(w[..., :P], pv) + tf.matmul(w[..., P:], v)
@@ -172,11 +208,12 @@ def head_logits(lm, h, tuning=None):
 
 
 def gpt2_logits(lm, input_ids, training: bool = False, compute_dtype=None, dropout: float = 0.0, seed=None,
-                tuning=None):
+                tuning=None, boundary_id: int | None = None):
     """Logits [batch, time, vocab] (float32) of a ``TFGPT2LMHeadModel`` (arguments: see ``gpt2_hidden``)."""
     import tensorflow as tf
 
-    logits = head_logits(lm, gpt2_hidden(lm, input_ids, training, compute_dtype, dropout, seed, tuning), tuning)
+    logits = head_logits(lm, gpt2_hidden(lm, input_ids, training, compute_dtype, dropout, seed, tuning, boundary_id),
+                         tuning)
     shape = tf.shape(input_ids)
     return tf.cast(tf.reshape(logits, [shape[0], shape[1], -1]), tf.float32)
 
@@ -201,7 +238,7 @@ def _cross_entropy():
 
 
 def lm_loss_terms(lm, input_ids, labels, training: bool = False, compute_dtype=None, dropout: float = 0.0,
-                  seed=None, tuning=None):
+                  seed=None, tuning=None, boundary_id: int | None = None):
     """Sum of next-token cross-entropies and the number of predicted tokens.
 
     Position t predicts ``labels[t+1]`` (the shift is done on the labels, so the model's
@@ -216,13 +253,15 @@ def lm_loss_terms(lm, input_ids, labels, training: bool = False, compute_dtype=N
         dropout: dropout rate.
         seed: the dropout seed (see ``gpt2_hidden``).
         tuning: a ``peft.Tuning`` or ``None`` (see ``gpt2_hidden``).
+        boundary_id: each poem attends only to itself (see ``gpt2_hidden``), or ``None``.
 
     Returns:
         ``(loss_sum, count)``, both float32 scalars.
     """
     import tensorflow as tf
 
-    logits = head_logits(lm, gpt2_hidden(lm, input_ids, training, compute_dtype, dropout, seed, tuning), tuning)
+    logits = head_logits(lm, gpt2_hidden(lm, input_ids, training, compute_dtype, dropout, seed, tuning, boundary_id),
+                         tuning)
     batch = tf.shape(labels)[0]
     target = tf.concat([labels[:, 1:], tf.fill([batch, 1], tf.constant(IGNORE_INDEX, labels.dtype))], axis=1)
     return _cross_entropy()(logits, tf.reshape(target, [-1]))

@@ -10,7 +10,7 @@ XLA-compiled function (float32 inside), with its gradient also one compiled func
 * ``add_layer_norm`` — residual add + layer norm, returning the float32 residual stream and
   the normalised activations in the compute dtype;
 * ``layer_norm`` — layer norm without a residual;
-* ``causal_softmax`` — scale, causal mask and softmax of attention scores;
+* ``causal_softmax`` — scale, causal mask (or a given one) and softmax of attention scores;
 * ``bias_add`` — a dense layer's bias, its gradient summed in float32.
 
 ``tests/test_fast_gpt2.py`` checks values and gradients against plain TensorFlow.
@@ -77,6 +77,11 @@ def _kernels():
         return tf.cast(tf.nn.softmax(s, axis=-1), scores.dtype)
 
     @xla
+    def masked_softmax_fwd(scores, scale, visible):
+        s = tf.where(visible, tf.cast(scores, tf.float32) * scale, -1e9)
+        return tf.cast(tf.nn.softmax(s, axis=-1), scores.dtype)
+
+    @xla
     def softmax_bwd(p, dp, scale):
         p32, dp32 = tf.cast(p, tf.float32), tf.cast(dp, tf.float32)
         ds = p32 * (dp32 - tf.reduce_sum(dp32 * p32, axis=-1, keepdims=True)) * scale
@@ -87,7 +92,7 @@ def _kernels():
         return tf.reduce_sum(tf.cast(dy, tf.float32), axis=0)
 
     return {"gelu_fwd": gelu_fwd, "gelu_bwd": gelu_bwd, "add_ln_fwd": add_ln_fwd, "ln_fwd": ln_fwd,
-            "ln_bwd": ln_bwd, "softmax_fwd": softmax_fwd, "softmax_bwd": softmax_bwd, "column_sum": column_sum}
+            "ln_bwd": ln_bwd, "softmax_fwd": softmax_fwd, "masked_softmax_fwd": masked_softmax_fwd, "softmax_bwd": softmax_bwd, "column_sum": column_sum}
 
 
 def gelu(x):
@@ -156,12 +161,13 @@ def layer_norm(h, gamma, beta, eps: float, out_dtype):
     return op(h, gamma, beta)
 
 
-def causal_softmax(scores, scale: float):
+def causal_softmax(scores, scale: float, visible=None):
     """Softmax over the last axis of ``scores * scale`` with future positions masked.
 
     Args:
         scores: attention scores [..., T, T] (query × key), any float dtype.
         scale: the factor applied before the softmax (1/sqrt(head size)).
+        visible: bool, broadcastable to ``scores``: which keys each query sees (``None``: the causal past).
     """
     import tensorflow as tf
 
@@ -170,7 +176,10 @@ def causal_softmax(scores, scale: float):
 
     @tf.custom_gradient
     def op(scores):
-        p = k["softmax_fwd"](scores, scale_t)
+        if visible is None:
+            p = k["softmax_fwd"](scores, scale_t)
+        else:
+            p = k["masked_softmax_fwd"](scores, scale_t, visible)
         return p, lambda dp: k["softmax_bwd"](p, dp, scale_t)
 
     return op(scores)

@@ -99,7 +99,7 @@ def global_step(optimizer) -> int:
     return int(inner_optimizer(optimizer).iterations.numpy())
 
 
-def build_lm_trainer(lm, seed: int = 0, tuning=None, parts: int = 1):
+def build_lm_trainer(lm, seed: int = 0, tuning=None, parts: int = 1, boundary_id: int | None = None):
     """Wrap a ``TFGPT2LMHeadModel`` in a Keras model with our train/test steps.
 
     Args:
@@ -110,6 +110,8 @@ def build_lm_trainer(lm, seed: int = 0, tuning=None, parts: int = 1):
             updated), or None: every weight of ``lm`` trains.
         parts: each replica's batch is computed in this many independent parts (rows j, j+parts, …), whose
             loss sums and target counts are added (``cores.py``: side by side on a CPU's cores); 1: whole.
+        boundary_id: the poem boundary id: each poem of a row attends only to itself (``TrainConfig.attention``
+            ``poem``; ``fast_forward.poem_attention``), or ``None``: the row is one sequence.
     """
     import tensorflow as tf
     import tf_keras
@@ -162,7 +164,7 @@ def build_lm_trainer(lm, seed: int = 0, tuning=None, parts: int = 1):
         def _part_terms(self, input_ids, labels, training, dropout_seed):
             """``fast_forward.lm_loss_terms`` of some rows of the batch."""
             return lm_loss_terms(self.lm, input_ids, labels, training=training, dropout=self.lm.config.resid_pdrop,
-                                 seed=dropout_seed, tuning=tuning)
+                                 seed=dropout_seed, tuning=tuning, boundary_id=boundary_id)
 
         def _dropout_seed(self):
             """Stateless seed of this step's dropout: (run seed, global step), the replica folded in (and the
@@ -326,7 +328,8 @@ def build_training(config: RunConfig, vocab: CharVocab, strategy, total_steps: i
                                                                                              seed=t.seed)
         tuning = make_tuning(lm, config, base_vocab_size)
         trainable = lm.trainable_variables if tuning is None else tuning.trainable(lm)
-        trainer = build_lm_trainer(lm, seed=t.seed, tuning=tuning, parts=batch_parts)
+        trainer = build_lm_trainer(lm, seed=t.seed, tuning=tuning, parts=batch_parts,
+                                   boundary_id=vocab.sep_id if t.attention == "poem" else None)
         plan = (tf.Variable([0.0, t.warmup_steps, total_steps], dtype=tf.float64, trainable=False, name="lr_plan")
                 if use_plan else None)
         optimizer = make_optimizer(config, total_steps, precision, plan)

@@ -1,8 +1,9 @@
 """The ``quality`` section: validation loss of poetry_gpt and the nanoGPT-style baseline after the same N steps.
 
 Both train a new model of the preset for N steps (the decay over N) on the same packed rows of the same DATA_DIR
-(poetry_gpt through ``trainer.build_training`` + ``fit(trainer.training_data)``; the baseline on those batches,
-written by ``nanogpt.child_rows``) and are scored on the same held-out windows the same way: poem-level
+(poetry_gpt through ``trainer.build_training`` + ``fit(trainer.training_data)``, as ``train`` does by default: each
+poem of a row attending only to itself, ``train.attention`` ``poem``; the baseline nanoGPT's way, each row one
+sequence, on those batches, written by ``nanogpt.child_rows``) and are scored on the same held-out windows the same way: poem-level
 cross-entropy per character in float32 (``poetry_gpt.eval.evaluate.validation_loss`` for ours,
 ``nanogpt.validation_loss`` over the same rows for the baseline). Goal: ours ≤ the baseline's.
 """
@@ -85,7 +86,9 @@ def gradient_errors(lm, batches) -> dict | None:
 
 
 def _poetry_gradients(lm, names: list[str], batch, dtype) -> list:
-    """poetry_gpt's gradient of the training loss (``lm_loss_terms`` with ``dtype`` matmuls), in the baseline's layout."""
+    """poetry_gpt's gradient of the training loss (``lm_loss_terms`` with ``dtype`` matmuls), in the baseline's layout:
+    with the whole row visible (no ``boundary_id``), the function the baseline computes, whatever ``train.attention``
+    the model was trained with."""
     import tensorflow as tf
 
     from poetry_gpt.model.fast_forward import lm_loss_terms
