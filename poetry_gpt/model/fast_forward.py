@@ -105,11 +105,11 @@ def gpt2_hidden(lm, input_ids, training: bool = False, compute_dtype=None, dropo
 
     emb = tr.wte.embeddings if tuning is None else tuning.embedding(read)
     if boundary_id is None:
-        visible = None  # the causal past of the row
-        h = tf.gather(emb, input_ids) + read(tr.wpe.embeddings)[:time][None]
+        visible, wpe = None, read(tr.wpe.embeddings)[:time][None]  # the causal past of the row
     else:
         visible, positions = poem_attention(input_ids, boundary_id)
-        h = tf.gather(emb, input_ids) + tf.gather(read(tr.wpe.embeddings), positions)  # float32 residual stream
+        wpe = tf.gather(read(tr.wpe.embeddings), positions)
+    h = tf.gather(emb, input_ids) + wpe  # float32 residual stream
     h = tf.reshape(dropped(h, 0), [batch * time, width])  # dropout sites: 0, then 3i+1 … 3i+3 in layer i
     blocks = list(tr.h)
     x = fused_ops.layer_norm(h, read(blocks[0].ln_1.gamma), read(blocks[0].ln_1.beta), eps, compute_dtype)
@@ -175,7 +175,7 @@ def _prefix_attention(q, k, v, pk, pv, scale: float, drop, visible=None):
     if visible is None:
         visible = tf.linalg.band_part(tf.ones(shape[-2:], tf.bool), -1, P)  # key j ≤ query i + P: prefix + past
     else:
-        visible = tf.concat([tf.ones(tf.concat([tf.shape(visible)[:-1], [P]], 0), tf.bool), visible], axis=-1)
+        visible = tf.pad(visible, [[0, 0], [0, 0], [0, 0], [P, 0]], constant_values=True)  # prefix: all see it
     scores = tf.where(visible, tf.cast(scores, tf.float32) * scale, -1e9)
     w = drop(tf.cast(tf.nn.softmax(scores, axis=-1), q.dtype))
     return tf.matmul(w[..., :P], pv) + tf.matmul(w[..., P:], v)
