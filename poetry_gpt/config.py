@@ -173,6 +173,11 @@ class TuneSettings:
             (``recorded_tune``).
         lora_alpha: LoRA's scale numerator: the update is ``alpha / rank · A·B`` (``--lora-alpha``).
         lora_targets: the matrices LoRA adds to, among ``LORA_TARGETS`` (``--lora-targets c_attn,c_proj``).
+        embedding_rank: bitfit, adapter and prefix also train a rank-``embedding_rank`` update of the tied
+            embedding (the input embedding and the LM head), as LoRA does on ``wte`` (``--embedding-rank``; 0: the
+            method alone). Their papers train the task's head beside the method's own weights; an LM's head is its
+            embedding, whose full training would be a quarter of ``small``'s weights. A run recorded before this
+            setting existed trained without it (``recorded_tune``).
         lr_scales: per method, the multiple of the preset's learning rate a new run of it trains at (a preset's
             ``tune`` section may set some; the others keep ``TUNE_LR_SCALES``'s).
     """
@@ -186,6 +191,9 @@ class TuneSettings:
     lora_embedding_rank: int = 12
     lora_alpha: float = 16.0
     lora_targets: tuple = LORA_TARGETS  # every block matrix and the embedding: see README, fine-tuning figures
+    # song-ci on tang-full, 300 steps: bitfit 4.80 -> 4.56, adapter 4.55 -> 4.43, prefix 4.97 -> 4.63 (README);
+    # 12 keeps adapter (32) under 2% of small's parameters
+    embedding_rank: int = 12
     lr_scales: dict = field(default_factory=dict)  # completed from TUNE_LR_SCALES in __post_init__
 
     def __post_init__(self):
@@ -204,6 +212,7 @@ class TuneSettings:
         require(self.lora_rank >= 1, "--lora-rank", f"must be ≥ 1, got {self.lora_rank}")
         require(self.lora_embedding_rank >= 1, "--lora-embedding-rank",
                 f"must be ≥ 1, got {self.lora_embedding_rank}")
+        require(self.embedding_rank >= 0, "--embedding-rank", f"must be ≥ 0, got {self.embedding_rank}")
         require(self.lora_alpha > 0, "--lora-alpha", f"must be > 0, got {self.lora_alpha}")
         unknown = [t for t in self.lora_targets if t not in LORA_TARGETS]
         require(self.lora_targets and not unknown, "--lora-targets",
@@ -219,16 +228,26 @@ class TuneSettings:
 
     @property
     def lora_scale(self) -> float:
-        """LoRA's ``alpha / rank``."""
+        """LoRA's ``alpha / rank`` (also the scale of the other methods' embedding update)."""
         return self.lora_alpha / self.lora_rank
+
+    @property
+    def embedding_update_rank(self) -> int:
+        """The rank of the update of the tied embedding this method trains: LoRA's on ``wte`` (when a target),
+        ``embedding_rank`` for bitfit, adapter and prefix, 0 for full (which trains the embedding itself)."""
+        if self.method == "lora":
+            return self.lora_embedding_rank if "wte" in self.lora_targets else 0
+        return 0 if self.method == "full" else self.embedding_rank
 
     def describe(self) -> str:
         """The method and the sizes that apply to it, e.g.
         ``lora (rank 4, alpha 16, c_attn,c_proj,wte; wte rank 12)``."""
         sizes = {"adapter": f"size {self.adapter_size}", "prefix": f"length {self.prefix_length}",
-                 "lora": f"rank {self.lora_rank}, alpha {self.lora_alpha:g}, {','.join(self.lora_targets)}"
-                         + (f"; wte rank {self.lora_embedding_rank}" if "wte" in self.lora_targets else "")}
-        return self.method + (f" ({sizes[self.method]})" if self.method in sizes else "")
+                 "lora": f"rank {self.lora_rank}, alpha {self.lora_alpha:g}, {','.join(self.lora_targets)}"}
+        parts = [sizes[self.method]] if self.method in sizes else []
+        if self.embedding_update_rank:
+            parts.append(f"wte rank {self.embedding_update_rank}")
+        return self.method + (f" ({'; '.join(parts)})" if parts else "")
 
 
 @dataclass(frozen=True)
@@ -278,12 +297,13 @@ def recorded_train(values: Mapping[str, Any]) -> dict:
 
 def recorded_tune(values: Mapping[str, Any]) -> dict:
     """A recorded ``tune`` section (run.json, a tuning file's header) as ``TuneSettings`` reads it today: one
-    recorded before ``lora_embedding_rank`` existed had LoRA on ``wte`` at ``lora_rank``.
+    recorded before ``lora_embedding_rank`` existed had LoRA on ``wte`` at ``lora_rank``; one recorded before
+    ``embedding_rank`` existed trained bitfit, adapter and prefix without an embedding update.
 
     Args:
         values: the recorded section.
     """
-    values = dict(values)
+    values = {"embedding_rank": 0, **values}
     if "lora_embedding_rank" not in values:
         values["lora_embedding_rank"] = values.get("lora_rank", TuneSettings.lora_rank)
     return values

@@ -17,7 +17,7 @@ from poetry_gpt.model.peft import TUNE_METHODS, TuneConfig, Tuning, model_variab
 VOCAB = CharVocab(["[PAD]", "[UNK]", "[SEP]"] + [chr(0x4E00 + i) for i in range(97)])  # 100 tokens
 SHAPE = ModelConfig(n_layer=2, n_embd=32, n_head=4, n_ctx=16)
 BASE_VOCAB = 90  # an --extend-vocab run: ids 90…99 are new rows
-SIZES = dict(adapter_size=4, prefix_length=3, lora_rank=2, lora_alpha=4.0, lora_embedding_rank=3,
+SIZES = dict(adapter_size=4, prefix_length=3, lora_rank=2, lora_alpha=4.0, lora_embedding_rank=3, embedding_rank=3,
              lora_targets=("c_attn", "c_proj", "c_fc", "mlp_c_proj", "wte"))
 # float32, same function computed by two code paths (merged vs factored LoRA, cache vs full attention): measured
 # ≤ 8.3e-6 on these logits (|logits| up to 8); a wrong mask, scale or missing term moves them by > 1e-2
@@ -40,8 +40,8 @@ def _copy(lm):
     return clone
 
 
-def _tuning(lm, method, base_vocab=BASE_VOCAB):
-    return Tuning(lm, TuneConfig(method=method, **SIZES), base_vocab_size=base_vocab, seed=3)
+def _tuning(lm, method, base_vocab=BASE_VOCAB, **sizes):
+    return Tuning(lm, TuneConfig(method=method, **{**SIZES, **sizes}), base_vocab_size=base_vocab, seed=3)
 
 
 def _perturb(lm, tuning, seed=5):
@@ -153,12 +153,13 @@ def test_compiled_sampler_reads_tuned_variables_at_call_time():
     np.testing.assert_allclose(after, net.prefill(net.weights(), ids, lengths)[0].numpy(), atol=ATOL)
 
 
-@pytest.mark.parametrize("method", ["bitfit", "lora"])
-def test_merged_model_is_the_tuned_model(method):
+@pytest.mark.parametrize("method,embedding_rank", [("bitfit", 3), ("bitfit", 0), ("lora", 3)])
+def test_merged_model_is_the_tuned_model(method, embedding_rank):
     """merge() into a copy of the base: our forward of the plain merged model, and transformers' own, give the
     tuned model's logits (float32; transformers computes with other ops: its tolerance is test_fast_gpt2's)."""
     lm = _base()
-    tuning = _tuning(lm, method)
+    tuning = _tuning(lm, method, embedding_rank=embedding_rank)
+    assert tuning.cfg.embedding_update_rank == embedding_rank
     _perturb(lm, tuning)
     ids = _ids(time=12)
     ref = gpt2_logits(lm, ids, compute_dtype=tf.float32, tuning=tuning).numpy()
@@ -167,7 +168,7 @@ def test_merged_model_is_the_tuned_model(method):
     np.testing.assert_allclose(gpt2_logits(merged, ids, compute_dtype=tf.float32).numpy(), ref, atol=ATOL, rtol=0)
     np.testing.assert_allclose(merged(input_ids=ids).logits.numpy(), ref, atol=2e-4, rtol=1e-4)
     base_rows = model_variables(_base())["wte"].numpy()[:BASE_VOCAB]
-    if method == "lora":  # LoRA on wte (SIZES targets it) moves the base rows by exactly its product
+    if embedding_rank:  # LoRA on wte (SIZES targets it), bitfit's embedding update: the rows move by the product
         A, B = (tuning.variables[f"lora.wte.{n}"].numpy() for n in "AB")
         base_rows = base_rows + tuning.cfg.lora_scale * (A @ B)[:BASE_VOCAB]
         np.testing.assert_allclose(model_variables(merged)["wte"].numpy()[:BASE_VOCAB], base_rows, atol=1e-6)
@@ -199,7 +200,9 @@ def test_gradients_reach_only_trainable(method):
             assert g is not None and float(tf.norm(tf.convert_to_tensor(g))) > 0, v.name
         else:
             assert g is None, v.name
-    expected = {"full": 28, "bitfit": 2 * 6 + 1 + 1, "adapter": 2 * 4 + 1, "prefix": 2 * 2 + 1, "lora": 2 * 8 + 2 + 1}
+    # + new rows, + the embedding update's A and B for every method but full
+    expected = {"full": 28, "bitfit": 2 * 6 + 1 + 1 + 2, "adapter": 2 * 4 + 1 + 2, "prefix": 2 * 2 + 1 + 2,
+                "lora": 2 * 8 + 2 + 1}
     assert len(trained) == expected[method]
 
 
@@ -233,7 +236,7 @@ def test_load_refuses_another_models_file(tmp_path):
     (dict(method="qlora"), "--tune"), (dict(adapter_size=0), "--adapter-size"), (dict(prefix_length=0),
                                                                                   "--prefix-length"),
     (dict(lora_rank=0), "--lora-rank"), (dict(lora_alpha=0.0), "--lora-alpha"),
-    (dict(lora_embedding_rank=0), "--lora-embedding-rank"),
+    (dict(lora_embedding_rank=0), "--lora-embedding-rank"), (dict(embedding_rank=-1), "--embedding-rank"),
     (dict(lora_targets=("c_attn", "lm_head")), "--lora-targets"), (dict(lora_targets=()), "--lora-targets")])
 def test_bad_tune_options_name_the_option(change, option):
     with pytest.raises(OptionError, match=f"^{option}: "):
@@ -253,29 +256,52 @@ def test_lora_on_wte_has_its_own_rank_and_the_blocks_scale():
     np.testing.assert_allclose(tuning.embedding().numpy(), expected, rtol=1e-6, atol=1e-7)
 
 
+def _saved_without(tuning, setting: str, folder):
+    """Save ``tuning`` as the code before ``setting`` existed wrote it (its header without the field); the path."""
+    import json
+
+    tuning.save(folder / "tuning.npz")
+    with np.load(folder / "tuning.npz") as f:
+        arrays = {name: f[name] for name in f.files}
+    head = json.loads(str(arrays["__header__"]))
+    del head["tune"][setting]
+    arrays["__header__"] = np.array(json.dumps(head))
+    np.savez(folder / "old.npz", **arrays)
+    return folder / "old.npz"
+
+
 def test_a_tuning_file_recorded_before_the_embedding_rank_loads_with_the_rank(tmp_path):
     """A tuning file (and a run.json) written before ``lora_embedding_rank`` existed had wte at ``lora_rank``."""
-    import json as _json
-
     from poetry_gpt.config import RunConfig
 
     lm = _base()
     cfg = TuneConfig(method="lora", **{**SIZES, "lora_embedding_rank": 2})
     tuning = Tuning(lm, cfg, seed=3)
     _perturb(lm, tuning)
-    tuning.save(tmp_path / "tuning.npz")
-    with np.load(tmp_path / "tuning.npz") as f:  # rewrite the header as the old code wrote it
-        arrays = {name: f[name] for name in f.files}
-    head = _json.loads(str(arrays["__header__"]))
-    del head["tune"]["lora_embedding_rank"]
-    arrays["__header__"] = np.array(_json.dumps(head))
-    np.savez(tmp_path / "old.npz", **arrays)
-    loaded = Tuning.load(tmp_path / "old.npz", _copy(lm))
+    loaded = Tuning.load(_saved_without(tuning, "lora_embedding_rank", tmp_path), _copy(lm))
     assert loaded.cfg.lora_embedding_rank == 2
     np.testing.assert_array_equal(loaded.variables["lora.wte.A"].numpy(), tuning.variables["lora.wte.A"].numpy())
     old_run = RunConfig.from_dict({"tune": {"method": "lora", "lora_rank": 6}})
     assert old_run.tune.lora_embedding_rank == 6
     assert RunConfig().tune.lora_embedding_rank == 12  # a new run's default
+
+
+@pytest.mark.parametrize("method", ["bitfit", "adapter", "prefix"])
+def test_an_embedding_update_file_recorded_before_the_setting_loads_without_it(method, tmp_path):
+    """A tuning file (and a run.json) of bitfit/adapter/prefix written before ``embedding_rank`` existed trained
+    no embedding update: it loads with rank 0 and no update; a new run's default is 12, and 0 turns it off."""
+    from poetry_gpt.config import RunConfig
+
+    lm = _base()
+    tuning = _tuning(lm, method, base_vocab=None, embedding_rank=0)
+    assert not tuning.changes_embedding and "lora.wte.A" not in tuning.variables
+    _perturb(lm, tuning)
+    loaded = Tuning.load(_saved_without(tuning, "embedding_rank", tmp_path), _copy(lm))
+    assert loaded.cfg.embedding_update_rank == 0 and sorted(loaded.variables) == sorted(tuning.variables)
+    assert RunConfig.from_dict({"tune": {"method": method}}).tune.embedding_update_rank == 0
+    assert RunConfig().tune.embedding_rank == 12  # a new run's default
+    fresh = _tuning(lm, method, embedding_rank=5)
+    assert fresh.variables["lora.wte.A"].shape == (VOCAB.size, 5) and fresh.cfg.describe().endswith("wte rank 5)")
 
 
 def test_base_vocab_larger_than_the_model_is_refused():
@@ -288,7 +314,7 @@ def test_tuned_bias_gradients_in_bf16_are_float32_sums(method):
     """Under bf16 the dense biases a tuning trains (the blocks' under bitfit, the adapters' own) get float32 sums
     (``fused_ops.bias_add``): nearly all gradient values carry more bits than bf16 holds."""
     lm = _base()
-    tuning = _tuning(lm, method)
+    tuning = _tuning(lm, method, embedding_rank=0)  # the biases' sums only (a perturbed update saturates logits)
     _perturb(lm, tuning)
     trainable = tuning.trainable(lm)
     ids = _ids(batch=4)

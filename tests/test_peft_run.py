@@ -234,6 +234,29 @@ def test_adapter_prefix_export_loads_the_tuning(method, tuned):
         loaded.generate_eager(None, num_samples=1)
 
 
+@pytest.mark.parametrize("method", ["adapter", "prefix"])
+def test_unmerged_export_holds_the_embedding_update_once(method, tmp_path, base, data):
+    """An adapter/prefix export stores the base (and new) rows in plain GPT-2's wte and the embedding update only
+    in the tuning file: loaded, its embedding is the one in memory (an update written into wte too would count
+    twice)."""
+    from poetry_gpt.data.vocab import CharVocab
+    from poetry_gpt.generate.generator import PoemGenerator
+    from poetry_gpt.model.export import save_export
+    from poetry_gpt.train.trainer import make_tuning
+
+    lm, vocab = load_base(base), CharVocab.load(data)
+    tuning = make_tuning(lm, tiny().replace(tune={"method": method}), None)
+    assert tuning.cfg.embedding_update_rank == 12  # the default
+    rng = np.random.default_rng(1)
+    for name in ("lora.wte.A", "lora.wte.B"):
+        tuning.variables[name].assign(rng.normal(0.0, 0.3, tuning.variables[name].shape).astype(np.float32))
+    save_export(lm, vocab, tmp_path / "export", {"genre": "唐诗", "n_ctx": 64}, tuning=tuning)
+    loaded = PoemGenerator(tmp_path / "export").export
+    assert np.abs(tuning.embedding().numpy() - lm.transformer.wte.embeddings.numpy()).max() > 0.1
+    np.testing.assert_allclose(loaded.tuning.embedding().numpy(), tuning.embedding().numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(loaded.model.transformer.wte.embeddings.numpy(), lm.transformer.wte.embeddings.numpy())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["adapter", "prefix"])
 def test_adapter_prefix_export_samples_as_the_model_in_memory(method, tmp_path, base, data):
@@ -284,6 +307,9 @@ def test_tune_without_init_from_is_refused(tmp_path, data):
     (["--tune", "lora", "--lora-embedding-rank", "0"], "--lora-embedding-rank"),
     (["--tune", "bitfit", "--lora-embedding-rank", "8"], "--lora-embedding-rank: applies only to --tune lora"),
     (["--tune", "lora", "--lora-targets", "c_attn,wq"], "--lora-targets"),
+    (["--tune", "adapter", "--embedding-rank", "-1"], "--embedding-rank: must be ≥ 0"),
+    (["--tune", "lora", "--embedding-rank", "4"], "--embedding-rank: applies only to --tune bitfit or adapter or prefix"),
+    (["--embedding-rank", "4"], "--embedding-rank: applies only to --tune bitfit"),
     (["--tune", "adapter", "--adapter-size", "0"], "--adapter-size"),
     (["--tune", "prefix", "--prefix-length", "-2"], "--prefix-length"),
     (["--tune", "adapter", "--lora-rank", "4"], "--lora-rank: applies only to --tune lora"),

@@ -18,11 +18,12 @@ _OVERRIDES = {
     "dropout": ("model", "dropout"),
     "tune": ("tune", "method"), "adapter_size": ("tune", "adapter_size"), "prefix_length": ("tune", "prefix_length"),
     "lora_rank": ("tune", "lora_rank"), "lora_alpha": ("tune", "lora_alpha"), "lora_targets": ("tune", "lora_targets"),
-    "lora_embedding_rank": ("tune", "lora_embedding_rank"),
+    "lora_embedding_rank": ("tune", "lora_embedding_rank"), "embedding_rank": ("tune", "embedding_rank"),
 }
-# a size option -> the --tune method it belongs to (given with another method, it is refused)
-_TUNE_SIZES = {"adapter_size": "adapter", "prefix_length": "prefix", "lora_rank": "lora", "lora_alpha": "lora",
-               "lora_targets": "lora", "lora_embedding_rank": "lora"}
+# a size option -> the --tune methods it belongs to (given with another method, it is refused)
+_TUNE_SIZES = {"adapter_size": ("adapter",), "prefix_length": ("prefix",), "lora_rank": ("lora",),
+               "lora_alpha": ("lora",), "lora_targets": ("lora",), "lora_embedding_rank": ("lora",),
+               "embedding_rank": ("bitfit", "adapter", "prefix")}
 
 
 def _tune_options(f):
@@ -36,6 +37,9 @@ def _tune_options(f):
         click.option("--lora-rank", type=int, help="--tune lora: the rank [default: 4]."),
         click.option("--lora-embedding-rank", type=int,
                      help="--tune lora: the rank of LoRA on wte (the embedding and tied head) [default: 12]."),
+        click.option("--embedding-rank", type=int,
+                     help="--tune bitfit/adapter/prefix: the rank of the update of the tied embedding (the input "
+                          "embedding and the LM head) they also train; 0 = the method alone [default: 12]."),
         click.option("--lora-alpha", type=float, help="--tune lora: the update is scaled by alpha/rank [default: 16]."),
         click.option("--lora-targets", help=f"--tune lora: the matrices, comma-separated, among "
                                             f"{','.join(LORA_TARGETS)} [default: all of them]."),
@@ -54,10 +58,11 @@ def _check_tune_sizes(values: dict, method: str) -> None:
     """
     from ..errors import OptionError
 
-    for name, owner in _TUNE_SIZES.items():
-        if values.get(name) is not None and owner != method:
-            raise OptionError(f"--{name.replace('_', '-')}: applies only to --tune {owner}, and this run tunes with "
-                              f"{method}; drop it or pass --tune {owner}")
+    for name, owners in _TUNE_SIZES.items():
+        if values.get(name) is not None and method not in owners:
+            listed = " or ".join(owners)
+            raise OptionError(f"--{name.replace('_', '-')}: applies only to --tune {listed}, and this run tunes with "
+                              f"{method}; drop it or pass --tune {owners[0]}")
 
 
 def _train_options(f):

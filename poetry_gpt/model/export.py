@@ -79,8 +79,8 @@ def _save_weights(lm, folder: Path, tuning) -> dict:
     with restored(lm):
         if merge:
             tuning.merge(lm)
-        else:  # the new embedding rows (if any) are plain GPT-2: written into wte
-            lm.transformer.wte.embeddings.assign(tuning.embedding())
+        else:  # the new embedding rows (if any) are plain GPT-2: written into wte; the update stays in the file
+            lm.transformer.wte.embeddings.assign(tuning.embedding(update=False))
         lm.save_pretrained(str(folder))
     if merge:
         return {"tuning": {**settings, "merged": True}}

@@ -23,6 +23,11 @@ Methods (``--tune``), all on a base ``TFGPT2LMHeadModel`` whose own weights stay
   ``alpha/rank``; PEFT's embedding LoRA zeroes the per-token side too). It lets the
   output distribution over characters move (a new genre's words), which the blocks' LoRA alone barely can.
 
+The embedding update of bitfit, adapter and prefix: with ``embedding_rank`` r > 0 (the default; ``--embedding-rank``)
+they also train ``lora.wte.A`` [vocab, r] = 0 and ``lora.wte.B`` [r, width] ~ N(0, initializer_range), the same
+update of the tied embedding as LoRA's on ``wte`` (scale ``lora_alpha / lora_rank``), drawn after the method's own
+initialisation. The papers of these methods train the task's head beside them; an LM's head is its embedding.
+
 New embedding rows: when ``base_vocab_size`` < the model's vocabulary (an ``--extend-vocab`` run) and the method
 is not ``full``, rows ≥ base are the separate variable ``embedding_rows`` (initialised from the grown ``wte``'s
 rows), trained under every method; the input embedding and the tied head use ``concat(wte[:base], rows)``, so the
@@ -113,6 +118,8 @@ class Tuning:
             self._init_lora(lm, rng)
         elif self.method == "prefix":
             self._init_prefix(lm, rng)
+        if self.method in ("bitfit", "adapter", "prefix") and cfg.embedding_update_rank:
+            self._init_embedding_update(lm, rng)
 
     # construction ------------------------------------------------------------------
     def _add(self, name: str, value) -> None:
@@ -133,14 +140,21 @@ class Tuning:
             self._add(f"h.{i}.adapter.up.kernel", np.zeros((size, width)))
             self._add(f"h.{i}.adapter.up.bias", np.zeros(width))
 
+    def _init_embedding_update(self, lm, rng) -> None:
+        """``lora.wte.A`` = 0 and ``lora.wte.B`` ~ N(0, initializer_range) at ``cfg.embedding_update_rank``."""
+        import numpy as np
+
+        rank = self.cfg.embedding_update_rank
+        self._add(f"lora.{EMBEDDING_TARGET}.A", np.zeros((lm.config.vocab_size, rank)))
+        self._add(f"lora.{EMBEDDING_TARGET}.B", rng.normal(0.0, lm.config.initializer_range,
+                                                            (rank, lm.config.n_embd)))
+
     def _init_lora(self, lm, rng) -> None:
         import numpy as np
 
-        rank, wte_rank = self.cfg.lora_rank, self.cfg.lora_embedding_rank
-        if EMBEDDING_TARGET in self.cfg.lora_targets:
-            self._add(f"lora.{EMBEDDING_TARGET}.A", np.zeros((lm.config.vocab_size, wte_rank)))
-            self._add(f"lora.{EMBEDDING_TARGET}.B", rng.normal(0.0, lm.config.initializer_range,
-                                                                (wte_rank, lm.config.n_embd)))
+        rank = self.cfg.lora_rank
+        if self.cfg.embedding_update_rank:
+            self._init_embedding_update(lm, rng)
         for i, block in enumerate(lm.transformer.h):
             convs = conv_layers(block)
             for target in self.block_targets:
@@ -167,7 +181,7 @@ class Tuning:
     # what trains and what is stored ----------------------------------------------------
     def trainable(self, lm) -> list:
         """The variables the optimizer gets: ``full`` → ``lm.trainable_variables``; ``bitfit`` → the model's
-        biases (module docstring) and ``embedding_rows``; others → ``variables``.
+        biases (module docstring) and ``variables`` (new rows, embedding update); others → ``variables``.
 
         Args:
             lm: the model this Tuning was made for (or its copy with the same structure).
@@ -220,20 +234,22 @@ class Tuning:
         """The embedding differs from the base's ``wte``: new rows, or LoRA on ``wte``."""
         return "embedding_rows" in self.variables or f"lora.{EMBEDDING_TARGET}.A" in self.variables
 
-    def embedding(self, read=lambda v: v, wte=None):
+    def embedding(self, read=lambda v: v, wte=None, update: bool = True):
         """The [vocab, width] input/head embedding: ``concat(wte[:base], embedding_rows)`` (or ``wte``), plus
-        ``(alpha/rank)·A·B`` under LoRA on ``wte``.
+        the update ``(alpha/rank)·A·B`` (LoRA on ``wte``, or the other methods' embedding update).
 
         Args:
             read: ``reader()`` (training) or the identity (sampling).
             wte: the base embedding to start from (default: this Tuning's model's ``wte``).
+            update: add the low-rank update (False: the base rows and the new rows only, as an unmerged export
+                stores them beside the tuning file that holds the update).
         """
         import tensorflow as tf
 
         wte = read(self._lm.transformer.wte.embeddings if wte is None else wte)
         rows = self.variables.get("embedding_rows")
         emb = wte if rows is None else tf.concat([wte[:self.base_vocab_size], rows], axis=0)
-        A = self.variables.get(f"lora.{EMBEDDING_TARGET}.A")
+        A = self.variables.get(f"lora.{EMBEDDING_TARGET}.A") if update else None
         if A is not None:
             emb = emb + self.cfg.lora_scale * tf.matmul(A, self.variables[f"lora.{EMBEDDING_TARGET}.B"])
         return emb
