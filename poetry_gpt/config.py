@@ -191,7 +191,7 @@ class TuneSettings:
     lora_embedding_rank: int = 12
     lora_alpha: float = 16.0
     lora_targets: tuple = LORA_TARGETS  # every block matrix and the embedding: see README, fine-tuning figures
-    # song-ci on tang-full, 300 steps: bitfit 4.80 -> 4.56, adapter 4.55 -> 4.43, prefix 4.97 -> 4.63 (README);
+    # song-ci on tang-full, 300 steps: bitfit 4.80 -> 4.56, adapter 4.55 -> 4.43, prefix 4.94 -> 4.63 (README);
     # 12 keeps adapter (32) under 2% of small's parameters
     embedding_rank: int = 12
     lr_scales: dict = field(default_factory=dict)  # completed from TUNE_LR_SCALES in __post_init__

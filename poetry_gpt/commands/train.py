@@ -31,7 +31,8 @@ def _tune_options(f):
     opts = [
         click.option("--tune", type=click.Choice(TUNE_METHODS),
                      help="With --init-from: what trains. full = every weight [default]; bitfit = the biases; "
-                          "adapter / prefix / lora = small added weights, the base frozen."),
+                          "adapter / prefix / lora = small added weights, the base frozen; bitfit, adapter and "
+                          "prefix also a low-rank update of the embedding (--embedding-rank)."),
         click.option("--adapter-size", type=int, help="--tune adapter: the bottleneck width [default: 32]."),
         click.option("--prefix-length", type=int, help="--tune prefix: virtual positions per layer [default: 16]."),
         click.option("--lora-rank", type=int, help="--tune lora: the rank [default: 4]."),
