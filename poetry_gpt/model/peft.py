@@ -1,9 +1,10 @@
 """Parameter-efficient fine-tuning: the extra variables of a tuned GPT-2 and which of its own variables train.
 
-Methods (``--tune``), all on a base ``TFGPT2LMHeadModel`` whose own weights stay as they are unless said:
+Methods (``--tune``), all on a base ``TFGPT2LMHeadModel`` whose own weights stay as they are unless said
+(bitfit, adapter and prefix also train the embedding update described after the list):
 
 * ``full`` — every variable of the model trains; no extra variables.
-* ``bitfit`` — only the model's biases train, in place: the four ``Conv1D`` biases of every block (``c_attn``,
+* ``bitfit`` — of the model's own weights only the biases train, in place: the four ``Conv1D`` biases of every block (``c_attn``,
   attention ``c_proj``, ``c_fc``, MLP ``c_proj``) and the layer-norm offsets (``beta`` of ``ln_1``, ``ln_2``,
   ``ln_f``), as in Ben Zaken et al. (2021), which train every bias term including the layer norms'.
 * ``adapter`` — Houlsby adapters in every block, after the feed-forward and before its residual add:
