@@ -21,6 +21,8 @@ ATTENTIONS = ("poem", "row")
 #: the schedule of a new ``--max-time`` run without ``--schedule`` (``run_dir.resolve_config``)
 TIMED_SCHEDULE = "wsd"
 TUNE_METHODS = ("full", "bitfit", "adapter", "prefix", "lora")  # train --tune (model/peft.py computes them)
+#: the methods that train ``embedding_rank``'s update of the tied embedding (LoRA has its own, on ``wte``)
+EMBEDDING_UPDATE_METHODS = ("bitfit", "adapter", "prefix")
 LORA_TARGETS = ("c_attn", "c_proj", "c_fc", "mlp_c_proj", "wte")  # the matrices --lora-targets may name
 #: a new ``--tune M`` run's peak learning rate is the preset's ``train.learning_rate`` times ``TUNE_LR_SCALES[M]``
 #: unless ``--learning-rate`` is given: the frozen-base methods train few, mostly fresh parameters and need larger
@@ -237,7 +239,7 @@ class TuneSettings:
         ``embedding_rank`` for bitfit, adapter and prefix, 0 for full (which trains the embedding itself)."""
         if self.method == "lora":
             return self.lora_embedding_rank if "wte" in self.lora_targets else 0
-        return 0 if self.method == "full" else self.embedding_rank
+        return self.embedding_rank if self.method in EMBEDDING_UPDATE_METHODS else 0
 
     def describe(self) -> str:
         """The method and the sizes that apply to it, e.g.

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from ..config import ATTENTIONS, LORA_TARGETS, PRECISIONS, SCHEDULES, STRATEGIES, TUNE_METHODS
+from ..config import (ATTENTIONS, EMBEDDING_UPDATE_METHODS, LORA_TARGETS, PRECISIONS, SCHEDULES, STRATEGIES,
+                      TUNE_METHODS)
 
 # option name -> (section, field)
 _OVERRIDES = {
@@ -23,7 +24,7 @@ _OVERRIDES = {
 # a size option -> the --tune methods it belongs to (given with another method, it is refused)
 _TUNE_SIZES = {"adapter_size": ("adapter",), "prefix_length": ("prefix",), "lora_rank": ("lora",),
                "lora_alpha": ("lora",), "lora_targets": ("lora",), "lora_embedding_rank": ("lora",),
-               "embedding_rank": ("bitfit", "adapter", "prefix")}
+               "embedding_rank": EMBEDDING_UPDATE_METHODS}
 
 
 def _tune_options(f):

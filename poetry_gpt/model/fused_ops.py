@@ -92,7 +92,8 @@ def _kernels():
         return tf.reduce_sum(tf.cast(dy, tf.float32), axis=0)
 
     return {"gelu_fwd": gelu_fwd, "gelu_bwd": gelu_bwd, "add_ln_fwd": add_ln_fwd, "ln_fwd": ln_fwd,
-            "ln_bwd": ln_bwd, "softmax_fwd": softmax_fwd, "masked_softmax_fwd": masked_softmax_fwd, "softmax_bwd": softmax_bwd, "column_sum": column_sum}
+            "ln_bwd": ln_bwd, "softmax_fwd": softmax_fwd, "masked_softmax_fwd": masked_softmax_fwd,
+            "softmax_bwd": softmax_bwd, "column_sum": column_sum}
 
 
 def gelu(x):

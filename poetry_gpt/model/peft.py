@@ -119,7 +119,7 @@ class Tuning:
             self._init_lora(lm, rng)
         elif self.method == "prefix":
             self._init_prefix(lm, rng)
-        if self.method in ("bitfit", "adapter", "prefix") and cfg.embedding_update_rank:
+        if self.method != "lora" and cfg.embedding_update_rank:  # LoRA draws it first, in _init_lora
             self._init_embedding_update(lm, rng)
 
     # construction ------------------------------------------------------------------
@@ -232,7 +232,7 @@ class Tuning:
 
     @property
     def changes_embedding(self) -> bool:
-        """The embedding differs from the base's ``wte``: new rows, or LoRA on ``wte``."""
+        """The embedding differs from the base's ``wte``: new rows, or an embedding update (LoRA's on ``wte``)."""
         return "embedding_rows" in self.variables or f"lora.{EMBEDDING_TARGET}.A" in self.variables
 
     def embedding(self, read=lambda v: v, wte=None, update: bool = True):
